@@ -1,0 +1,342 @@
+"""Default configuration (yacs). Every key is commented with its meaning, units and options.
+
+Conventions (see shared/ALGORITHMS.md):
+- Boxes are continuous x1, y1, x2, y2 pixels, no legacy "+1".
+- ``NUM_CLASSES`` keys count the **foreground classes plus one for background** (81 for COCO), as in
+  the original ATSS / Dynamic ATSS yaml files. Classification outputs have ``NUM_CLASSES - 1``
+  channels; inside the detector labels are 1..NUM_CLASSES-1 for foreground, 0 for background and -1
+  for ignored.
+- Merging a yaml or a command-line ``KEY VALUE`` list with a key that does not exist here is an error
+  (``KeyError: Non-existent config key: ...``).
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# Device to build and run the model on: "cpu" or "cuda".
+_C.MODEL.DEVICE = "cuda"
+# Meta architecture; only "GeneralizedRCNN" (backbone + dense head) exists.
+_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# Dense head, chosen from the head registry: "ATSS", "DYNAMIC_ATSS", "RETINANET", "FCOS",
+# "AUTOASSIGN", "FREEANCHOR". Empty: derived from the legacy *_ON flags below (ATSS_ON -> "ATSS",
+# FCOS_ON -> "FCOS", RETINANET_ON -> "RETINANET") so the original yaml files work unchanged.
+_C.MODEL.HEAD = ""
+# Legacy flags of the original codebase, kept so its yaml files merge; prefer MODEL.HEAD.
+_C.MODEL.RPN_ONLY = False  # original: True for all dense detectors (no ROI heads). Ignored.
+_C.MODEL.MASK_ON = False  # original: mask head. Unsupported; must stay False.
+_C.MODEL.KEYPOINT_ON = False  # original: keypoint head. Unsupported; must stay False.
+_C.MODEL.RETINANET_ON = False  # legacy: same as MODEL.HEAD "RETINANET".
+_C.MODEL.FCOS_ON = False  # legacy: same as MODEL.HEAD "FCOS".
+_C.MODEL.ATSS_ON = False  # legacy: same as MODEL.HEAD "ATSS".
+# Path of weights to load before training / for testing: a local .pth/.pkl file, or a
+# "catalog://..." name resolved under $MASKRCNN_BENCHMARK_MODELS (no download is attempted).
+# Loads model weights only (fine-tuning); solver state is restored only when resuming OUTPUT_DIR.
+_C.MODEL.WEIGHT = ""
+
+# ---------------------------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# Shorter side of training images in pixels; one is drawn at random per image.
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+# If (lo, hi) is given (both > 0), the shorter side is drawn uniformly from [lo, hi] instead
+# (multi-scale training of the 2x configs). (-1, -1) disables it.
+_C.INPUT.MIN_SIZE_RANGE_TRAIN = (-1, -1)
+# Longer side cap in pixels during training.
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+# Shorter side of test images in pixels.
+_C.INPUT.MIN_SIZE_TEST = 800
+# Longer side cap in pixels at test time.
+_C.INPUT.MAX_SIZE_TEST = 1333
+# Per-channel mean subtracted from the input, in the input's scale and channel order.
+# Default: caffe-style BGR 0-255 (MSRA weights).
+_C.INPUT.PIXEL_MEAN = [102.9801, 115.9465, 122.7717]
+# Per-channel std the input is divided by.
+_C.INPUT.PIXEL_STD = [1.0, 1.0, 1.0]
+# True: input is BGR in 0-255 (caffe weights). False: RGB scaled to 0-1 (torchvision weights).
+_C.INPUT.TO_BGR255 = True
+# Probability of a horizontal flip during training (0 disables).
+_C.INPUT.FLIP_PROB_TRAIN = 0.5
+# Colour jitter (kept for yaml compatibility with the original; 0 disables).
+_C.INPUT.BRIGHTNESS = 0.0
+_C.INPUT.CONTRAST = 0.0
+_C.INPUT.SATURATION = 0.0
+_C.INPUT.HUE = 0.0
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+# Training datasets: names from config/paths_catalog.py, or "<annotations.json>:<image folder>".
+_C.DATASETS.TRAIN = ()
+# Test datasets, same forms as DATASETS.TRAIN.
+_C.DATASETS.TEST = ()
+
+# ---------------------------------------------------------------------------------------------
+# Data loader
+# ---------------------------------------------------------------------------------------------
+_C.DATALOADER = CN()
+# Worker processes per data loader (0: load in the main process).
+_C.DATALOADER.NUM_WORKERS = 4
+# Pad batched images so height and width are multiples of this (32 for FPN up to P5/P7).
+_C.DATALOADER.SIZE_DIVISIBILITY = 0
+# Group images of similar aspect ratio (w/h >= 1 or < 1) in a batch (less padding).
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+
+# ---------------------------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.BACKBONE = CN()
+# Backbone body from the backbone registry, e.g. "R-50-FPN-RETINANET", "R-101-FPN-RETINANET",
+# "R-18-FPN-RETINANET", "R-34-FPN-RETINANET", "R-50-FPN", "R-50-C4".
+_C.MODEL.BACKBONE.CONV_BODY = "R-50-C4"
+# Stages up to and including this one are frozen (0: none, 1: stem, 2: stem + res2, ...).
+_C.MODEL.BACKBONE.FREEZE_CONV_BODY_AT = 2
+# Use GroupNorm instead of FrozenBatchNorm in the ResNet body.
+_C.MODEL.BACKBONE.USE_GN = False
+
+# ---------------------------------------------------------------------------------------------
+# FPN
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.FPN = CN()
+# GroupNorm in the FPN lateral / output convs.
+_C.MODEL.FPN.USE_GN = False
+# ReLU after the FPN convs.
+_C.MODEL.FPN.USE_RELU = False
+
+# ---------------------------------------------------------------------------------------------
+# Group norm
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.GROUP_NORM = CN()
+# Number of channels per group (-1: use NUM_GROUPS instead).
+_C.MODEL.GROUP_NORM.DIM_PER_GP = -1
+# Number of groups (used when DIM_PER_GP is -1).
+_C.MODEL.GROUP_NORM.NUM_GROUPS = 32
+# GroupNorm epsilon.
+_C.MODEL.GROUP_NORM.EPSILON = 1e-5
+
+# ---------------------------------------------------------------------------------------------
+# ResNet / ResNeXt
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.RESNETS = CN()
+# Groups of the 3x3 convs: 1 for ResNet, 32 / 64 for ResNeXt-101 32x8d / 64x4d.
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+# Width of each group in the first stage (64 for ResNet, 8 / 4 for ResNeXt 32x8d / 64x4d).
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+# Put the stride-2 of a bottleneck in the 1x1 conv (MSRA caffe) instead of the 3x3 (FAIR/torchvision).
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = True
+# Residual block: "BottleneckWithFixedBatchNorm", "BottleneckWithGN", "BasicBlockWithFixedBatchNorm".
+_C.MODEL.RESNETS.TRANS_FUNC = "BottleneckWithFixedBatchNorm"
+# Stem: "StemWithFixedBatchNorm" or "StemWithGN".
+_C.MODEL.RESNETS.STEM_FUNC = "StemWithFixedBatchNorm"
+# Dilation of res5 (1 or 2).
+_C.MODEL.RESNETS.RES5_DILATION = 1
+# Output channels of res2 (256 for bottleneck ResNets, 64 for ResNet-18/34).
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+# Stem output channels.
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+# Channels of every FPN output.
+_C.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 256 * 4
+# Modulated deformable convolution per stage (res2, res3, res4, res5).
+_C.MODEL.RESNETS.STAGE_WITH_DCN = (False, False, False, False)
+# DCNv2 (with mask) when True, DCNv1 when False (only v2 is implemented).
+_C.MODEL.RESNETS.WITH_MODULATED_DCN = False
+# Deformable groups of the DCN layers.
+_C.MODEL.RESNETS.DEFORMABLE_GROUPS = 1
+
+# ---------------------------------------------------------------------------------------------
+# RetinaNet (also holds USE_C5, read by the FPN builder for every dense head)
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.RETINANET = CN()
+# Foreground classes + 1 (81 for COCO).
+_C.MODEL.RETINANET.NUM_CLASSES = 81
+# Anchor sizes in pixels per FPN level (P3-P7).
+_C.MODEL.RETINANET.ANCHOR_SIZES = (32, 64, 128, 256, 512)
+# Anchor aspect ratios (h / w).
+_C.MODEL.RETINANET.ASPECT_RATIOS = (0.5, 1.0, 2.0)
+# Anchor strides in pixels per level.
+_C.MODEL.RETINANET.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
+# Anchor scales per octave (3 for RetinaNet: 2^0, 2^(1/3), 2^(2/3)).
+_C.MODEL.RETINANET.SCALES_PER_OCTAVE = 3
+# Octave base scale (anchor size = OCTAVE * stride * 2^(i/SCALES_PER_OCTAVE)); informational.
+_C.MODEL.RETINANET.OCTAVE = 2.0
+# Anchors whose centre lies outside the image by more than this many pixels are ignored (-1: off).
+_C.MODEL.RETINANET.STRADDLE_THRESH = 0
+# Convs in each tower.
+_C.MODEL.RETINANET.NUM_CONVS = 4
+# IoU >= this: positive.
+_C.MODEL.RETINANET.FG_IOU_THRESHOLD = 0.5
+# IoU < this: negative (in between: ignored).
+_C.MODEL.RETINANET.BG_IOU_THRESHOLD = 0.4
+# Focal loss alpha / gamma.
+_C.MODEL.RETINANET.LOSS_ALPHA = 0.25
+_C.MODEL.RETINANET.LOSS_GAMMA = 2.0
+# Smooth-L1 beta of the box loss.
+_C.MODEL.RETINANET.BBOX_REG_BETA = 0.11
+# Box loss weight.
+_C.MODEL.RETINANET.BBOX_REG_WEIGHT = 4.0
+# Prior probability of the cls bias init.
+_C.MODEL.RETINANET.PRIOR_PROB = 0.01
+# Score threshold at inference.
+_C.MODEL.RETINANET.INFERENCE_TH = 0.05
+# Candidates kept per level before NMS.
+_C.MODEL.RETINANET.PRE_NMS_TOP_N = 1000
+# NMS IoU threshold.
+_C.MODEL.RETINANET.NMS_TH = 0.5
+# P6/P7 from C5 (True) or from P5 (False).
+_C.MODEL.RETINANET.USE_C5 = True
+
+# ---------------------------------------------------------------------------------------------
+# FCOS
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.FCOS = CN()
+# Foreground classes + 1.
+_C.MODEL.FCOS.NUM_CLASSES = 81
+# Strides of the feature levels in pixels.
+_C.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 128]
+# Prior probability of the cls bias init.
+_C.MODEL.FCOS.PRIOR_PROB = 0.01
+# Score threshold at inference.
+_C.MODEL.FCOS.INFERENCE_TH = 0.05
+# NMS IoU threshold.
+_C.MODEL.FCOS.NMS_TH = 0.6
+# Candidates kept per level before NMS.
+_C.MODEL.FCOS.PRE_NMS_TOP_N = 1000
+# Focal loss alpha / gamma.
+_C.MODEL.FCOS.LOSS_ALPHA = 0.25
+_C.MODEL.FCOS.LOSS_GAMMA = 2.0
+# Convs in each tower.
+_C.MODEL.FCOS.NUM_CONVS = 4
+# DCN in the last tower conv.
+_C.MODEL.FCOS.USE_DCN_IN_TOWER = False
+# Centre sampling radius in strides (0: off, positives anywhere inside the box).
+_C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 0.0
+# Regression loss: "iou", "linear_iou" or "giou".
+_C.MODEL.FCOS.IOU_LOSS_TYPE = "iou"
+# Normalise regression targets by the stride.
+_C.MODEL.FCOS.NORM_REG_TARGETS = False
+# Centerness on the regression tower (True) or on the classification tower (False).
+_C.MODEL.FCOS.CENTERNESS_ON_REG = False
+# Object size ranges per level in pixels (max regression distance).
+_C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
+
+# ---------------------------------------------------------------------------------------------
+# ATSS and Dynamic ATSS (Dynamic ATSS reads the same keys; see shared/ALGORITHMS.md)
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.ATSS = CN()
+# Foreground classes + 1 (81 for COCO).
+_C.MODEL.ATSS.NUM_CLASSES = 81
+# Anchor size in pixels per FPN level (8 x stride).
+_C.MODEL.ATSS.ANCHOR_SIZES = (64, 128, 256, 512, 1024)
+# Anchor aspect ratios (h / w); ATSS uses one square anchor.
+_C.MODEL.ATSS.ASPECT_RATIOS = (1.0,)
+# Anchor scales per octave.
+_C.MODEL.ATSS.SCALES_PER_OCTAVE = 1
+# Anchor strides in pixels per level (P3-P7).
+_C.MODEL.ATSS.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
+# Anchors whose centre lies outside the image by more than this many pixels are ignored (-1: off).
+_C.MODEL.ATSS.STRADDLE_THRESH = 0
+# Candidates per level and per GT: the TOPK x anchors-per-location nearest anchor centres.
+_C.MODEL.ATSS.TOPK = 9
+# Positive selection: "ATSS" (adaptive), "SSC" (FCOS scale ranges), "TOPK" (global top-k by IoU),
+# "IoU" (RetinaNet 0.5 / 0.4 matcher). Dynamic ATSS always uses its own rule.
+_C.MODEL.ATSS.POSITIVE_TYPE = "ATSS"
+# ATSS hazard fix (off by default = the original behaviour): when a GT gets no positive because
+# mean + std exceeds every candidate's IoU, make its best in-box candidate positive.
+_C.MODEL.ATSS.KEEP_BEST_CANDIDATE = False
+# What the head regresses: "BOX" (deltas from anchors) or "POINT" (l, t, r, b from anchor centres).
+_C.MODEL.ATSS.REGRESSION_TYPE = "BOX"
+# Box coder weights (wx, wy, ww, wh) for "BOX" regression.
+_C.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+# Modulated deformable conv in the last layer of each tower.
+_C.MODEL.ATSS.USE_DCN_IN_TOWER = False
+# Convs in each tower.
+_C.MODEL.ATSS.NUM_CONVS = 4
+# Prior probability of the cls bias init.
+_C.MODEL.ATSS.PRIOR_PROB = 0.01
+# Score threshold on sigmoid(cls) at inference.
+_C.MODEL.ATSS.INFERENCE_TH = 0.05
+# Candidates kept per level before NMS.
+_C.MODEL.ATSS.PRE_NMS_TOP_N = 1000
+# Class-aware NMS IoU threshold.
+_C.MODEL.ATSS.NMS_TH = 0.6
+# Focal loss alpha / gamma (Dynamic ATSS uses gamma in its quality focal loss; alpha unused).
+_C.MODEL.ATSS.LOSS_ALPHA = 0.25
+_C.MODEL.ATSS.LOSS_GAMMA = 2.0
+# Weight of the GIoU regression loss.
+_C.MODEL.ATSS.REG_LOSS_WEIGHT = 2.0
+# Detections kept per image after NMS.
+_C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
+
+# ---------------------------------------------------------------------------------------------
+# Solver
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+# Total training iterations.
+_C.SOLVER.MAX_ITER = 40000
+# Base learning rate for SOLVER.IMS_PER_BATCH images.
+_C.SOLVER.BASE_LR = 0.001
+# Learning rate multiplier of biases.
+_C.SOLVER.BIAS_LR_FACTOR = 2
+# SGD momentum.
+_C.SOLVER.MOMENTUM = 0.9
+# Weight decay of weights.
+_C.SOLVER.WEIGHT_DECAY = 0.0005
+# Weight decay of biases.
+_C.SOLVER.WEIGHT_DECAY_BIAS = 0
+# Weight decay of normalisation layers' affine parameters (-1: same as WEIGHT_DECAY).
+_C.SOLVER.WEIGHT_DECAY_NORM = -1.0
+# Learning rate is multiplied by GAMMA at each of STEPS (iterations).
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (30000,)
+# Warmup: lr factor at iteration 0, length in iterations, "constant" or "linear".
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 3
+_C.SOLVER.WARMUP_ITERS = 500
+_C.SOLVER.WARMUP_METHOD = "linear"
+# Save a checkpoint every this many iterations (and at the end).
+_C.SOLVER.CHECKPOINT_PERIOD = 2500
+# Images per batch over all processes (global batch); must be divisible by the world size.
+_C.SOLVER.IMS_PER_BATCH = 16
+# Gradient clipping: max total L2 norm (0: off).
+_C.SOLVER.CLIP_GRAD_NORM = 0.0
+# Mixed precision training: "" (off), "fp16" or "bf16".
+_C.SOLVER.AMP = ""
+# Evaluate on DATASETS.TEST every this many iterations (0: only at the end).
+_C.SOLVER.TEST_PERIOD = 0
+
+# ---------------------------------------------------------------------------------------------
+# Test
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Expected results for a regression check (kept for compatibility; list of [task, metric, value, tol]).
+_C.TEST.EXPECTED_RESULTS = []
+_C.TEST.EXPECTED_RESULTS_SIGMA_TOL = 4
+# Images per batch over all processes at test time.
+_C.TEST.IMS_PER_BATCH = 8
+# Detections kept per image.
+_C.TEST.DETECTIONS_PER_IMG = 100
+# Test-time augmentation of the original (not implemented; must stay disabled).
+_C.TEST.BBOX_AUG = CN()
+_C.TEST.BBOX_AUG.ENABLED = False
+_C.TEST.BBOX_AUG.H_FLIP = False
+_C.TEST.BBOX_AUG.SCALES = ()
+_C.TEST.BBOX_AUG.MAX_SIZE = 4000
+_C.TEST.BBOX_AUG.SCALE_H_FLIP = False
+_C.TEST.BBOX_AUG.VOTE = False
+_C.TEST.BBOX_AUG.VOTE_TH = 0.66
+_C.TEST.BBOX_AUG.MERGE_TYPE = "vote"
+_C.TEST.BBOX_AUG.SCALE_RANGES = ()
+
+# ---------------------------------------------------------------------------------------------
+# Misc
+# ---------------------------------------------------------------------------------------------
+# Where checkpoints, logs and inference results go; a rerun with the same folder resumes.
+_C.OUTPUT_DIR = "."
+# Catalog of paths (python module path of the DatasetCatalog).
+_C.PATHS_CATALOG = "maskrcnn_benchmark.config.paths_catalog"
+# Random seed (-1: do not seed).
+_C.SEED = 0

@@ -1,0 +1,48 @@
+"""A batch of images of different sizes padded into one tensor."""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple, Union
+
+import torch
+
+
+class ImageList:
+    """``tensors``: Tensor[B, C, H, W] (zero-padded); ``image_sizes``: list of (h, w) before padding."""
+
+    def __init__(self, tensors: torch.Tensor, image_sizes: List[Tuple[int, int]]):
+        self.tensors = tensors
+        self.image_sizes = [tuple(int(v) for v in s) for s in image_sizes]
+
+    def to(self, device) -> "ImageList":
+        return ImageList(self.tensors.to(device), self.image_sizes)
+
+
+def to_image_list(tensors: Union[torch.Tensor, Sequence[torch.Tensor], ImageList],
+                  size_divisible: int = 0) -> ImageList:
+    """Pad a list of Tensor[C, Hi, Wi] (or a batched tensor) into an ImageList.
+
+    The padded height and width are multiples of ``size_divisible`` when it is > 0.
+    """
+    if isinstance(tensors, ImageList):
+        return tensors
+    if isinstance(tensors, torch.Tensor) and tensors.ndim == 3:
+        tensors = tensors[None]
+    if isinstance(tensors, torch.Tensor) and tensors.ndim == 4 and size_divisible <= 0:
+        return ImageList(tensors, [tuple(tensors.shape[-2:])] * tensors.shape[0])
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("to_image_list: no images")
+    for i, t in enumerate(tensors):
+        if t.ndim != 3:
+            raise ValueError(f"to_image_list: image {i} must be [C, H, W], got {tuple(t.shape)}")
+    c = tensors[0].shape[0]
+    h = max(t.shape[1] for t in tensors)
+    w = max(t.shape[2] for t in tensors)
+    if size_divisible > 0:
+        h = int(math.ceil(h / size_divisible) * size_divisible)
+        w = int(math.ceil(w / size_divisible) * size_divisible)
+    batched = tensors[0].new_zeros((len(tensors), c, h, w))
+    for img, pad in zip(tensors, batched):
+        pad[:, : img.shape[1], : img.shape[2]].copy_(img)
+    return ImageList(batched, [tuple(t.shape[-2:]) for t in tensors])
