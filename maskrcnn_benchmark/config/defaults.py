@@ -107,6 +107,9 @@ _C.MODEL.FPN = CN()
 _C.MODEL.FPN.USE_GN = False
 # ReLU after the FPN convs.
 _C.MODEL.FPN.USE_RELU = False
+# ReLU before the first extra conv of *-FPN-RETINANET too (P6 = conv(relu(P5 or C5)); P7 always
+# reads relu(P6)). True for AutoAssign (mmdetection's relu_before_extra_convs, with USE_C5 False).
+_C.MODEL.FPN.RELU_BEFORE_EXTRA_CONVS = False
 
 # ---------------------------------------------------------------------------------------------
 # Group norm
@@ -225,6 +228,50 @@ _C.MODEL.FCOS.CENTERNESS_ON_REG = False
 _C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
 
 # ---------------------------------------------------------------------------------------------
+# FreeAnchor (head, anchors, NUM_CLASSES and inference from MODEL.RETINANET; losses here)
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.FREEANCHOR = CN()
+# Anchors in each GT's bag (the highest IoU(anchor, GT)).
+_C.MODEL.FREEANCHOR.BAG_SIZE = 50
+# t1 of the saturated linear P(a_j -> b_i) = clamp((IoU - t1) / (t2 - t1), 0, 1).
+_C.MODEL.FREEANCHOR.IOU_THRESHOLD = 0.6
+# Weight of the positive bag loss; the negative loss gets 1 - ALPHA.
+_C.MODEL.FREEANCHOR.ALPHA = 0.5
+# Focal exponent of the negative loss.
+_C.MODEL.FREEANCHOR.GAMMA = 2.0
+# Smooth-L1 beta (delta units) and weight in P_loc = exp(-WEIGHT * SmoothL1).
+_C.MODEL.FREEANCHOR.BBOX_REG_BETA = 0.11
+_C.MODEL.FREEANCHOR.BBOX_REG_WEIGHT = 0.75
+
+# ---------------------------------------------------------------------------------------------
+# AutoAssign (FCOS-style point head with implicit objectness; see shared/ALGORITHMS.md)
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.AUTOASSIGN = CN()
+# Foreground classes + 1 (81 for COCO; 0 = take it from the training dataset).
+_C.MODEL.AUTOASSIGN.NUM_CLASSES = 81
+# Strides of the feature levels in pixels (P3-P7).
+_C.MODEL.AUTOASSIGN.FPN_STRIDES = [8, 16, 32, 64, 128]
+# Convs (3x3, bias, GroupNorm, ReLU) per tower.
+_C.MODEL.AUTOASSIGN.NUM_CONVS = 4
+# Prior probability of the cls bias init.
+_C.MODEL.AUTOASSIGN.PRIOR_PROB = 0.02
+# Weight of (1 - GIoU) in p_loc = exp(-REG_LOSS_WEIGHT * (1 - GIoU)).
+_C.MODEL.AUTOASSIGN.REG_LOSS_WEIGHT = 5.0
+# Weights of the positive, negative and centre-prior losses.
+_C.MODEL.AUTOASSIGN.POS_LOSS_WEIGHT = 0.25
+_C.MODEL.AUTOASSIGN.NEG_LOSS_WEIGHT = 0.75
+_C.MODEL.AUTOASSIGN.CENTER_LOSS_WEIGHT = 0.75
+# A GT with no point inside it uses its TOPK points of highest centre prior (off = reference).
+_C.MODEL.AUTOASSIGN.FORCE_TOPK = False
+_C.MODEL.AUTOASSIGN.TOPK = 9
+# Score threshold on sigmoid(cls) at inference (score = sigmoid(cls) * sigmoid(objectness)).
+_C.MODEL.AUTOASSIGN.INFERENCE_TH = 0.05
+# Candidates kept per level before NMS.
+_C.MODEL.AUTOASSIGN.PRE_NMS_TOP_N = 1000
+# Class-aware NMS IoU threshold.
+_C.MODEL.AUTOASSIGN.NMS_TH = 0.6
+
+# ---------------------------------------------------------------------------------------------
 # ATSS and Dynamic ATSS (Dynamic ATSS reads the same keys; see shared/ALGORITHMS.md)
 # ---------------------------------------------------------------------------------------------
 _C.MODEL.ATSS = CN()
@@ -307,6 +354,8 @@ _C.SOLVER.CLIP_GRAD_NORM = 0.0
 _C.SOLVER.AMP = ""
 # Evaluate on DATASETS.TEST every this many iterations (0: only at the end).
 _C.SOLVER.TEST_PERIOD = 0
+# Log losses, lr, time, ETA and memory every this many iterations.
+_C.SOLVER.LOG_PERIOD = 20
 
 # ---------------------------------------------------------------------------------------------
 # Test

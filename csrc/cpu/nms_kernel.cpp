@@ -1,0 +1,146 @@
+// CPU kernels for nms and batched_nms: sort once, then greedy suppression with a mask.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../ops.h"
+
+namespace maskrcnn_benchmark {
+namespace {
+
+// Greedy NMS over n boxes stored structure-of-arrays in decreasing score order.
+// Sets keep[k] = 1 for kept boxes. The inner loop is branch-free so it vectorises.
+template <typename T>
+void greedy_nms(const T* x1, const T* y1, const T* x2, const T* y2, const T* area, int64_t n,
+                T threshold, uint8_t* suppressed, uint8_t* keep) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (suppressed[i]) continue;
+    keep[i] = 1;
+    const T ix1 = x1[i], iy1 = y1[i], ix2 = x2[i], iy2 = y2[i], iarea = area[i];
+    for (int64_t j = i + 1; j < n; ++j) {
+      const T w = std::max(T(0), std::min(ix2, x2[j]) - std::max(ix1, x1[j]));
+      const T h = std::max(T(0), std::min(iy2, y2[j]) - std::max(iy1, y1[j]));
+      const T inter = w * h;
+      const T uni = iarea + area[j] - inter;
+      const T iou = uni > T(0) ? inter / uni : T(0);
+      suppressed[j] |= static_cast<uint8_t>(iou > threshold);
+    }
+  }
+}
+
+// Gathers boxes[perm] into structure-of-arrays buffers (x1, y1, x2, y2, area).
+template <typename T>
+void gather_soa(const T* boxes, const int64_t* perm, int64_t n, std::vector<T>& buf) {
+  buf.resize(5 * n);
+  T* x1 = buf.data();
+  T* y1 = x1 + n;
+  T* x2 = y1 + n;
+  T* y2 = x2 + n;
+  T* area = y2 + n;
+  for (int64_t k = 0; k < n; ++k) {
+    const T* b = boxes + 4 * perm[k];
+    x1[k] = b[0];
+    y1[k] = b[1];
+    x2[k] = b[2];
+    y2[k] = b[3];
+    area[k] = (b[2] - b[0]) * (b[3] - b[1]);
+  }
+}
+
+void check_nms_inputs(const at::Tensor& boxes, const at::Tensor& scores, const char* op) {
+  check_boxes(boxes, op, "boxes");
+  TORCH_CHECK(scores.dim() == 1, op, ": scores must have shape [N], got ", scores.sizes());
+  TORCH_CHECK(scores.size(0) == boxes.size(0), op, ": scores must have shape [N] with N = ",
+              boxes.size(0), " (boxes.size(0)), got ", scores.sizes());
+  TORCH_CHECK(scores.is_floating_point(), op, ": scores must be a floating point tensor, got ",
+              scores.scalar_type());
+  check_same_device(boxes, scores, op, "boxes", "scores");
+  TORCH_CHECK(boxes.device().is_cpu(), op, ": expected CPU tensors, got ", boxes.device());
+}
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  check_nms_inputs(boxes, scores, "nms");
+  const int64_t n = boxes.size(0);
+  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  const at::Tensor order =
+      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
+  const at::Tensor boxes_c = boxes.contiguous();
+  std::vector<uint8_t> suppressed(n, 0), keep(n, 0);
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
+    std::vector<scalar_t> buf;
+    gather_soa(boxes_c.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), n, buf);
+    greedy_nms(buf.data(), buf.data() + n, buf.data() + 2 * n, buf.data() + 3 * n,
+               buf.data() + 4 * n, n, static_cast<scalar_t>(iou_threshold), suppressed.data(),
+               keep.data());
+  });
+  const int64_t* ord = order.data_ptr<int64_t>();
+  std::vector<int64_t> kept;
+  for (int64_t k = 0; k < n; ++k)
+    if (keep[k]) kept.push_back(ord[k]);
+  return at::tensor(kept, boxes.options().dtype(at::kLong));
+}
+
+at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                           const at::Tensor& idxs, double iou_threshold) {
+  check_nms_inputs(boxes, scores, "batched_nms");
+  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0),
+              "batched_nms: idxs must have shape [N] with N = ", boxes.size(0),
+              " (boxes.size(0)), got ", idxs.sizes());
+  TORCH_CHECK(idxs.scalar_type() == at::kLong, "batched_nms: idxs must be int64, got ",
+              idxs.scalar_type());
+  check_same_device(boxes, idxs, "batched_nms", "boxes", "idxs");
+  const int64_t n = boxes.size(0);
+  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+
+  // Score order, then a stable sort by class: each class is a contiguous run in score order.
+  const at::Tensor order =
+      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
+  const at::Tensor cls_sorted = idxs.index_select(0, order);
+  const at::Tensor by_cls =
+      std::get<1>(cls_sorted.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false)).contiguous();
+  const at::Tensor perm = order.index_select(0, by_cls).contiguous();  // box index per slot
+  const at::Tensor cls_perm = cls_sorted.index_select(0, by_cls).contiguous();
+  const int64_t* cls = cls_perm.data_ptr<int64_t>();
+  const int64_t* rank = by_cls.data_ptr<int64_t>();  // slot -> position in score order
+
+  std::vector<int64_t> starts;  // run boundaries; starts.back() == n
+  for (int64_t k = 0; k < n; ++k)
+    if (k == 0 || cls[k] != cls[k - 1]) starts.push_back(k);
+  starts.push_back(n);
+  const int64_t num_runs = static_cast<int64_t>(starts.size()) - 1;
+
+  const at::Tensor boxes_c = boxes.contiguous();
+  std::vector<uint8_t> suppressed(n, 0), keep(n, 0);
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "batched_nms_cpu", [&] {
+    std::vector<scalar_t> buf;
+    gather_soa(boxes_c.data_ptr<scalar_t>(), perm.data_ptr<int64_t>(), n, buf);
+    const scalar_t* b = buf.data();
+    const scalar_t thr = static_cast<scalar_t>(iou_threshold);
+    at::parallel_for(0, num_runs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t s = starts[r], len = starts[r + 1] - starts[r];
+        greedy_nms(b + s, b + n + s, b + 2 * n + s, b + 3 * n + s, b + 4 * n + s, len, thr,
+                   suppressed.data() + s, keep.data() + s);
+      }
+    });
+  });
+  // Back to global score order.
+  std::vector<uint8_t> keep_by_rank(n, 0);
+  for (int64_t k = 0; k < n; ++k) keep_by_rank[rank[k]] = keep[k];
+  const int64_t* ord = order.data_ptr<int64_t>();
+  std::vector<int64_t> kept;
+  for (int64_t k = 0; k < n; ++k)
+    if (keep_by_rank[k]) kept.push_back(ord[k]);
+  return at::tensor(kept, boxes.options().dtype(at::kLong));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(maskrcnn_benchmark, CPU, m) {
+  m.impl("nms", TORCH_FN(nms_cpu));
+  m.impl("batched_nms", TORCH_FN(batched_nms_cpu));
+}
+
+}  // namespace maskrcnn_benchmark

@@ -1,0 +1,118 @@
+"""Inference over a test data loader (one or many processes) and COCO evaluation."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.utils.comm import all_gather, get_world_size, is_main_process, synchronize
+from maskrcnn_benchmark.utils.io import atomic_write_json
+from maskrcnn_benchmark.utils.metric_logger import format_eta
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def dataset_folder_name(name: str) -> str:
+    """A folder name for a DATASETS.TEST entry: the catalog name, or for ``"<ann.json>:<images>"`` the
+    annotation file's stem; characters other than ``[A-Za-z0-9._-]`` become ``_``."""
+    if ":" in name or os.sep in name:
+        name = os.path.splitext(os.path.basename(name.split(":")[0]))[0] or name
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+@torch.no_grad()
+def compute_on_dataset(model: nn.Module, data_loader, device: torch.device) -> Dict[int, BoxList]:
+    """Run ``model`` (eval mode) over ``data_loader``; predictions resized to each ORIGINAL image size.
+
+    Returns: {dataset index: BoxList on the CPU in the original image's (width, height)}.
+    """
+    model.eval()
+    dataset = data_loader.dataset
+    results: Dict[int, BoxList] = {}
+    for images, _targets, indices in data_loader:
+        outputs = model(images.to(device))
+        for idx, pred in zip(indices, outputs):
+            info = dataset.get_img_info(int(idx))
+            results[int(idx)] = pred.to("cpu").resize((info["width"], info["height"]))
+    return results
+
+
+def gather_predictions(predictions: Dict[int, BoxList], num_images: Optional[int] = None,
+                       logger: Optional[logging.Logger] = None) -> Optional[Dict[int, BoxList]]:
+    """Gather per-rank ``{index: BoxList}`` on every rank; rank 0 gets them merged (duplicates from padded
+    samplers dropped) and ordered by index, other ranks get None."""
+    parts = all_gather(predictions)
+    if not is_main_process():
+        return None
+    merged: Dict[int, BoxList] = {}
+    for part in parts:
+        for idx, pred in part.items():
+            merged.setdefault(idx, pred)
+    merged = dict(sorted(merged.items()))
+    if num_images is not None and len(merged) != num_images and logger is not None:
+        logger.warning("Predictions cover %d of %d images; some images were not evaluated", len(merged), num_images)
+    return merged
+
+
+def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: Optional[str] = None,
+              device="cuda", logger: Optional[logging.Logger] = None) -> Optional[Dict[str, float]]:
+    """Detect on every image of ``data_loader`` (in every process), gather on rank 0 and evaluate.
+
+    Rank 0 writes ``output_folder/bbox.json`` (COCO results, via ``evaluate``) and
+    ``output_folder/metrics.json`` (atomically), logs the COCO summary and returns
+    ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``; other ranks return None.
+    """
+    from maskrcnn_benchmark.data.datasets.evaluation import evaluate
+
+    logger = logger or logging.getLogger("maskrcnn_benchmark.inference")
+    device = torch.device(device)
+    dataset = data_loader.dataset
+    logger.info("Start evaluation on %s (%d images) with %d process(es)", dataset_name, len(dataset),
+                get_world_size())
+    start = time.perf_counter()
+    predictions = compute_on_dataset(model, data_loader, device)
+    synchronize()
+    elapsed = time.perf_counter() - start
+    logger.info("Inference time: %s (%.4f s / image per process)", format_eta(elapsed),
+                elapsed * get_world_size() / max(len(dataset), 1))
+    predictions = gather_predictions(predictions, len(dataset), logger)
+    if predictions is None:
+        return None
+    if output_folder:
+        os.makedirs(output_folder, exist_ok=True)
+    results = evaluate(dataset, predictions, output_folder)
+    results = {k: float(v) for k, v in dict(results).items()}
+    logger.info("%s: %s", dataset_name, "  ".join(f"{k} {results[k]:.4f}" for k in METRICS if k in results))
+    if output_folder:
+        atomic_write_json(os.path.join(output_folder, "metrics.json"),
+                          {"dataset": dataset_name, "num_images": len(predictions), "inference_time_s": elapsed,
+                           "bbox": results}, indent=2)
+    return results
+
+
+def run_test(cfg, model: nn.Module, distributed: bool = False) -> Dict[str, Dict[str, float]]:
+    """Evaluate ``model`` on every DATASETS.TEST entry; results in OUTPUT_DIR/inference/<dataset>/.
+
+    Returns ``{dataset name: metrics}`` on rank 0 (empty on the others).
+    """
+    from maskrcnn_benchmark.data import make_data_loader
+
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    was_training = model.training
+    loaders: List = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+    all_results: Dict[str, Dict[str, float]] = {}
+    for name, loader in zip(cfg.DATASETS.TEST, loaders):
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(name)) if cfg.OUTPUT_DIR else None
+        results = inference(model, loader, name, folder, device=cfg.MODEL.DEVICE)
+        if results is not None:
+            all_results[name] = results
+        synchronize()
+    model.train(was_training)
+    return all_results

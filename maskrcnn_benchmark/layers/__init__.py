@@ -1,0 +1,8 @@
+"""Layers and compiled operators. The compiled ops load lazily: importing this package works
+without the built extension; calling an op then raises ImportError naming the build command."""
+from .box_iou import box_iou
+from .nms import batched_nms, nms
+from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
+from .scale import Scale  # noqa: E402,F401  (head helper)
+from .batch_norm import FrozenBatchNorm2d  # noqa: E402,F401  (backbone helper)
+from .dcn import DFConv2d, ModulatedDeformConv, deform_conv2d  # noqa: E402,F401  (DCN helper)

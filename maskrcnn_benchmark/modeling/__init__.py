@@ -1,0 +1,1 @@
+"""Detector building blocks: backbones, heads, assigners, box coding."""

@@ -1,0 +1,66 @@
+"""Max-IoU matching (the RetinaNet / RPN ``Matcher`` of maskrcnn-benchmark), vectorised over GTs."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from maskrcnn_benchmark.structures.box_ops import pairwise_iou
+
+from .base import AssignResult, BaseAssigner
+
+__all__ = ["MaxIoUAssigner"]
+
+
+class MaxIoUAssigner(BaseAssigner):
+    """Each anchor takes the GT of highest IoU (ties: lowest GT index).
+
+    - max IoU >= ``fg_iou_threshold``: positive (label of that GT);
+    - max IoU < ``bg_iou_threshold``: background (0);
+    - in between: ignored (-1).
+    - ``allow_low_quality_matches`` (the RetinaNet setting): for every GT, the anchors whose IoU
+      with it equals the GT's highest IoU become positive, for *their own* best GT (as the
+      original ``Matcher``, which restores the anchor's argmax match). Only GTs whose highest IoU
+      is > 0 take part: the original would turn every anchor with IoU 0 into a positive for a GT
+      that overlaps no anchor.
+
+    No centre-inside test (unlike the ATSS release's ``POSITIVE_TYPE: IoU``). ``quality`` is the
+    IoU of a positive with its GT. Builds the dense ``[G, N]`` IoU matrix with the compiled
+    ``pairwise_iou`` (as the original); everything else is element-wise over it.
+    """
+
+    def __init__(self, fg_iou_threshold: float = 0.5, bg_iou_threshold: float = 0.4,
+                 allow_low_quality_matches: bool = True):
+        if bg_iou_threshold > fg_iou_threshold:
+            raise ValueError(f"MaxIoUAssigner: bg_iou_threshold ({bg_iou_threshold}) > "
+                             f"fg_iou_threshold ({fg_iou_threshold})")
+        self.fg_iou_threshold = float(fg_iou_threshold)
+        self.bg_iou_threshold = float(bg_iou_threshold)
+        self.allow_low_quality_matches = bool(allow_low_quality_matches)
+
+    @classmethod
+    def from_config(cls, cfg) -> "MaxIoUAssigner":
+        """Builds from ``cfg.MODEL.RETINANET`` (FG_IOU_THRESHOLD, BG_IOU_THRESHOLD)."""
+        r = cfg.MODEL.RETINANET
+        return cls(r.FG_IOU_THRESHOLD, r.BG_IOU_THRESHOLD, allow_low_quality_matches=True)
+
+    def __repr__(self) -> str:
+        return (f"MaxIoUAssigner(fg_iou_threshold={self.fg_iou_threshold}, "
+                f"bg_iou_threshold={self.bg_iou_threshold}, "
+                f"allow_low_quality_matches={self.allow_low_quality_matches})")
+
+    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt_boxes: Tensor,
+                gt_labels: Tensor, pred_boxes: Optional[Tensor]) -> AssignResult:
+        ious = pairwise_iou(gt_boxes, anchors)                                   # [G, N]
+        best_iou, best_gt = ious.max(dim=0)                                      # [N]
+        pos = best_iou >= self.fg_iou_threshold
+        ignore = (best_iou >= self.bg_iou_threshold) & ~pos
+        if self.allow_low_quality_matches:
+            gt_best = ious.amax(dim=1, keepdim=True)                             # [G, 1]
+            pos |= ((ious == gt_best) & (gt_best > 0)).any(dim=0)
+            ignore &= ~pos
+        gt_inds = torch.where(pos, best_gt, -1)
+        result = AssignResult.from_gt_inds(gt_inds, gt_labels, best_iou)
+        result.labels[ignore] = -1
+        return result

@@ -1,0 +1,238 @@
+"""AutoAssign (Zhu et al., 2020; mmdetection's ``autoassign_r50-caffe_fpn_1x_coco``): the
+registered ``"AUTOASSIGN"`` dense head.
+
+The FCOS point head (:class:`~.fcos.FCOSHead`: GN towers with conv bias, cls bias prior 0.02,
+distance bias 4, ``relu(scale(x)) * stride``, the 1-channel map on the box tower is the
+*implicit objectness*) on points without the half-stride offset, trained with
+label-assignment-free weighting:
+
+- Centre prior (:class:`CenterPrior`): learnable per-class ``mu`` (C x 2, init 0) and ``sigma``
+  (C x 2, init 1); ``G = prod_{x,y} exp(-((p - c_gt) / stride - mu)^2 / (2 sigma^2))`` for points
+  inside the GT box, 0 outside.
+- Positive: ``p_loc = exp(-reg_weight * (1 - GIoU))`` (reg_weight 5), ``p_cls = sigmoid(cls) *
+  sigmoid(obj)`` at the GT class, ``p_pos = p_cls * p_loc``; confidence ``C = exp(3 p_pos)``;
+  ``w+ = C G / sum(C G)`` over the instance's points; ``L_pos = BCE(sum w+ p_pos, 1)`` summed
+  over GTs, x 0.25, / total number of GTs.
+- Negative: for points inside GTs, ``f = 1 / (1 - IoU_pred)`` (detached; the IoU of the
+  prediction with the GT it overlaps most), min-max normalised over each instance's points;
+  ``w- = 1 - f`` at that GT's class, 1 elsewhere; ``x = sigmoid(cls) * sigmoid(obj) * w-``;
+  ``L_neg = sum x^2 BCE(x, 0)``, x 0.75, / max(sum G, 1).
+- Centre loss: mean over images of ``num_gt / sum G``, x 0.75.
+
+Numerical choices (documented deviations from the reference, identical in exact arithmetic):
+
+- ``log(sum w+ p_pos)`` is computed in log space (``log G`` directly, ``logsigmoid`` of the
+  logits, logsumexp over points), so a far-off or tiny ``G`` never underflows and saturated logits
+  give finite losses and gradients.
+- A GT with no point inside it (smaller than a stride; mmdetection's ``force_topk`` False) has no
+  positive term (the reference adds a constant BCE(0, 1) = 100 with no gradient) and does not count
+  in the centre loss numerator (the reference divides by a clamped 1e-12, i.e. ~1e12). With
+  ``force_topk`` its ``topk`` points of highest prior are used as its "inside" points, as
+  mmdetection's option.
+- A point inside several GTs of the same class takes the negative weight of the GT of highest
+  index (the reference's write order).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskrcnn_benchmark.modeling.point_generator import PointGenerator, distances_to_boxes
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.box_ops import box_centers, elementwise_giou, elementwise_iou
+
+from . import DENSE_HEADS
+from .base import DensePostProcessor, reduce_mean_count
+from .fcos import FCOSHead, FCOSModule, _decode_point_boxes
+from .free_anchor import negative_bce
+from .retinanet import check_num_classes
+
+__all__ = ["CenterPrior", "AutoAssignLoss", "AutoAssignModule", "build_autoassign"]
+
+_EPS = 1e-12
+
+
+class CenterPrior(nn.Module):
+    """Learnable per-class Gaussian centre prior.
+
+    Args:
+        num_classes: foreground classes C (parameters ``mean`` [C, 2] = 0, ``sigma`` [C, 2] = 1).
+        strides: stride of each level (distances are measured in strides).
+        force_topk, topk: a GT with no point inside gets its ``topk`` points of highest prior as
+            inside points (off by default, as the reference config).
+    """
+
+    def __init__(self, num_classes: int, strides: Sequence[int] = (8, 16, 32, 64, 128),
+                 force_topk: bool = False, topk: int = 9):
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(num_classes, 2))
+        self.sigma = nn.Parameter(torch.ones(num_classes, 2))
+        self.strides = tuple(int(s) for s in strides)
+        self.force_topk = bool(force_topk)
+        self.topk = int(topk)
+
+    def forward(self, points_per_level: Sequence[torch.Tensor], gt_boxes: torch.Tensor,
+                gt_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            points_per_level: list of Tensor[N_l, 2] ``(x, y)``; gt_boxes: Tensor[G, 4];
+            gt_labels: Tensor[G] in 1..C.
+        Returns:
+            log_prior: Tensor[N, G], ``log G`` (finite everywhere; callers mask with ``inside``);
+            inside: Tensor[N, G] bool, point strictly inside the GT (or forced, see above).
+        """
+        lab = gt_labels.to(torch.int64) - 1
+        mu, sigma = self.mean[lab][None], self.sigma[lab][None]                  # [1, G, 2]
+        centers = box_centers(gt_boxes)[None]                                    # [1, G, 2]
+        log_prior = []
+        for pts, stride in zip(points_per_level, self.strides):
+            d = (pts[:, None, :] - centers) / float(stride) - mu                 # [N_l, G, 2]
+            log_prior.append(-(d.square() / (2 * sigma.square())).sum(dim=-1))
+        log_prior = torch.cat(log_prior)                                         # [N, G]
+        points = torch.cat(list(points_per_level))
+        ltrb = torch.cat([points[:, None, :] - gt_boxes[None, :, :2],
+                          gt_boxes[None, :, 2:] - points[:, None, :]], dim=2)
+        inside = ltrb.amin(dim=2) > 0
+        if self.force_topk:
+            empty = ~inside.any(dim=0)                                           # [G]
+            if bool(empty.any()):
+                k = min(self.topk, points.shape[0])
+                top = log_prior.detach().topk(k, dim=0).indices                  # [k, G]
+                forced = torch.zeros_like(inside).scatter_(0, top, True)
+                inside = inside | (forced & empty[None])
+        return log_prior, inside
+
+
+class AutoAssignLoss:
+    """AutoAssign losses (see the module docstring).
+
+    Args:
+        center_prior: the :class:`CenterPrior` (its parameters live in the model).
+        reg_weight: GIoU loss weight inside ``p_loc`` (5).
+        pos_weight, neg_weight, center_weight: loss weights (0.25, 0.75, 0.75).
+        confidence_scale: ``C = exp(confidence_scale * p_pos)`` (3).
+
+    ``__call__(logits [B, N, C], distances [B, N, 4], objectness [B, N], points_per_level
+    (list of Tensor[N_l, 2]), targets)`` returns ``{"loss_pos", "loss_neg", "loss_center"}``.
+    """
+
+    def __init__(self, center_prior: CenterPrior, reg_weight: float = 5.0, pos_weight: float = 0.25,
+                 neg_weight: float = 0.75, center_weight: float = 0.75, confidence_scale: float = 3.0):
+        self.center_prior = center_prior
+        self.reg_weight = float(reg_weight)
+        self.pos_weight = float(pos_weight)
+        self.neg_weight = float(neg_weight)
+        self.center_weight = float(center_weight)
+        self.confidence_scale = float(confidence_scale)
+
+    def positive_loss(self, logits: torch.Tensor, obj: torch.Tensor, pred_boxes: torch.Tensor,
+                      gt_boxes: torch.Tensor, gt_labels: torch.Tensor, log_prior: torch.Tensor,
+                      inside: torch.Tensor) -> torch.Tensor:
+        """Sum over the GTs (with at least one inside point) of ``-log(sum w+ p_pos)``.
+
+        Args:
+            logits: Tensor[N, C]; obj: Tensor[N] objectness logits; pred_boxes: Tensor[N, 4];
+            gt_boxes: Tensor[G, 4]; gt_labels: Tensor[G] (1..C); log_prior, inside: Tensor[N, G].
+        """
+        valid = inside.any(dim=0)
+        if not bool(valid.any()):
+            return logits.sum() * 0 + obj.sum() * 0 + pred_boxes.sum() * 0
+        gt_boxes, gt_labels = gt_boxes[valid], gt_labels[valid]
+        log_prior, inside = log_prior[:, valid], inside[:, valid]
+        giou = elementwise_giou(pred_boxes[:, None, :], gt_boxes[None, :, :])    # [N, G]
+        log_p_pos = (F.logsigmoid(logits[:, gt_labels.to(torch.int64) - 1])
+                     + F.logsigmoid(obj)[:, None] - self.reg_weight * (1 - giou))
+        neg_inf = log_p_pos.new_tensor(float("-inf"))
+        log_cg = torch.where(inside, self.confidence_scale * log_p_pos.exp() + log_prior, neg_inf)
+        log_w = log_cg - torch.logsumexp(log_cg, dim=0, keepdim=True)
+        log_bag = torch.logsumexp(torch.where(inside, log_w + log_p_pos, neg_inf), dim=0)
+        return -log_bag.sum()
+
+    @staticmethod
+    @torch.no_grad()
+    def negative_weights(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                         inside: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """``w-`` per (point, class): Tensor[N, C], 1 except at the class of a GT containing the
+        point, where it is ``1 - minmax_normalised(1 / (1 - IoU_pred))`` (see module docstring)."""
+        n = pred_boxes.shape[0]
+        weight = pred_boxes.new_ones(n * num_classes)
+        if gt_boxes.shape[0] == 0 or not bool(inside.any()):
+            return weight.view(n, num_classes)
+        iou = elementwise_iou(pred_boxes[:, None, :], gt_boxes[None, :, :]).amax(dim=1)  # [N]
+        f = (1.0 / (1.0 - iou).clamp(min=_EPS))[:, None].expand_as(inside)               # [N, G]
+        f_min = torch.where(inside, f, float("inf")).amin(dim=0, keepdim=True)
+        f_max = torch.where(inside, f, float("-inf")).amax(dim=0, keepdim=True)
+        f_norm = (f - f_min + _EPS) / (f_max - f_min + _EPS)
+        pt, g = inside.nonzero(as_tuple=True)
+        index = pt * num_classes + gt_labels.to(torch.int64)[g] - 1
+        last_gt = torch.full((n * num_classes,), -1, dtype=torch.int64, device=pred_boxes.device)
+        last_gt.scatter_reduce_(0, index, g, reduce="amax", include_self=True)
+        win = g == last_gt[index]
+        weight[index[win]] = 1.0 - f_norm[pt[win], g[win]]
+        return weight.view(n, num_classes)
+
+    def __call__(self, logits: torch.Tensor, distances: torch.Tensor, objectness: torch.Tensor,
+                 points_per_level: List[torch.Tensor], targets: List[BoxList]) -> Dict[str, torch.Tensor]:
+        logits, distances, objectness = logits.float(), distances.float(), objectness.float()
+        points = torch.cat(list(points_per_level))
+        num_classes = logits.shape[-1]
+        pos_losses, neg_losses, center_losses = [], [], []
+        num_gt, prior_sum = 0, logits.new_zeros(())
+        for i, t in enumerate(targets):
+            gt = t.bbox.to(device=points.device, dtype=points.dtype).reshape(-1, 4)
+            lab = t.get_field("labels").to(points.device)
+            pred = distances_to_boxes(distances[i], points)                      # [N, 4]
+            if gt.shape[0] == 0:
+                inside = torch.zeros(points.shape[0], 0, dtype=torch.bool, device=points.device)
+                center_losses.append(logits.new_zeros(()))
+            else:
+                log_prior, inside = self.center_prior(points_per_level, gt, lab)
+                prior = torch.where(inside, log_prior.exp(), 0)
+                pos_losses.append(self.positive_loss(logits[i], objectness[i], pred, gt, lab,
+                                                     log_prior, inside))
+                num_gt += gt.shape[0]
+                prior_sum = prior_sum + prior.detach().sum()
+                center_losses.append(inside.any(dim=0).sum() / prior.sum().clamp(min=_EPS))
+            w_neg = self.negative_weights(pred.detach(), gt, lab, inside, num_classes)
+            x = logits[i].sigmoid() * objectness[i].sigmoid()[:, None] * w_neg
+            neg_losses.append((x.square() * negative_bce(x)).sum())
+        loss_neg = self.neg_weight * torch.stack(neg_losses).sum() / reduce_mean_count(
+            prior_sum, device=logits.device)
+        if num_gt == 0:
+            zero = (distances.sum() + objectness.sum() + logits.sum()) * 0
+            prior_zero = self.center_prior.mean.sum() * 0 + self.center_prior.sigma.sum() * 0
+            return {"loss_pos": zero, "loss_neg": loss_neg, "loss_center": zero + prior_zero}
+        loss_pos = self.pos_weight * torch.stack(pos_losses).sum() / reduce_mean_count(
+            num_gt, device=logits.device)
+        loss_center = self.center_weight * torch.stack(center_losses).mean()
+        return {"loss_pos": loss_pos, "loss_neg": loss_neg, "loss_center": loss_center}
+
+
+class AutoAssignModule(FCOSModule):
+    """:class:`FCOSModule` that also owns the loss's :class:`CenterPrior` (parameters
+    ``center_prior.mean`` / ``center_prior.sigma``)."""
+
+    def __init__(self, head: FCOSHead, point_generator: PointGenerator, loss: AutoAssignLoss,
+                 post_processor: DensePostProcessor):
+        super().__init__(head, point_generator, loss, post_processor)
+        self.center_prior = loss.center_prior
+
+
+@DENSE_HEADS.register("AUTOASSIGN")
+def build_autoassign(cfg, in_channels: int) -> AutoAssignModule:
+    """``"AUTOASSIGN"`` from ``cfg.MODEL.AUTOASSIGN``."""
+    a = cfg.MODEL.AUTOASSIGN
+    num_classes = check_num_classes("MODEL.AUTOASSIGN.NUM_CLASSES", a.NUM_CLASSES)
+    head = FCOSHead(in_channels, num_classes, a.FPN_STRIDES, a.NUM_CONVS, a.PRIOR_PROB,
+                    centerness_on_reg=True, norm_reg_targets=True, reg_bias_init=4.0,
+                    num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS)
+    prior = CenterPrior(num_classes, a.FPN_STRIDES, force_topk=a.FORCE_TOPK, topk=a.TOPK)
+    loss = AutoAssignLoss(prior, reg_weight=a.REG_LOSS_WEIGHT, pos_weight=a.POS_LOSS_WEIGHT,
+                          neg_weight=a.NEG_LOSS_WEIGHT, center_weight=a.CENTER_LOSS_WEIGHT)
+    post = DensePostProcessor(_decode_point_boxes, score_thresh=a.INFERENCE_TH,
+                              pre_nms_top_n=a.PRE_NMS_TOP_N, nms_thresh=a.NMS_TH,
+                              detections_per_img=cfg.TEST.DETECTIONS_PER_IMG)
+    return AutoAssignModule(head, PointGenerator(a.FPN_STRIDES, offset=0.0), loss, post)

@@ -1,0 +1,74 @@
+"""Dynamic ATSS (Zhang et al., "Dynamic Label Assignment for Object Detection by Combining
+Predicted and Anchor IoUs"): the ATSS head, anchors, coder and post-processing with
+
+- assignment on ``P + Q`` (IoU of the detached decoded prediction + IoU of the anchor) by
+  :class:`~maskrcnn_benchmark.modeling.assigners.DynamicATSSAssigner`,
+- a quality focal loss whose soft target ``q`` is ``P`` with the assigned GT,
+- a ``q``-weighted GIoU regression loss, and an IoU branch (the ``centerness`` conv) trained with
+  BCE towards ``q``; at inference it plays the centerness role in the score.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from maskrcnn_benchmark.layers.losses import giou_loss, quality_focal_loss
+from maskrcnn_benchmark.modeling.assigners import DynamicATSSAssigner
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+
+from . import DENSE_HEADS
+from .atss import _WEIGHT_EPS, ATSSLoss, ATSSModule, build_atss_parts
+from .base import reduce_mean_count
+
+__all__ = ["DynamicATSSLoss", "build_dynamic_atss"]
+
+
+class DynamicATSSLoss(ATSSLoss):
+    """Losses of Dynamic ATSS (``alpha`` is unused; ``gamma`` is the quality focal exponent).
+
+    ``__call__(logits [B, N, C], bbox_reg [B, N, 4], iou_logits [B, N], anchors_per_level,
+    targets)`` returns ``{"loss_cls", "loss_reg", "loss_iou"}``:
+
+    - ``loss_cls = QFL(logits, labels, q, gamma) / num_pos``,
+    - ``loss_reg = reg_loss_weight * sum_pos q * (1 - GIoU) / sum_pos q``,
+    - ``loss_iou = sum_pos BCE(iou_logit, q) / num_pos``,
+
+    with ``num_pos`` and ``sum q`` all-reduced and averaged per process; ``num_pos`` at least 1,
+    and a ``sum q`` below 1e-6 takes the no-positive path (zero losses that keep the graph).
+    """
+
+    def __call__(self, logits: torch.Tensor, bbox_reg: torch.Tensor, iou_logits: torch.Tensor,
+                 anchors_per_level: List[torch.Tensor], targets: List[BoxList]) -> Dict[str, torch.Tensor]:
+        anchors = torch.cat(anchors_per_level)
+        with torch.no_grad():
+            pred_boxes = self.box_coder.decode(bbox_reg.detach().float(), anchors[None])  # [B, N, 4]
+        labels, matched, quality, pos = self.label_anchors(anchors_per_level, targets, pred_boxes)
+        num_classes = logits.shape[-1]
+        num_pos = reduce_mean_count(pos.sum(), device=logits.device)
+        loss_cls = quality_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
+                                      quality.reshape(-1), gamma=self.gamma) / num_pos
+
+        q = quality[pos]
+        q_sum = reduce_mean_count(q.sum(), device=logits.device, min_value=0.0)
+        if q.numel() == 0 or q_sum < _WEIGHT_EPS:
+            loss_reg = bbox_reg.sum() * 0
+            loss_iou = iou_logits.sum() * 0
+        else:
+            pos_anchors = anchors[pos.nonzero(as_tuple=True)[1]]
+            boxes = self.box_coder.decode(bbox_reg[pos].float(), pos_anchors)
+            loss_reg = self.reg_loss_weight * giou_loss(boxes, matched[pos], weight=q) / q_sum
+            loss_iou = F.binary_cross_entropy_with_logits(iou_logits[pos].float(), q,
+                                                          reduction="sum") / num_pos
+        return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_iou": loss_iou}
+
+
+@DENSE_HEADS.register("DYNAMIC_ATSS")
+def build_dynamic_atss(cfg, in_channels: int) -> ATSSModule:
+    """``"DYNAMIC_ATSS"`` from ``cfg.MODEL.ATSS`` (same keys as ATSS; POSITIVE_TYPE is ignored)."""
+    a = cfg.MODEL.ATSS
+    head, anchor_generator, box_coder, post = build_atss_parts(cfg, in_channels)
+    loss = DynamicATSSLoss(DynamicATSSAssigner.from_config(cfg), box_coder, gamma=a.LOSS_GAMMA,
+                           alpha=a.LOSS_ALPHA, reg_loss_weight=a.REG_LOSS_WEIGHT)
+    return ATSSModule(head, anchor_generator, loss, post)

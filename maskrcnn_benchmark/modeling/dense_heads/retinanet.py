@@ -1,0 +1,188 @@
+"""RetinaNet (Lin et al., ICCV 2017) as the ATSS codebase trains it: the registered ``"RETINANET"``
+dense head. Its conv head is shared with FreeAnchor.
+
+- Head: separate cls / box towers of ``num_convs`` x (3x3 conv with bias, ReLU), no norm;
+  predictors ``A * C`` and ``A * 4``. Init N(0, 0.01), bias 0, cls bias ``-log((1 - p) / p)``.
+  Parameter names as the original (``cls_tower.{i}``, ``bbox_tower.{i}``, ``cls_logits``,
+  ``bbox_pred``).
+- Anchors: ``A = len(ASPECT_RATIOS) * SCALES_PER_OCTAVE`` per location, size
+  ``ANCHOR_SIZES[l] * 2^(k / SCALES_PER_OCTAVE)`` (octave base scale 4 x stride for the defaults).
+- Assignment: :class:`~maskrcnn_benchmark.modeling.assigners.MaxIoUAssigner` (0.5 / 0.4, low
+  quality matches).
+- Losses (as the ATSS release's RetinaNet): focal loss / (num_pos + images), smooth-L1
+  (``beta`` 0.11) on the (10, 10, 5, 5) deltas / max(1, num_pos * ``BBOX_REG_WEIGHT``).
+- Inference: ``sigmoid(cls) > INFERENCE_TH``, top ``PRE_NMS_TOP_N`` per level, decode, clip,
+  class-aware NMS at ``NMS_TH``, top ``TEST.DETECTIONS_PER_IMG``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence
+
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.layers import sigmoid_focal_loss
+from maskrcnn_benchmark.layers.losses import smooth_l1_loss
+from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
+from maskrcnn_benchmark.modeling.assigners import MaxIoUAssigner
+from maskrcnn_benchmark.modeling.box_coder import BoxCoder
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import ImageList
+
+from . import DENSE_HEADS
+from .atss import ATSSLoss
+from .base import DenseHead, DensePostProcessor, concat_levels, init_conv_std, reduce_mean_count
+
+__all__ = ["RetinaNetHead", "RetinaNetLoss", "RetinaNetModule", "build_retinanet",
+           "build_retinanet_parts", "check_num_classes"]
+
+
+def check_num_classes(key: str, value: int) -> int:
+    """Foreground classes from a ``NUM_CLASSES`` config value (foreground + 1)."""
+    if value < 2:
+        raise ValueError(f"{key} must be >= 2 (foreground + background), got {value}; "
+                         "0 must be resolved from the dataset before building")
+    return int(value) - 1
+
+
+class RetinaNetHead(nn.Module):
+    """Classification and box towers without normalisation.
+
+    Args:
+        in_channels: channels of every FPN level.
+        num_classes: foreground classes C.
+        num_anchors: anchors per location A.
+        num_convs: 3x3 conv + ReLU layers per tower.
+        prior_prob: initial foreground probability.
+
+    ``forward(features)`` takes per level Tensor[B, in_channels, H_l, W_l] and returns two lists
+    over levels: cls logits Tensor[B, A*C, H_l, W_l] and box deltas Tensor[B, A*4, H_l, W_l].
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, num_anchors: int = 9, num_convs: int = 4,
+                 prior_prob: float = 0.01):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+
+        def tower():
+            layers: List[nn.Module] = []
+            for _ in range(num_convs):
+                layers += [nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU()]
+            return nn.Sequential(*layers)
+
+        self.cls_tower = tower()
+        self.bbox_tower = tower()
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
+        init_conv_std([*self.cls_tower, *self.bbox_tower, self.cls_logits, self.bbox_pred], 0.01)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, features: Sequence[torch.Tensor]):
+        logits = [self.cls_logits(self.cls_tower(x)) for x in features]
+        bbox_reg = [self.bbox_pred(self.bbox_tower(x)) for x in features]
+        return logits, bbox_reg
+
+
+class RetinaNetLoss:
+    """Focal classification + smooth-L1 box regression on max-IoU assignment.
+
+    Args:
+        assigner: per-image assigner (:class:`MaxIoUAssigner`).
+        box_coder: :class:`BoxCoder` of the regression targets.
+        gamma, alpha: focal loss parameters.
+        beta: smooth-L1 transition point (in delta units).
+        reg_norm: the regression sum is divided by ``max(1, num_pos * reg_norm)``
+            (``MODEL.RETINANET.BBOX_REG_WEIGHT``, 4.0 in the original).
+
+    ``__call__(logits [B, N, C], bbox_reg [B, N, 4], anchors_per_level, targets)`` returns
+    ``{"loss_cls", "loss_reg"}``; ``num_pos`` is all-reduced and averaged per process.
+    """
+
+    # Same per-image assignment step as ATSS (only ``self.assigner`` is used).
+    label_anchors = ATSSLoss.label_anchors
+
+    def __init__(self, assigner, box_coder: BoxCoder, gamma: float = 2.0, alpha: float = 0.25,
+                 beta: float = 0.11, reg_norm: float = 4.0):
+        self.assigner = assigner
+        self.box_coder = box_coder
+        self.gamma = gamma
+        self.alpha = alpha
+        self.beta = beta
+        self.reg_norm = reg_norm
+
+    def __call__(self, logits: torch.Tensor, bbox_reg: torch.Tensor,
+                 anchors_per_level: List[torch.Tensor], targets: List[BoxList]) -> Dict[str, torch.Tensor]:
+        labels, matched, _, pos = self.label_anchors(anchors_per_level, targets)
+        num_images, _, num_classes = logits.shape
+        pos_count = pos.sum()
+        cls_norm = reduce_mean_count(pos_count + num_images, device=logits.device)
+        loss_cls = sigmoid_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
+                                      self.gamma, self.alpha).sum() / cls_norm
+        num_pos = reduce_mean_count(pos_count, device=logits.device, min_value=0.0)
+        if not bool(pos.any()):
+            loss_reg = bbox_reg.sum() * 0
+        else:
+            anchors = torch.cat(anchors_per_level)
+            target = self.box_coder.encode(matched[pos], anchors[pos.nonzero(as_tuple=True)[1]])
+            loss_reg = smooth_l1_loss(bbox_reg[pos].float(), target, beta=self.beta,
+                                      reduction="sum") / max(1.0, num_pos * self.reg_norm)
+        return {"loss_cls": loss_cls, "loss_reg": loss_reg}
+
+
+class RetinaNetModule(DenseHead):
+    """A dense head made of a :class:`RetinaNetHead`, anchors, a loss with the call signature
+    ``loss(logits [B, N, C], bbox_reg [B, N, 4], anchors_per_level, targets) -> dict`` and a
+    :class:`DensePostProcessor` on ``sigmoid(cls)`` (used by ``"RETINANET"`` and ``"FREEANCHOR"``).
+    """
+
+    def __init__(self, head: RetinaNetHead, anchor_generator: AnchorGenerator, loss,
+                 post_processor: DensePostProcessor):
+        super().__init__()
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.loss_evaluator = loss
+        self.post_processor = post_processor
+
+    def forward_train(self, images: ImageList, features: List[torch.Tensor],
+                      targets: List[BoxList]) -> Dict[str, torch.Tensor]:
+        logits, bbox_reg = self.head(features)
+        a, c = self.head.num_anchors, self.head.num_classes
+        anchors_per_level = self.anchor_generator(images, features)[0]
+        return self.loss_evaluator(concat_levels(logits, a, c), concat_levels(bbox_reg, a, 4),
+                                   anchors_per_level, targets)
+
+    @torch.no_grad()
+    def forward_test(self, images: ImageList, features: List[torch.Tensor]) -> List[BoxList]:
+        logits, bbox_reg = self.head(features)
+        a, c = self.head.num_anchors, self.head.num_classes
+        scores = [concat_levels([x], a, c).sigmoid() for x in logits]
+        reg = [concat_levels([x], a, 4) for x in bbox_reg]
+        anchors = self.anchor_generator(images, features)
+        return self.post_processor(scores, reg, anchors, images.image_sizes)
+
+
+def build_retinanet_parts(cfg, in_channels: int):
+    """(head, anchor_generator, box_coder, post_processor) from ``cfg.MODEL.RETINANET``."""
+    r = cfg.MODEL.RETINANET
+    num_classes = check_num_classes("MODEL.RETINANET.NUM_CLASSES", r.NUM_CLASSES)
+    num_anchors = len(r.ASPECT_RATIOS) * r.SCALES_PER_OCTAVE
+    head = RetinaNetHead(in_channels, num_classes, num_anchors, r.NUM_CONVS, r.PRIOR_PROB)
+    anchor_generator = AnchorGenerator(r.ANCHOR_SIZES, r.ASPECT_RATIOS, r.ANCHOR_STRIDES,
+                                       r.SCALES_PER_OCTAVE, r.STRADDLE_THRESH)
+    box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    post = DensePostProcessor(box_coder.decode, score_thresh=r.INFERENCE_TH,
+                              pre_nms_top_n=r.PRE_NMS_TOP_N, nms_thresh=r.NMS_TH,
+                              detections_per_img=cfg.TEST.DETECTIONS_PER_IMG)
+    return head, anchor_generator, box_coder, post
+
+
+@DENSE_HEADS.register("RETINANET")
+def build_retinanet(cfg, in_channels: int) -> RetinaNetModule:
+    """``"RETINANET"`` from ``cfg.MODEL.RETINANET``."""
+    r = cfg.MODEL.RETINANET
+    head, anchor_generator, box_coder, post = build_retinanet_parts(cfg, in_channels)
+    loss = RetinaNetLoss(MaxIoUAssigner.from_config(cfg), box_coder, gamma=r.LOSS_GAMMA,
+                         alpha=r.LOSS_ALPHA, beta=r.BBOX_REG_BETA, reg_norm=r.BBOX_REG_WEIGHT)
+    return RetinaNetModule(head, anchor_generator, loss, post)

@@ -1,0 +1,38 @@
+"""Detector meta-architectures: ``build_detection_model(cfg)``."""
+from __future__ import annotations
+
+import torch
+
+from maskrcnn_benchmark.modeling.backbone import build_backbone
+from maskrcnn_benchmark.modeling.dense_heads import build_dense_head
+from maskrcnn_benchmark.utils.registry import Registry
+
+from .generalized_rcnn import GeneralizedRCNN
+
+__all__ = ["META_ARCHITECTURES", "GeneralizedRCNN", "build_detection_model", "check_supported"]
+
+META_ARCHITECTURES = Registry("META_ARCHITECTURES")
+
+
+def check_supported(cfg) -> None:
+    """Rejects the original codebase's features this toolkit does not implement."""
+    unsupported = [("MODEL.MASK_ON", cfg.MODEL.MASK_ON), ("MODEL.KEYPOINT_ON", cfg.MODEL.KEYPOINT_ON),
+                   ("TEST.BBOX_AUG.ENABLED", cfg.TEST.BBOX_AUG.ENABLED)]
+    on = [name for name, value in unsupported if value]
+    if on:
+        raise ValueError(f"unsupported option(s) {on}: masks, keypoints and test-time "
+                         "augmentation are not implemented; set them to False")
+
+
+@META_ARCHITECTURES.register("GeneralizedRCNN")
+def build_generalized_rcnn(cfg) -> GeneralizedRCNN:
+    backbone = build_backbone(cfg)
+    head = build_dense_head(cfg, backbone.out_channels)
+    return GeneralizedRCNN(backbone, head, size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY)
+
+
+def build_detection_model(cfg) -> GeneralizedRCNN:
+    """The model of ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` (train mode)."""
+    check_supported(cfg)
+    model = META_ARCHITECTURES[cfg.MODEL.META_ARCHITECTURE](cfg)
+    return model.to(torch.device(cfg.MODEL.DEVICE))

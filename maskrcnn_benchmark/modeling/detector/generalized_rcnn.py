@@ -1,0 +1,59 @@
+"""Backbone (+ FPN) followed by a dense head: the one meta-architecture of the toolkit."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
+
+__all__ = ["GeneralizedRCNN"]
+
+
+class GeneralizedRCNN(nn.Module):
+    """``backbone`` then a dense head.
+
+    The head is stored as ``rpn`` (as in the original maskrcnn-benchmark / ATSS code, so their
+    checkpoints' ``rpn.head.*`` names load); ``dense_head`` is an alias.
+
+    Args:
+        backbone: module with ``forward(Tensor[B, 3, H, W]) -> list of Tensor[B, C, H_l, W_l]``.
+        dense_head: module with ``forward(images, features, targets) -> (detections, losses)``.
+        size_divisibility: padding multiple used when a list of images is given.
+    """
+
+    def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = dense_head
+        self.size_divisibility = int(size_divisibility)
+
+    @property
+    def dense_head(self) -> nn.Module:
+        return self.rpn
+
+    def forward(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor],
+                targets: Optional[List[BoxList]] = None) -> Union[Dict[str, torch.Tensor], List[BoxList]]:
+        """
+        Args:
+            images: an ImageList, or a list of Tensor[3, H_i, W_i] (padded here to a multiple of
+                ``size_divisibility``), or a Tensor[B, 3, H, W].
+            targets: per image BoxList (image coordinates) with a ``labels`` field (int64, 1..C);
+                required in training mode.
+        Returns:
+            training: dict of scalar losses; eval: per image BoxList (fields ``scores``,
+            ``labels``) in the coordinates of the input image, sorted by decreasing score.
+        """
+        if self.training and targets is None:
+            raise ValueError("GeneralizedRCNN: targets are required in training mode "
+                             "(call model.eval() for inference)")
+        images = to_image_list(images, self.size_divisibility)
+        features = self.backbone(images.tensors)
+        if targets is not None:
+            targets = [t.to(images.tensors.device) for t in targets]
+        detections, losses = self.rpn(images, list(features), targets if self.training else None)
+        if self.training:
+            return losses
+        return detections

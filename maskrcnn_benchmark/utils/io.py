@@ -1,0 +1,92 @@
+"""Atomic file writing: the one home for "write to a temp file, fsync, os.replace".
+
+A reader never sees a half-written file: either the old content (or no file) or the
+complete new content. Used for dataset json files, evaluation results and checkpoints.
+"""
+import contextlib
+import json
+import os
+import tempfile
+from typing import IO, Any, Callable, Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "fsync_dir",
+]
+
+
+def fsync_dir(path: PathLike) -> None:
+    """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file next to ``path``; on success fsync it and ``os.replace`` it onto ``path``.
+
+    On an exception the temp file is removed and ``path`` is left untouched.
+
+    Args:
+        path: final destination.
+        mode: "w"/"wb" (text or binary write); other kwargs go to ``open`` (e.g. encoding).
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_open only supports write modes, got mode={mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Atomically write ``text`` to ``path``."""
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+def atomic_write_json(path: PathLike, obj: Any, **dump_kwargs: Any) -> None:
+    """Atomically write ``obj`` as json to ``path`` (``dump_kwargs`` go to ``json.dump``)."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, **dump_kwargs)
+
+
+def atomic_torch_save(obj: Any, path: PathLike, save_fn: Callable[[Any, IO], None] = None) -> None:
+    """Atomically ``torch.save(obj, path)`` (or ``save_fn(obj, fileobj)``)."""
+    if save_fn is None:
+        import torch
+
+        save_fn = torch.save
+    with atomic_open(path, "wb") as f:
+        save_fn(obj, f)

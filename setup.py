@@ -1,0 +1,107 @@
+"""Build and install maskrcnn_benchmark with its compiled operators (`maskrcnn_benchmark._C`).
+
+Install torch first, then build in place:
+
+    MAX_JOBS=2 python setup.py build_ext --inplace
+    # or: python setup.py build develop   /   python setup.py build_develop
+    # or: pip install -e . --no-build-isolation
+
+CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built. CUDA kernels (csrc/cuda/*.cu) are added,
+with -DWITH_CUDA, when torch was built with CUDA and nvcc is found (CUDA_HOME), or when FORCE_CUDA=1.
+"""
+import glob
+import os
+
+from setuptools import Command, find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise RuntimeError(
+        "maskrcnn_benchmark needs torch at build time: install torch first (see README), then run "
+        "`MAX_JOBS=2 python setup.py build_ext --inplace` or `pip install -e . --no-build-isolation`"
+    ) from e
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def get_extensions():
+    csrc = os.path.join(ROOT, "csrc")
+    sources = _rel(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    cuda_sources = _rel(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
+
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    extra_link_args = ["-fopenmp"]
+    define_macros = []
+    extension = CppExtension
+    with_cuda = (torch.version.cuda is not None and CUDA_HOME is not None) or os.getenv("FORCE_CUDA", "0") == "1"
+    if with_cuda:
+        extension = CUDAExtension
+        sources += cuda_sources
+        define_macros.append(("WITH_CUDA", None))
+        extra_compile_args["nvcc"] = [
+            "-O3",
+            "-DCUDA_HAS_FP16=1",
+            "-D__CUDA_NO_HALF_OPERATORS__",
+            "-D__CUDA_NO_HALF_CONVERSIONS__",
+            "-D__CUDA_NO_HALF2_OPERATORS__",
+        ]
+    return [
+        extension(
+            "maskrcnn_benchmark._C",
+            sources,
+            include_dirs=[csrc],
+            define_macros=define_macros,
+            extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
+        )
+    ]
+
+
+class BuildDevelop(Command):
+    """`python setup.py build develop` / `build_develop`: build the extension in place.
+
+    Replaces setuptools' deprecated `develop`; the checkout then imports directly (run from the repo
+    root or add it to PYTHONPATH; `pip install -e . --no-build-isolation` registers it instead).
+    """
+
+    description = "build the C++/CUDA extension in place (build_ext --inplace)"
+    user_options = []
+
+    def initialize_options(self):
+        pass
+
+    def finalize_options(self):
+        pass
+
+    def run(self):
+        self.reinitialize_command("build_ext", inplace=1)
+        self.run_command("build_ext")
+
+
+def torch_requirement():
+    # Never ask pip for a torch the installed one does not satisfy (it could pull a CUDA wheel).
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return f"torch>={major}.{minor}"
+
+
+setup(
+    name="maskrcnn_benchmark",
+    version="0.1.0",
+    description="Dynamic ATSS / ATSS / AutoAssign / FreeAnchor detectors in PyTorch",
+    packages=find_packages(exclude=("configs", "tests*", "tools*")),
+    python_requires=">=3.9",
+    install_requires=[torch_requirement(), "yacs", "pycocotools", "numpy", "opencv-python-headless"],
+    ext_modules=get_extensions(),
+    cmdclass={
+        "build_ext": BuildExtension,
+        "develop": BuildDevelop,
+        "build_develop": BuildDevelop,
+    },
+    zip_safe=False,
+)

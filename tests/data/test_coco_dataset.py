@@ -1,0 +1,190 @@
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog, ModelCatalog, split_json_path
+from maskrcnn_benchmark.data.build import build_dataset, num_foreground_classes
+from maskrcnn_benchmark.data.datasets import COCODataset
+
+CATS = [{"id": 90, "name": "zebra"}, {"id": 1, "name": "person"}, {"id": 5, "name": "plane"}]
+
+
+def _write_dataset(tmp_path, annotations=None, images=None, categories=CATS):
+    """Three 40x30 images (id 7, 8, 9); image 9 has no annotation."""
+    img_dir = tmp_path / "images"
+    img_dir.mkdir(exist_ok=True)
+    images = images if images is not None else [
+        {"id": i, "file_name": f"im{i}.png", "height": 30, "width": 40} for i in (7, 8, 9)]
+    for im in images:
+        cv2.imwrite(str(img_dir / im["file_name"]), np.full((im["height"], im["width"], 3), im["id"], np.uint8))
+    if annotations is None:
+        annotations = [
+            {"id": 1, "image_id": 7, "category_id": 90, "bbox": [1, 2, 10, 5], "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 5, "bbox": [20, 10, 5, 5], "iscrowd": 0},
+            {"id": 3, "image_id": 7, "category_id": 1, "bbox": [0, 0, 40, 30], "iscrowd": 1},   # crowd
+            {"id": 4, "image_id": 8, "category_id": 1, "bbox": [5, 5, 0, 4], "iscrowd": 0},    # zero width
+            {"id": 5, "image_id": 8, "category_id": 1, "bbox": [30, 20, 20, 20], "iscrowd": 0},  # partly out
+            {"id": 6, "image_id": 8, "category_id": 5, "bbox": [50, 5, 5, 5], "iscrowd": 0},   # fully out
+            {"id": 7, "image_id": 8, "category_id": 90, "bbox": [3, 3, -2, 4], "iscrowd": 0},  # negative
+        ]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return str(ann), str(img_dir)
+
+
+def test_contiguous_ids_crowd_and_filtering(tmp_path, caplog):
+    ann, root = _write_dataset(tmp_path)
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.data.datasets.coco"):
+        ds = COCODataset(ann, root, remove_images_without_annotations=True)
+    assert ds.json_category_id_to_contiguous_id == {1: 1, 5: 2, 90: 3}
+    assert ds.contiguous_category_id_to_json_id == {1: 1, 2: 5, 3: 90}
+    assert ds.class_names == ["__background__", "person", "plane", "zebra"]
+    assert ds.num_classes == 3
+    assert ds.ids == [7, 8]  # image 9 has no annotation
+    msgs = "\n".join(r.getMessage() for r in caplog.records)
+    assert "dropped 2 boxes with zero or negative width/height" in msgs
+    assert "dropped 1 boxes entirely outside" in msgs
+    assert "clipped 1 boxes" in msgs
+    assert "dropped 1 of 3 images" in msgs
+
+    image, target, idx = ds[0]
+    assert idx == 0 and image.shape == (30, 40, 3) and image.dtype == np.uint8 and image[0, 0, 0] == 7
+    torch.testing.assert_close(target.bbox, torch.tensor([[1.0, 2.0, 11.0, 7.0], [20.0, 10.0, 25.0, 15.0]]))
+    assert target.get_field("labels").tolist() == [3, 2]  # crowd box excluded
+    assert target.get_field("labels").dtype == torch.int64
+    _, target, _ = ds[1]
+    torch.testing.assert_close(target.bbox, torch.tensor([[30.0, 20.0, 40.0, 30.0]]))  # clipped
+    assert target.get_field("labels").tolist() == [1]
+    assert ds.get_img_info(1) == {"height": 30, "width": 40, "id": 8, "file_name": "im8.png"}
+
+
+def test_test_mode_keeps_every_image_in_order(tmp_path):
+    ann, root = _write_dataset(tmp_path)
+    ds = COCODataset(ann, root, remove_images_without_annotations=False)
+    assert ds.ids == [7, 8, 9]
+    _, target, _ = ds[2]
+    assert len(target) == 0 and target.get_field("labels").shape == (0,)
+
+
+def test_transforms_applied(tmp_path):
+    ann, root = _write_dataset(tmp_path)
+    ds = COCODataset(ann, root, True,
+                     transforms=lambda im, t: (torch.from_numpy(im).permute(2, 0, 1), t.resize((20, 15))))
+    image, target, _ = ds[0]
+    assert image.shape == (3, 30, 40) and target.size == (20, 15)
+
+
+def test_missing_image_names_file_and_json(tmp_path):
+    ann, root = _write_dataset(tmp_path)
+    (tmp_path / "images" / "im8.png").unlink()
+    ds = COCODataset(ann, root, True)
+    with pytest.raises(FileNotFoundError, match=r"im8\.png.*ann\.json"):
+        ds[1]
+
+
+def test_corrupt_image_names_file(tmp_path):
+    ann, root = _write_dataset(tmp_path)
+    (tmp_path / "images" / "im7.png").write_bytes(np.random.default_rng(0).bytes(200))
+    ds = COCODataset(ann, root, True)
+    with pytest.raises(OSError, match=r"cannot decode image file .*im7\.png"):
+        ds[0]
+
+
+def test_image_size_mismatch(tmp_path):
+    ann, root = _write_dataset(tmp_path)
+    cv2.imwrite(str(tmp_path / "images" / "im7.png"), np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"im7\.png is 10x10"):
+        COCODataset(ann, root, True)[0]
+
+
+def test_malformed_json_gives_line_and_column(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [],\n  "categories": [,]}')
+    with pytest.raises(ValueError, match=r"malformed json in annotation file .*bad\.json.*line 2 column 18"):
+        COCODataset(str(bad), str(tmp_path), True)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d.pop("categories"), r"has no 'categories' key"),
+    (lambda d: d["categories"][0].pop("name"), r"categories\[0\] is missing key 'name'"),
+    (lambda d: d["annotations"][1].pop("bbox"), r"annotations\[1\] is missing key 'bbox'"),
+    (lambda d: d["images"][0].pop("file_name"), r"images\[0\] is missing key 'file_name'"),
+    (lambda d: d["annotations"][0].update(category_id=3), r"category_id 3 which is not in 'categories'"),
+])
+def test_missing_keys_name_key_and_json(tmp_path, mutate, match):
+    ann, root = _write_dataset(tmp_path)
+    data = json.loads(open(ann).read())
+    mutate(data)
+    open(ann, "w").write(json.dumps(data))
+    with pytest.raises(ValueError, match=match) as err:
+        COCODataset(ann, root, True)
+    assert ann in str(err.value)
+
+
+def test_catalog_names_and_path_form(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKRCNN_BENCHMARK_DATA_DIR", str(tmp_path / "data"))
+    got = DatasetCatalog.get("coco_2017_val")
+    assert got["factory"] == "COCODataset"
+    assert got["args"]["ann_file"] == str(tmp_path / "data" / "coco/annotations/instances_val2017.json")
+    assert got["args"]["root"] == str(tmp_path / "data" / "coco/val2017")
+    for name in ("coco_2014_minival", "coco_2014_valminusminival", "coco_2017_test_dev", "coco_2017_train"):
+        assert DatasetCatalog.get(name)["factory"] == "COCODataset"
+
+    ann, root = _write_dataset(tmp_path)
+    got = DatasetCatalog.get(f"{ann}:{root}")
+    assert got["args"] == {"root": root, "ann_file": ann}
+    assert split_json_path("a:b/x.json:c:d") == ("a:b/x.json", "c:d")
+    assert split_json_path("x.JSON:imgs") == ("x.JSON", "imgs")
+    assert split_json_path("no_json_here:imgs") is None
+    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
+        DatasetCatalog.get(f"{tmp_path}/nope.json:{root}")
+    with pytest.raises(FileNotFoundError, match=r"image folder"):
+        DatasetCatalog.get(f"{ann}:{tmp_path}/no_images")
+
+
+def test_unknown_dataset_lists_names(tmp_path):
+    for exc in (KeyError, ValueError):
+        with pytest.raises(exc, match=r"unknown dataset 'coco_2099'.*coco_2017_train.*synthetic_coco_train.*json"):
+            DatasetCatalog.get("coco_2099")
+
+
+def test_model_catalog_never_downloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKRCNN_BENCHMARK_MODELS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"downloaded? .*manually.*R-50\.pkl"):
+        ModelCatalog.get("catalog://ImageNetPretrained/MSRA/R-50")
+    path = tmp_path / "ImageNetPretrained" / "MSRA" / "R-50.pkl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x")
+    assert ModelCatalog.get("catalog://ImageNetPretrained/MSRA/R-50") == str(path)
+    with pytest.raises(KeyError, match="unknown model"):
+        ModelCatalog.get("catalog://ImageNetPretrained/MSRA/R-9000")
+
+
+class _Catalog:
+    def __init__(self, mapping):
+        self.mapping = mapping
+
+    def get(self, name):
+        return dict(factory="COCODataset", args=self.mapping[name])
+
+
+def test_build_dataset_concat_and_class_agreement(tmp_path):
+    a = tmp_path / "a"
+    a.mkdir()
+    b = tmp_path / "b"
+    b.mkdir()
+    ann_a, root_a = _write_dataset(a)
+    ann_b, root_b = _write_dataset(b, categories=CATS + [{"id": 6, "name": "car"}])
+    cat = _Catalog({"a": dict(ann_file=ann_a, root=root_a), "a2": dict(ann_file=ann_a, root=root_a),
+                    "b": dict(ann_file=ann_b, root=root_b)})
+    train = build_dataset(["a", "a2"], None, cat, is_train=True)
+    assert len(train) == 1 and len(train[0]) == 4
+    assert num_foreground_classes(train) == 3
+    test = build_dataset(["a", "a2"], None, cat, is_train=False)
+    assert [len(d) for d in test] == [3, 3]
+    with pytest.raises(ValueError, match=r"a has 3 foreground classes.*b has 4"):
+        build_dataset(["a", "b"], None, cat, is_train=True)

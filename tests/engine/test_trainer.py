@@ -1,0 +1,320 @@
+"""Training loop: exact resume, non-finite losses, logging, AMP / clipping, num-classes checks, CLI errors.
+
+Fast checks use a tiny stand-in model and loader with :func:`do_train`; the end-to-end ones train the
+real R-18 ATSS detector (configs/atss/atss_R_18_FPN_small.yaml) on a 4-image 64 px COCO dataset.
+"""
+import importlib.util
+import json
+import logging
+import os
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.solver import WarmupMultiStepLR
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import to_image_list
+from maskrcnn_benchmark.utils.checkpoint import Checkpointer, select_rng_state
+from maskrcnn_benchmark.utils.logger import setup_logger
+from maskrcnn_benchmark.engine.trainer import check_losses_finite, do_train, resolve_amp, seed_all
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL_CONFIG = os.path.join(ROOT, "configs", "atss", "atss_R_18_FPN_small.yaml")
+
+
+# ---- stand-ins -------------------------------------------------------------------------------------
+class StandInDetector(nn.Module):
+    """Returns two losses from a linear map of the images; ``nan_at`` makes ``loss_reg`` NaN on that call."""
+
+    def __init__(self, nan_at=None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.calls = 0
+        self.nan_at = nan_at
+
+    def forward(self, images, targets):
+        self.calls += 1
+        out = self.conv(images.tensors).mean(dim=(2, 3))  # [B, 2]
+        labels = torch.stack([t.get_field("labels")[0] for t in targets]).float()
+        loss_reg = (out[:, 1] - labels).pow(2).mean()
+        if self.calls == self.nan_at:
+            loss_reg = loss_reg * float("nan")
+        return {"loss_cls": out[:, 0].pow(2).mean(), "loss_reg": loss_reg}
+
+
+class StandInLoader:
+    """Iteration-based loader: batch ``t`` depends on ``t`` plus global-RNG "augmentation" (like flips).
+
+    Creating an iterator draws from the global torch RNG, like a DataLoader without a generator.
+    """
+
+    def __init__(self, max_iter, start_iter=0, batch=2):
+        self.max_iter, self.start_iter, self.batch = max_iter, start_iter, batch
+
+    def __iter__(self):
+        torch.rand(1)  # iterator creation consumes randomness (eagerly, as DataLoader does)
+        return self._batches()
+
+    def _batches(self):
+        for t in range(self.start_iter, self.max_iter):
+            g = torch.Generator().manual_seed(t)
+            imgs = torch.rand(self.batch, 3, 8, 8, generator=g)
+            noise = torch.rand(self.batch, 1, 1, 1) + np.random.rand() + random.random()  # global RNGs
+            imgs = imgs * noise
+            targets = [BoxList(torch.tensor([[0.0, 0.0, 4.0, 4.0]]), (8, 8)) for _ in range(self.batch)]
+            for k, tgt in enumerate(targets):
+                tgt.add_field("labels", torch.tensor([1 + (t + k) % 2]))
+            yield to_image_list(imgs), targets, tuple(range(self.batch))
+
+
+def _solver(model):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return opt, WarmupMultiStepLR(opt, [3], 0.1, warmup_factor=0.5, warmup_iters=2, warmup_method="linear")
+
+
+def _run(out_dir, max_iter, start_fresh_seed=0, crash_after=None, nan_at=None, period=2, **kw):
+    """do_train on the stand-ins, resuming from ``out_dir`` when it has a checkpoint."""
+    seed_all(start_fresh_seed)
+    model = StandInDetector(nan_at)
+    opt, sched = _solver(model)
+    ck = Checkpointer(model, opt, sched, str(out_dir), save_to_disk=True)
+    extra = ck.resume()
+    args = {"iteration": int(extra.get("iteration", 0))}
+    if crash_after is not None:
+        max_iter_run = max_iter
+        loader = _CrashingLoader(StandInLoader(max_iter, args["iteration"]), crash_after - args["iteration"])
+    else:
+        max_iter_run, loader = max_iter, StandInLoader(max_iter, args["iteration"])
+    rng = select_rng_state(extra)
+    do_train(model, loader, opt, sched, ck, torch.device("cpu"), period, args, max_iter=max_iter_run,
+             rng_state=rng, **kw)
+    return model
+
+
+class _CrashingLoader:
+    """Raises KeyboardInterrupt (a killed job) when batch number ``n`` is requested."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n = inner, n
+
+    def __iter__(self):
+        for i, b in enumerate(self.inner):
+            if i == self.n:
+                raise KeyboardInterrupt("killed")
+            yield b
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)
+
+
+# ---- do_train with stand-ins ---------------------------------------------------------------------------
+def test_exact_resume_standin(tmp_path):
+    straight = _run(tmp_path / "a", 6)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", 6, crash_after=4)  # checkpoints at 2 and 4, killed while loading batch 5
+    assert (tmp_path / "b" / "last_checkpoint").read_text().strip() == "model_0000004.pth"
+    resumed = _run(tmp_path / "b", 6, start_fresh_seed=123)  # different init: everything must come from the checkpoint
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    sa, sb = _state(tmp_path / "a" / "model_final.pth"), _state(tmp_path / "b" / "model_final.pth")
+    assert sa["iteration"] == sb["iteration"] == 6
+    for x, y in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert torch.equal(x["momentum_buffer"], y["momentum_buffer"])
+    assert sa["scheduler"]["last_epoch"] == sb["scheduler"]["last_epoch"] == 6
+
+
+def test_resume_without_rng_restore_differs(tmp_path):
+    """Sanity check of the test above: the global-RNG augmentation matters."""
+    straight = _run(tmp_path / "a", 4)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", 4, crash_after=2)
+    data = torch.load(tmp_path / "b" / "model_0000002.pth", weights_only=True)
+    data.pop("rng_states")
+    torch.save(data, tmp_path / "b" / "model_0000002.pth")
+    resumed = _run(tmp_path / "b", 4)
+    assert not torch.equal(straight.conv.weight, resumed.conv.weight)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"^Loss became non-finite at iteration 3: loss_reg=nan"):
+        _run(tmp_path, 6, nan_at=3)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000002.pth"]
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000002.pth"
+    assert _state(tmp_path / "model_0000002.pth")["iteration"] == 2
+
+
+def test_check_losses_finite_names_terms():
+    check_losses_finite({"a": torch.tensor(1.0)}, 1)
+    with pytest.raises(FloatingPointError, match="iteration 7: loss_a=inf, loss_c=nan"):
+        check_losses_finite({"loss_a": torch.tensor(float("inf")), "loss_b": torch.tensor(1.0),
+                             "loss_c": torch.tensor(float("nan"))}, 7)
+
+
+def test_log_lines_and_file(tmp_path):
+    setup_logger("maskrcnn_benchmark", str(tmp_path), 0)
+    try:
+        _run(tmp_path, 4, period=0, log_period=2, logger=logging.getLogger("maskrcnn_benchmark.trainer"))
+    finally:
+        for h in logging.getLogger("maskrcnn_benchmark").handlers:
+            h.flush()
+    lines = [ln for ln in (tmp_path / "log.txt").read_text().splitlines() if "iter: " in ln]
+    assert len(lines) == 2 and "iter: 2/4" in lines[0] and "iter: 4/4" in lines[1]
+    for field in ("eta: ", "loss: ", "loss_cls: ", "loss_reg: ", "time: ", "data: ", "lr: ", "rss: "):
+        assert field in lines[1]
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == ["model_final.pth"]
+    setup_logger("maskrcnn_benchmark", None, 1)  # detach the file handler
+
+
+def test_gradient_clipping_bounds_the_step(tmp_path):
+    torch.manual_seed(0)
+    model = StandInDetector()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = WarmupMultiStepLR(opt, [100], warmup_iters=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    do_train(model, StandInLoader(1), opt, sched, Checkpointer(model), torch.device("cpu"), 0,
+             {"iteration": 0}, max_iter=1, clip_grad_norm=1e-3)
+    step = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert 0 < step.item() <= 1e-3 * (1 + 1e-4)
+
+
+def test_bf16_autocast_on_cpu_runs(tmp_path):
+    torch.manual_seed(0)
+    model = StandInDetector()
+    opt, sched = _solver(model)
+    do_train(model, StandInLoader(2), opt, sched, Checkpointer(model), torch.device("cpu"), 0, {"iteration": 0},
+             max_iter=2, amp_dtype=resolve_amp("bf16", torch.device("cpu")))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_resolve_amp():
+    cpu = torch.device("cpu")
+    assert resolve_amp("", cpu) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    with pytest.warns(UserWarning, match="fp16"):
+        assert resolve_amp("fp16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="SOLVER.AMP"):
+        resolve_amp("fp8", cpu)
+
+
+# ---- the real detector ------------------------------------------------------------------------------------
+def make_tiny_coco(root, n=4, size=64, seed=0, names=("square", "bar")):
+    """``n`` images of ``size`` px with one filled rectangle each; returns the "<json>:<folder>" name."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "img"), exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        img = np.full((size, size, 3), 40, np.uint8)
+        x1, y1 = (int(v) for v in rng.integers(2, size // 2, 2))
+        w, h = (int(v) for v in rng.integers(12, size // 2, 2))
+        c = i % len(names)
+        cv2.rectangle(img, (x1, y1), (x1 + w, y1 + h), (200, 60 + 150 * c, 80), -1)
+        cv2.imwrite(os.path.join(root, "img", f"{i}.png"), img)
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": size, "width": size})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": c + 1, "bbox": [x1, y1, w, h],
+                     "area": float(w * h), "iscrowd": 0})
+    ann = os.path.join(root, "ann.json")
+    with open(ann, "w") as f:
+        json.dump({"images": images, "annotations": anns,
+                   "categories": [{"id": k + 1, "name": v} for k, v in enumerate(names)]}, f)
+    return f"{ann}:{os.path.join(root, 'img')}"
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return make_tiny_coco(str(tmp_path_factory.mktemp("tiny_coco")))
+
+
+def _opts(dataset, out_dir, **extra):
+    opts = {"MODEL.DEVICE": "cpu", "DATASETS.TRAIN": (dataset,), "DATASETS.TEST": (dataset,),
+            "OUTPUT_DIR": str(out_dir), "DATALOADER.NUM_WORKERS": 0, "SOLVER.IMS_PER_BATCH": 2,
+            "TEST.IMS_PER_BATCH": 2, "INPUT.MIN_SIZE_RANGE_TRAIN": (56, 72), "INPUT.MAX_SIZE_TRAIN": 96,
+            "INPUT.MIN_SIZE_TEST": 64, "INPUT.MAX_SIZE_TEST": 96, "INPUT.FLIP_PROB_TRAIN": 0.5,
+            "SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.STEPS": (3,), "SOLVER.WARMUP_ITERS": 2,
+            "SOLVER.LOG_PERIOD": 2, "SOLVER.BASE_LR": 0.01}
+    opts.update(extra)
+    return [x for kv in opts.items() for x in kv]
+
+
+def _cfg(dataset, out_dir, **extra):
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    return setup_cfg(SMALL_CONFIG, _opts(dataset, out_dir, **extra))
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_exact_resume_real_detector(tmp_path, tiny_dataset, monkeypatch):
+    from maskrcnn_benchmark.engine.trainer import train
+
+    torch.set_num_threads(1)
+    train(_cfg(tiny_dataset, tmp_path / "a"), skip_test=True)
+
+    real_save = Checkpointer.save
+
+    def save_then_die(self, name, **extra):
+        path = real_save(self, name, **extra)
+        if name == "model_0000002":
+            raise KeyboardInterrupt("killed after the checkpoint")
+        return path
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_dataset, tmp_path / "b"), skip_test=True)
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    assert (tmp_path / "b" / "last_checkpoint").read_text().strip() == "model_0000002.pth"
+    train(_cfg(tiny_dataset, tmp_path / "b"), skip_test=True)  # resumes from model_0000002
+
+    a, b = _state(tmp_path / "a" / "model_final.pth"), _state(tmp_path / "b" / "model_final.pth")
+    assert a["iteration"] == b["iteration"] == 4
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    saved = (tmp_path / "b" / "config.yml").read_text()
+    assert "NUM_CLASSES: 3" in saved  # NUM_CLASSES 0 in the yaml -> 2 foreground classes + 1
+
+
+def test_num_classes_mismatch_names_both_numbers(tmp_path, tiny_dataset):
+    from maskrcnn_benchmark.engine.trainer import train
+
+    with pytest.raises(ValueError) as e:
+        train(_cfg(tiny_dataset, tmp_path, **{"MODEL.ATSS.NUM_CLASSES": 81}), skip_test=True)
+    msg = str(e.value)
+    assert "MODEL.ATSS.NUM_CLASSES = 81" in msg and "2 foreground classes" in msg and "must be 3" in msg
+    assert tiny_dataset in msg
+    assert not os.path.exists(tmp_path / "last_checkpoint")
+
+
+def test_missing_model_weight_is_clear_error(tmp_path, tiny_dataset):
+    from maskrcnn_benchmark.engine.trainer import train
+
+    missing = str(tmp_path / "no_such_weights.pth")
+    with pytest.raises(FileNotFoundError, match="no_such_weights.pth"):
+        train(_cfg(tiny_dataset, tmp_path / "out", **{"MODEL.WEIGHT": missing}), skip_test=True)
+
+
+def test_unknown_config_key_on_command_line(capsys):
+    tool = _load_tool("train_net")
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--config-file", SMALL_CONFIG, "SOLVER.NOT_A_KEY", "3"])
+    assert e.value.code == 2
+    assert "Non-existent config key: SOLVER.NOT_A_KEY" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["--config-file", SMALL_CONFIG, "SOLVER.MAX_ITER"])  # odd KEY VALUE list
+    assert "KEY VALUE" in capsys.readouterr().err
+
+
+def test_local_rank_spellings():
+    tool = _load_tool("train_net")
+    for argv in (["--local-rank=1"], ["--local_rank", "1"], ["--local-rank", "1"]):
+        assert tool.build_parser().parse_args(argv).local_rank == 1

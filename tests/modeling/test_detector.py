@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS, head_name, set_num_classes
+from maskrcnn_benchmark.modeling.detector import GeneralizedRCNN, build_detection_model
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import to_image_list
+
+SMALL = "configs/atss/atss_R_18_FPN_small.yaml"
+
+
+def _cfg(head):
+    cfg = default_cfg.clone()
+    cfg.merge_from_file(SMALL)
+    cfg.MODEL.HEAD = head
+    cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 64
+    for node in ("ATSS", "RETINANET", "FCOS"):  # keep every head's towers short
+        if node in cfg.MODEL and "NUM_CONVS" in cfg.MODEL[node]:
+            cfg.MODEL[node].NUM_CONVS = 1
+    set_num_classes(cfg, 4)
+    return cfg
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, 96, 128, generator=g), torch.randn(3, 80, 112, generator=g)]
+    t0 = BoxList(torch.tensor([[10.0, 12.0, 70.0, 80.0], [60.0, 20.0, 120.0, 60.0]]), (128, 96))
+    t0.add_field("labels", torch.tensor([1, 3]))
+    t1 = BoxList(torch.zeros(0, 4), (112, 80))
+    t1.add_field("labels", torch.zeros(0, dtype=torch.int64))
+    return images, [t0, t1]
+
+
+@pytest.mark.parametrize("head", sorted(DENSE_HEADS.keys()))
+def test_train_and_eval_forward(head):
+    torch.manual_seed(0)
+    model = build_detection_model(_cfg(head))
+    assert isinstance(model, GeneralizedRCNN)
+    images, targets = _batch()
+    model.train()
+    losses = model(images, targets)
+    assert isinstance(losses, dict) and losses
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        dets = model(to_image_list(images, 32))
+    assert len(dets) == 2
+    for det, img in zip(dets, images):
+        assert det.size == (img.shape[2], img.shape[1])
+        s = det.get_field("scores")
+        assert len(det) <= 100 and (s[:-1] >= s[1:]).all()
+        if len(det):
+            assert det.get_field("labels").min() >= 1 and det.get_field("labels").max() <= 3
+
+
+def test_training_needs_targets():
+    model = build_detection_model(_cfg("ATSS"))
+    model.train()
+    with pytest.raises(ValueError, match="targets are required"):
+        model(_batch()[0])
+
+
+def test_legacy_flag_and_unsupported_options():
+    cfg = default_cfg.clone()
+    cfg.MODEL.ATSS_ON = True
+    assert head_name(cfg) == "ATSS"
+    cfg.MODEL.ATSS_ON = False
+    with pytest.raises(ValueError, match="MODEL.HEAD"):
+        head_name(cfg)
+    for key in ("MODEL.MASK_ON", "MODEL.KEYPOINT_ON", "TEST.BBOX_AUG.ENABLED"):
+        cfg = _cfg("ATSS")
+        cfg.merge_from_list([key, True])
+        with pytest.raises(ValueError, match="unsupported"):
+            build_detection_model(cfg)
+    cfg = _cfg("ATSS")
+    cfg.MODEL.HEAD = "NOPE"
+    with pytest.raises(KeyError, match="NOPE"):
+        build_detection_model(cfg)
+
+
+def test_state_dict_names_match_original_layout():
+    names = set(build_detection_model(_cfg("DYNAMIC_ATSS")).state_dict())
+    for n in ("rpn.head.cls_tower.0.weight", "rpn.head.bbox_tower.1.bias", "rpn.head.cls_logits.bias",
+              "rpn.head.bbox_pred.weight", "rpn.head.centerness.weight", "rpn.head.scales.4.scale",
+              "backbone.body.stem.conv1.weight"):
+        assert n in names, n

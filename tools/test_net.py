@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Evaluate a detector on every DATASETS.TEST entry (COCO AP); one process or many (torchrun).
+
+    python tools/test_net.py --config-file configs/X.yaml [MODEL.WEIGHT path.pth] KEY VALUE ...
+
+Weights: MODEL.WEIGHT, else the last checkpoint of OUTPUT_DIR. Results go to
+OUTPUT_DIR/inference/<dataset>/{bbox.json,metrics.json}.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from maskrcnn_benchmark.engine.inference import run_test  # noqa: E402
+from maskrcnn_benchmark.utils.checkpoint import Checkpointer  # noqa: E402
+from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
+from maskrcnn_benchmark.utils.comm import get_rank, get_world_size  # noqa: E402
+from maskrcnn_benchmark.utils.launch import add_distributed_args, init_distributed  # noqa: E402
+from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import mkdir, setup_cfg  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate a dense object detector")
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a yaml config")
+    add_distributed_args(parser)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHT model_final.pth")
+    return parser
+
+
+def test(cfg, distributed: bool = False) -> Dict[str, Dict[str, float]]:
+    """Build the model of ``cfg``, load MODEL.WEIGHT (else OUTPUT_DIR's last checkpoint) and evaluate."""
+    import logging
+
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+
+    from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data
+
+    logger = logging.getLogger("maskrcnn_benchmark.test")
+    cfg = fill_num_classes_from_data(cfg)
+    model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
+    checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
+    if cfg.MODEL.WEIGHT:
+        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
+    elif checkpointer.has_checkpoint():
+        checkpointer.resume()
+    else:
+        logger.warning("MODEL.WEIGHT is empty and %s has no checkpoint: evaluating an untrained model",
+                       cfg.OUTPUT_DIR)
+    return run_test(cfg, model, distributed)
+
+
+def main(argv: Optional[List[str]] = None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = setup_cfg(args.config_file, args.opts)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
+    distributed, _ = init_distributed(args.local_rank, cfg.MODEL.DEVICE)
+    if cfg.OUTPUT_DIR:
+        mkdir(cfg.OUTPUT_DIR)
+    logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, get_rank(), filename="test_log.txt")
+    logger.info("Using %d process(es)", get_world_size())
+    logger.info("Environment:\n%s", collect_env_info())
+    logger.info("Running with config:\n%s", cfg)
+    return test(cfg, distributed)
+
+
+if __name__ == "__main__":
+    main()
