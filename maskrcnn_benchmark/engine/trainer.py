@@ -116,6 +116,7 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
         loss_dict_reduced = reduce_dict({k: v.detach().float() for k, v in loss_dict.items()})
         check_losses_finite(loss_dict_reduced, iteration)  # same verdict on every rank (all-reduced values)
 
+        lr = optimizer.param_groups[0]["lr"]  # the lr of this update
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(losses).backward()
@@ -137,9 +138,8 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
         meters.update(loss=sum(loss_dict_reduced.values()), **loss_dict_reduced)
         meters.update(time=batch_time, data=data_time)
         eta = format_eta(meters.time.global_avg * (max_iter - iteration))
-        lr = optimizer.param_groups[0]["lr"]
         progress.update(iteration, f"loss {meters.loss.median:.4f}  lr {lr:.6f}  eta {eta}")
-        if iteration % log_period == 0 or iteration == max_iter:
+        if (log_period > 0 and iteration % log_period == 0) or iteration == max_iter:
             progress.clear()
             logger.info(meters.delimiter.join([f"eta: {eta}", f"iter: {iteration}/{max_iter}", str(meters),
                                                f"lr: {lr:.6f}", memory_usage_mb(device)]))

@@ -15,11 +15,12 @@ def setup_logger(name: str, save_dir: Optional[str], distributed_rank: int, file
 
     Rank 0 logs INFO and above to ``stream`` (default ``sys.stdout``) and everything (DEBUG) to
     ``save_dir/filename`` when ``save_dir`` is given; other ranks get no handlers (silent).
-    Calling it again replaces the handlers it installed before (safe for in-process reruns).
+    Calling it again replaces the handlers it installed before (safe for in-process reruns). Records
+    still propagate to the root logger (so pytest's ``caplog`` sees them); configure no root handler
+    to avoid printing twice.
     """
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
-    logger.propagate = False
     for handler in list(logger.handlers):
         if getattr(handler, "_mb_handler", False):
             logger.removeHandler(handler)

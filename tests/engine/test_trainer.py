@@ -148,6 +148,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert _state(tmp_path / "model_0000002.pth")["iteration"] == 2
 
 
+def test_periodic_test_does_not_change_training(tmp_path):
+    calls = []
+
+    def test_fn(iteration):
+        calls.append(iteration)
+        torch.rand(5), np.random.rand(), random.random()  # evaluation may draw random numbers
+
+    plain = _run(tmp_path / "a", 5)
+    tested = _run(tmp_path / "b", 5, test_fn=test_fn, test_period=2)
+    assert calls == [2, 4]
+    assert torch.equal(plain.conv.weight, tested.conv.weight) and tested.training
+
+
 def test_check_losses_finite_names_terms():
     check_losses_finite({"a": torch.tensor(1.0)}, 1)
     with pytest.raises(FloatingPointError, match="iteration 7: loss_a=inf, loss_c=nan"):

@@ -5,6 +5,7 @@ References are written here from the DCNv2 formula
 with bilinear sampling that treats pixels outside the image as zero.
 """
 import itertools
+import math
 
 import pytest
 import torch
@@ -30,8 +31,6 @@ def _pixel(x, c, yy, xx):
 
 def loop_reference(x, offset, mask, weight, bias, stride, padding, dilation, groups, dg):
     """Scalar loops over every output element (tiny shapes only)."""
-    import math
-
     B, C, H, W = x.shape
     O, Cg, kh, kw = weight.shape
     Ho, Wo = offset.shape[2:]
@@ -170,9 +169,18 @@ def test_non_contiguous_inputs_and_empty_batch():
 
 
 # ----------------------------------------------------------------------------- backward
+@pytest.fixture
+def one_thread():
+    """Tiny ops repeated thousands of times (gradcheck) crawl when OpenMP/BLAS threads contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("stride,padding,dilation,groups,dg,bias", [(1, 1, 1, 1, 1, True), (2, 1, 2, 2, 2, False),
                                                                     (1, 0, 1, 2, 1, True)])
-def test_gradcheck(stride, padding, dilation, groups, dg, bias):
+def test_gradcheck(stride, padding, dilation, groups, dg, bias, one_thread):
     args, kw = random_case(7, B=1, C=4, O=2, H=5, W=5, stride=stride, padding=padding, dilation=dilation,
                            groups=groups, dg=dg, bias=bias)
     args = tuple(a.requires_grad_() if a is not None else None for a in args)
@@ -195,7 +203,27 @@ def test_gradients_match_reference(seed, stride, padding, dilation, groups, dg):
         torch.testing.assert_close(a.grad, r.grad, msg=lambda m: f"grad of {name}: {m}")
 
 
-def test_bias_none_has_no_grad_and_opcheck():
+def test_multithreaded_path_matches_reference():
+    """Large enough for the kernels' parallel_for to split the work (the other tests run serially)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args, kw = random_case(13, B=2, C=16, O=8, H=36, W=33, padding=1, groups=2, dg=2)
+        leaves = [a.clone().requires_grad_() for a in args]
+        ref_leaves = [a.clone().requires_grad_() for a in args]
+        out = deform_conv2d(*leaves, **kw)
+        ref = _ref(gather_reference, ref_leaves, kw)
+        torch.testing.assert_close(out, ref)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        ref.backward(grad)
+        for a, r in zip(leaves, ref_leaves):
+            torch.testing.assert_close(a.grad, r.grad)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_bias_none_has_no_grad_and_opcheck(one_thread):
     args, kw = random_case(8, B=1, C=4, O=2, H=5, W=5, bias=False)
     x, offset, mask, weight, _ = (a.requires_grad_() if a is not None else None for a in args)
     deform_conv2d(x, offset, mask, weight, None, **kw).sum().backward()

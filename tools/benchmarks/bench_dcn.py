@@ -9,7 +9,7 @@ Compared against
     every tap, then a matmul), differentiated by autograd;
   * ``conv2d``: torch.nn.functional.conv2d of the same shape (what DCN costs over a plain conv).
 
-Usage: python tools/benchmarks/bench_dcn.py [--height 50 --width 84 --channels 256 --iters 5]
+Usage: python tools/benchmarks/bench_dcn.py [--height 50 --width 84 --channels 256 --iters 5 --threads 2]
 Prints a markdown table (median and min over iterations after one warm-up; the min is the
 less noisy figure on a shared machine).
 """
@@ -76,7 +76,10 @@ def main():
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: keep the default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     B, C, H, W = args.batch, args.channels, args.height, args.width

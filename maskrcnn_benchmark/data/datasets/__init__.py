@@ -1,0 +1,5 @@
+from torch.utils.data import ConcatDataset  # noqa: F401
+
+from .coco import COCODataset  # noqa: F401
+
+__all__ = ["COCODataset", "ConcatDataset"]

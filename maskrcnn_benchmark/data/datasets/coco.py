@@ -1,0 +1,228 @@
+"""COCO-format detection dataset (boxes only), read with pycocotools and OpenCV.
+
+Annotation handling (decided once, at construction, and logged):
+
+* category ids: the json ids sorted ascending map to contiguous labels ``1..K`` (0 is background);
+* ``iscrowd=1`` boxes are never training targets;
+* boxes with width or height <= 0 are dropped (count logged);
+* boxes partly outside the image are clipped to it (count logged); boxes entirely outside the
+  image (nothing left after clipping) are dropped (count logged);
+* with ``remove_images_without_annotations=True`` (training) images left with no box are dropped;
+  otherwise (testing) every image in the json is kept, in json order.
+
+Bad input raises errors that name the culprit: a malformed json (with line and column), a
+missing key (with the key and the json), a missing image file (with the file and the json), an
+image OpenCV cannot decode, or an image whose size differs from the json's.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COCODataset", "load_coco_json"]
+
+_REQUIRED_KEYS = {
+    "images": ("id", "file_name", "height", "width"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+
+
+def load_coco_json(ann_file: str) -> COCO:
+    """Read and validate a COCO json; return a pycocotools ``COCO`` built from it.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: malformed json (line/column given), a missing top-level or per-entry key,
+            or an annotation whose category / image id is not declared.
+    """
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file {ann_file} does not exist")
+    try:
+        with open(ann_file, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed json in annotation file {ann_file}: {e.msg} at line {e.lineno} "
+                         f"column {e.colno}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"annotation file {ann_file} is not UTF-8 text: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"annotation file {ann_file}: top level must be a json object, got {type(data).__name__}")
+    for key in ("images", "categories"):
+        if key not in data:
+            raise ValueError(f"annotation file {ann_file} has no {key!r} key")
+    if "annotations" not in data:
+        # Image-info-only files (e.g. COCO test-dev) have no annotations.
+        logger.warning("annotation file %s has no 'annotations' key; using no boxes", ann_file)
+        data["annotations"] = []
+    for section, keys in _REQUIRED_KEYS.items():
+        entries = data[section]
+        if not isinstance(entries, list):
+            raise ValueError(f"annotation file {ann_file}: {section!r} must be a list")
+        for n, entry in enumerate(entries):
+            missing = [k for k in keys if k not in entry]
+            if missing:
+                raise ValueError(f"annotation file {ann_file}: {section}[{n}] is missing key "
+                                 f"{missing[0]!r} (required keys: {', '.join(keys)})")
+    cat_ids = {c["id"] for c in data["categories"]}
+    img_ids = {im["id"] for im in data["images"]}
+    for a in data["annotations"]:
+        if a["category_id"] not in cat_ids:
+            raise ValueError(f"annotation file {ann_file}: annotation id {a['id']} has category_id "
+                             f"{a['category_id']} which is not in 'categories' ({sorted(cat_ids)})")
+        if a["image_id"] not in img_ids:
+            raise ValueError(f"annotation file {ann_file}: annotation id {a['id']} has image_id "
+                             f"{a['image_id']} which is not in 'images'")
+        if not isinstance(a["bbox"], (list, tuple)) or len(a["bbox"]) != 4:
+            raise ValueError(f"annotation file {ann_file}: annotation id {a['id']} has bbox "
+                             f"{a['bbox']!r}; expected [x, y, width, height]")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
+        coco.createIndex()
+    return coco
+
+
+class COCODataset(torch.utils.data.Dataset):
+    """Boxes of a COCO-format json.
+
+    Args:
+        ann_file: path of the COCO json.
+        root: folder the images' ``file_name`` entries are relative to.
+        remove_images_without_annotations: drop images with no usable box (True for training).
+        transforms: ``callable(image np.ndarray[H,W,3] uint8 BGR, target BoxList) -> (image, target)``;
+            ``None`` returns the raw BGR uint8 array.
+
+    ``dataset[i]`` is ``(image, target, i)``: the transformed image (``Tensor[3, H, W]`` with the
+    usual transforms), a :class:`BoxList` in the transformed image's pixels with field
+    ``"labels"`` (``Tensor[N]`` int64 in ``1..K``), and the index ``i``.
+    """
+
+    def __init__(self, ann_file: str, root: str, remove_images_without_annotations: bool = True,
+                 transforms: Optional[Callable] = None):
+        self.ann_file = str(ann_file)
+        self.root = str(root)
+        self.transforms = transforms
+        self.coco = load_coco_json(self.ann_file)
+
+        json_ids = sorted(self.coco.cats.keys())
+        self.json_category_id_to_contiguous_id: Dict[int, int] = {c: i + 1 for i, c in enumerate(json_ids)}
+        self.contiguous_category_id_to_json_id: Dict[int, int] = {
+            v: k for k, v in self.json_category_id_to_contiguous_id.items()}
+        self.class_names: List[str] = ["__background__"] + [str(self.coco.cats[c]["name"]) for c in json_ids]
+        self.num_classes: int = len(json_ids)
+
+        self._boxes, self._labels = self._prepare_targets()
+        ids = [im["id"] for im in self.coco.dataset["images"]]
+        if remove_images_without_annotations:
+            kept = [i for i in ids if len(self._labels[i]) > 0]
+            if len(kept) < len(ids):
+                logger.info("%s: dropped %d of %d images without usable annotations (training)",
+                            self.ann_file, len(ids) - len(kept), len(ids))
+            ids = kept
+        self.ids: List[int] = ids
+        self.id_to_img_map: Dict[int, int] = dict(enumerate(self.ids))
+
+    # ---- annotation preprocessing ----------------------------------------------------------
+    def _prepare_targets(self) -> Tuple[Dict[int, np.ndarray], Dict[int, np.ndarray]]:
+        """Per image id: boxes ``float32[N, 4]`` xyxy (clipped) and labels ``int64[N]`` (1..K)."""
+        anns = [a for a in self.coco.dataset["annotations"] if not a.get("iscrowd", 0)]
+        img_ids = np.array([a["image_id"] for a in anns], dtype=np.int64)
+        try:
+            xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"annotation file {self.ann_file}: a bbox is not 4 numbers ({e})") from e
+        labels = np.array([self.json_category_id_to_contiguous_id[a["category_id"]] for a in anns],
+                          dtype=np.int64)
+        wh = np.array([[self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]] for i in img_ids],
+                      dtype=np.float64).reshape(-1, 2)
+
+        degenerate = ~((xywh[:, 2] > 0) & (xywh[:, 3] > 0))  # also catches NaN
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        clipped = np.concatenate([np.clip(xyxy[:, :2], 0, wh), np.clip(xyxy[:, 2:], 0, wh)], axis=1)
+        outside = ~degenerate & ~((clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1]))
+        was_clipped = ~degenerate & ~outside & np.any(clipped != xyxy, axis=1)
+        keep = ~degenerate & ~outside
+        if degenerate.any():
+            logger.warning("%s: dropped %d boxes with zero or negative width/height",
+                           self.ann_file, int(degenerate.sum()))
+        if outside.any():
+            logger.warning("%s: dropped %d boxes entirely outside their image",
+                           self.ann_file, int(outside.sum()))
+        if was_clipped.any():
+            logger.info("%s: clipped %d boxes partly outside their image to the image",
+                        self.ann_file, int(was_clipped.sum()))
+
+        img_ids, clipped, labels = img_ids[keep], clipped[keep].astype(np.float32), labels[keep]
+        order = np.argsort(img_ids, kind="stable")  # keep json order within an image
+        img_ids, clipped, labels = img_ids[order], clipped[order], labels[order]
+        uniq, starts = np.unique(img_ids, return_index=True)
+        ends = np.append(starts[1:], len(img_ids))
+        empty_b, empty_l = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+        boxes = {i: empty_b for i in self.coco.imgs}
+        labs = {i: empty_l for i in self.coco.imgs}
+        for i, s, e in zip(uniq.tolist(), starts.tolist(), ends.tolist()):
+            boxes[i], labs[i] = clipped[s:e], labels[s:e]
+        return boxes, labs
+
+    # ---- access -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get_img_info(self, index: int) -> Dict[str, Any]:
+        """``{"height", "width", "id", "file_name"}`` of image ``index`` (from the json)."""
+        info = self.coco.imgs[self.ids[index]]
+        return {"height": int(info["height"]), "width": int(info["width"]), "id": info["id"],
+                "file_name": info["file_name"]}
+
+    def get_groundtruth(self, index: int) -> BoxList:
+        """Training target of image ``index`` in the original image size (no transforms)."""
+        img_id = self.ids[index]
+        info = self.coco.imgs[img_id]
+        target = BoxList(torch.from_numpy(self._boxes[img_id].copy()), (info["width"], info["height"]))
+        target.add_field("labels", torch.from_numpy(self._labels[img_id].copy()))
+        return target
+
+    def load_image(self, index: int) -> np.ndarray:
+        """``np.ndarray[H, W, 3]`` uint8 BGR of image ``index``."""
+        info = self.coco.imgs[self.ids[index]]
+        path = os.path.join(self.root, info["file_name"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file {path} (image id {info['id']}) listed in {self.ann_file} "
+                                    f"does not exist")
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise OSError(f"cannot decode image file {path} (image id {info['id']}, listed in "
+                          f"{self.ann_file}): corrupt or not an image")
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise ValueError(f"image file {path} is {image.shape[1]}x{image.shape[0]} (w x h) but "
+                             f"{self.ann_file} says {info['width']}x{info['height']}")
+        return image
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        target = self.get_groundtruth(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target, index
+
+    def aspect_ratios(self) -> List[float]:
+        """Height / width of every image (from the json, no image reading)."""
+        return [self.coco.imgs[i]["height"] / self.coco.imgs[i]["width"] for i in self.ids]
+
+    def __repr__(self) -> str:
+        return (f"COCODataset(ann_file={self.ann_file!r}, root={self.root!r}, images={len(self)}, "
+                f"classes={self.num_classes})")

@@ -1,0 +1,7 @@
+"""Root conftest: make the checkout importable (tests run against the in-place build)."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)

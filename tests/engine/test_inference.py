@@ -1,0 +1,137 @@
+"""Inference: predictions resized to the original images, gathering, test_net and visualize tools."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.engine.inference import compute_on_dataset, dataset_folder_name, gather_predictions
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import to_image_list
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL_CONFIG = os.path.join(ROOT, "configs", "atss", "atss_R_18_FPN_small.yaml")
+
+
+class _HalfSizeDataset:
+    """Images stored at half their original size (as a test transform would shrink them)."""
+
+    def __init__(self, n):
+        self.sizes = [(40 + 10 * i, 30 + 4 * i) for i in range(n)]  # original (w, h)
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def get_img_info(self, i):
+        w, h = self.sizes[i]
+        return {"width": w, "height": h, "id": i + 1}
+
+
+class _BoxAtImageCorner(nn.Module):
+    """One detection covering the whole (unpadded) input image."""
+
+    def forward(self, images):
+        out = []
+        for h, w in images.image_sizes:
+            b = BoxList(torch.tensor([[0.0, 0.0, w, h]]), (w, h))
+            b.add_field("scores", torch.tensor([1.0]))
+            b.add_field("labels", torch.tensor([1]))
+            out.append(b)
+        return out
+
+
+class _Loader:
+    def __init__(self, dataset, order):
+        self.dataset, self.order = dataset, order
+
+    def __iter__(self):
+        for idx in self.order:
+            w, h = self.dataset.sizes[idx]
+            yield to_image_list([torch.zeros(3, h // 2, w // 2)]), [None], (idx,)
+
+
+def test_compute_on_dataset_resizes_to_original():
+    ds = _HalfSizeDataset(3)
+    preds = compute_on_dataset(_BoxAtImageCorner(), _Loader(ds, [2, 0, 1]), torch.device("cpu"))
+    assert sorted(preds) == [0, 1, 2]
+    for i, p in preds.items():
+        w, h = ds.sizes[i]
+        assert p.size == (w, h)
+        torch.testing.assert_close(p.bbox, torch.tensor([[0.0, 0.0, (w // 2) * w / (w // 2), (h // 2) * h / (h // 2)]]))
+
+
+def test_gather_predictions_orders_and_dedups():
+    a, b = BoxList(torch.zeros(1, 4), (2, 2)), BoxList(torch.ones(1, 4), (2, 2))
+    merged = gather_predictions({3: a, 1: b})
+    assert list(merged) == [1, 3] and merged[3] is a
+
+
+def test_dataset_folder_name():
+    assert dataset_folder_name("coco_2017_val") == "coco_2017_val"
+    assert dataset_folder_name("/data/x/instances val.json:/data/x/img") == "instances_val"
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    import cv2
+
+    root = str(tmp_path_factory.mktemp("coco_inf"))
+    os.makedirs(os.path.join(root, "img"))
+    images, anns = [], []
+    for i in range(3):
+        img = np.full((48 + 8 * i, 64, 3), 50, np.uint8)
+        cv2.rectangle(img, (10, 8), (40, 36), (0, 200, 255), -1)
+        cv2.imwrite(os.path.join(root, "img", f"{i}.jpg"), img)
+        images.append({"id": 10 + i, "file_name": f"{i}.jpg", "height": 48 + 8 * i, "width": 64})
+        anns.append({"id": i + 1, "image_id": 10 + i, "category_id": 7, "bbox": [10, 8, 30, 28], "area": 840.0,
+                     "iscrowd": 0})
+    with open(os.path.join(root, "ann.json"), "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": [{"id": 7, "name": "box"}]}, f)
+    return root
+
+
+def test_test_net_and_visualize_tools(tmp_path, tiny_coco):
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    dataset = f"{tiny_coco}/ann.json:{tiny_coco}/img"
+    opts = ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", f"('{dataset}',)",
+            "OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "2",
+            "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "MODEL.ATSS.INFERENCE_TH", "0.0"]
+    cfg = setup_cfg(SMALL_CONFIG, opts + ["MODEL.ATSS.NUM_CLASSES", "2"])
+    torch.manual_seed(0)
+    weights = Checkpointer(build_detection_model(cfg), save_dir=str(tmp_path / "w"), save_to_disk=True).save("m")
+
+    results = _load_tool("test_net").main(["--config-file", SMALL_CONFIG, *opts, "MODEL.WEIGHT", weights])
+    name = dataset
+    assert set(results[name]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    folder = tmp_path / "out" / "inference" / "ann"
+    dets = json.loads((folder / "bbox.json").read_text())
+    assert {d["image_id"] for d in dets} <= {10, 11, 12} and {d["category_id"] for d in dets} == {7}
+    for d in dets:  # boxes in original image coordinates
+        assert d["bbox"][0] + d["bbox"][2] <= 64 + 1e-3
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["num_images"] == 3 and metrics["bbox"]["AP"] == pytest.approx(results[name]["AP"])
+
+    written = _load_tool("visualize_detections").main(
+        ["--config-file", SMALL_CONFIG, "--images", os.path.join(tiny_coco, "img"), "--output-dir",
+         str(tmp_path / "vis"), "--score-threshold", "0.0", *opts, "MODEL.WEIGHT", weights])
+    assert [os.path.basename(p) for p in written] == ["0.png", "1.png", "2.png"]
+    assert os.path.isfile(written[0])
+
+
+def test_test_net_missing_weight(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        _load_tool("test_net").main(["--config-file", SMALL_CONFIG, "MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CLASSES",
+                                     "2", "OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHT", str(tmp_path / "missing.pth")])
