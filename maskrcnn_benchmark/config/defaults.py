@@ -316,7 +316,7 @@ _C.MODEL.ATSS.LOSS_ALPHA = 0.25
 _C.MODEL.ATSS.LOSS_GAMMA = 2.0
 # Weight of the GIoU regression loss.
 _C.MODEL.ATSS.REG_LOSS_WEIGHT = 2.0
-# Detections kept per image after NMS.
+# Kept for yaml compatibility only: the ATSS / Dynamic ATSS heads keep TEST.DETECTIONS_PER_IMG.
 _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
 
 # ---------------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def test_fpn_relu_before_extra_convs():
     backbone = build_backbone(cfg).eval()
     top = backbone.fpn.top_blocks
     assert top.relu_before_p6 and top.use_p5
-    p5 = torch.randn(1, 128, 3, 3)
+    p5 = torch.randn(1, backbone.out_channels, 3, 3)
     p6, p7 = top(None, p5)
     torch.testing.assert_close(p6, top.p6(p5.relu()))
     torch.testing.assert_close(p7, top.p7(p6.relu()))

@@ -1,0 +1,117 @@
+"""box_iou against IoU by formula (float64 loops over pairs)."""
+import pytest
+import torch
+
+from maskrcnn_benchmark.layers import box_iou
+
+OPS = torch.ops.maskrcnn_benchmark
+
+
+def box_iou_ref(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair by the formula, in float64 Python arithmetic."""
+    out = torch.zeros(len(b1), len(b2), dtype=torch.float64)
+    for i, (ax1, ay1, ax2, ay2) in enumerate(b1.double().tolist()):
+        for j, (bx1, by1, bx2, by2) in enumerate(b2.double().tolist()):
+            inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+            union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+            out[i, j] = inter / union if union > 0 else 0.0
+    return out
+
+
+def random_boxes(n, g, scale=1.0, dtype=torch.float32):
+    xy = torch.rand(n, 2, generator=g) * 50
+    wh = torch.rand(n, 2, generator=g) * 40
+    return (torch.cat([xy, xy + wh], dim=1) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 1e4 / 50, 1e-2 / 40])
+@pytest.mark.parametrize("seed", range(5))
+def test_box_iou_matches_formula(seed, scale, dtype):
+    g = torch.Generator().manual_seed(seed)
+    for n, m in [(1, 1), (7, 13), (40, 3), (1, 50)]:
+        b1, b2 = random_boxes(n, g, scale, dtype), random_boxes(m, g, scale, dtype)
+        iou = box_iou(b1, b2)
+        assert iou.shape == (n, m) and iou.dtype == dtype
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(iou.double(), box_iou_ref(b1, b2), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_iou_empty(dtype):
+    assert box_iou(torch.zeros(0, 4, dtype=dtype), torch.zeros(5, 4, dtype=dtype)).shape == (0, 5)
+    out = box_iou(torch.zeros(3, 4, dtype=dtype), torch.zeros(0, 4, dtype=dtype))
+    assert out.shape == (3, 0) and out.dtype == dtype
+    assert box_iou(torch.zeros(0, 4, dtype=dtype), torch.zeros(0, 4, dtype=dtype)).shape == (0, 0)
+
+
+def test_box_iou_special_cases():
+    b = torch.tensor([[0.0, 0, 10, 10], [5.0, 5, 15, 15], [20.0, 20, 30, 30], [3.0, 3, 3, 3]])
+    iou = box_iou(b, b)
+    assert not torch.isnan(iou).any()
+    assert iou[0, 0] == 1 and iou[2, 2] == 1
+    assert iou[3, 3] == 0  # zero-area box: union 0 -> 0
+    torch.testing.assert_close(iou[0, 1], torch.tensor(25.0 / 175.0))
+    assert iou[0, 2] == 0 and iou[1, 2] == 0
+    # touching boxes do not overlap
+    assert box_iou(torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([[1.0, 0, 2, 1]])).item() == 0
+    # all-identical boxes
+    same = torch.tensor([[1.0, 2, 3, 4]]).repeat(5, 1)
+    assert torch.equal(box_iou(same, same), torch.ones(5, 5))
+
+
+def test_box_iou_large_matrix_uses_parallel_path():
+    g = torch.Generator().manual_seed(0)
+    b1, b2 = random_boxes(3000, g), random_boxes(50, g)
+    x1 = torch.max(b1[:, None, 0], b2[None, :, 0])
+    y1 = torch.max(b1[:, None, 1], b2[None, :, 1])
+    x2 = torch.min(b1[:, None, 2], b2[None, :, 2])
+    y2 = torch.min(b1[:, None, 3], b2[None, :, 3])
+    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    a1 = (b1[:, 2] - b1[:, 0]) * (b1[:, 3] - b1[:, 1])
+    a2 = (b2[:, 2] - b2[:, 0]) * (b2[:, 3] - b2[:, 1])
+    union = a1[:, None] + a2[None, :] - inter
+    expected = torch.where(union > 0, inter / union, torch.zeros_like(union))
+    torch.testing.assert_close(box_iou(b1, b2), expected)
+
+
+def test_box_iou_non_contiguous():
+    g = torch.Generator().manual_seed(1)
+    b1 = random_boxes(10, g).t().contiguous().t()
+    b2 = random_boxes(20, g)[::2]
+    torch.testing.assert_close(box_iou(b1, b2), box_iou(b1.contiguous(), b2.contiguous()))
+
+
+@pytest.mark.parametrize(
+    "b1, b2, match",
+    [
+        (torch.zeros(3, 5), torch.zeros(2, 4), r"box_iou: boxes1 must have shape \[N, 4\], got \[3, 5\]"),
+        (torch.zeros(3, 4), torch.zeros(4), r"box_iou: boxes2 must have shape \[N, 4\], got \[4\]"),
+        (torch.zeros(3, 4, dtype=torch.int32), torch.zeros(2, 4), r"box_iou: boxes1 must be float32 or float64, got Int"),
+        (torch.zeros(3, 4), torch.zeros(2, 4, dtype=torch.float64), r"box_iou: boxes1 and boxes2 must have the same dtype"),
+    ],
+)
+def test_box_iou_bad_inputs(b1, b2, match):
+    with pytest.raises(RuntimeError, match=match):
+        box_iou(b1, b2)
+
+
+def test_box_iou_device_mismatch():
+    with pytest.raises(ValueError, match="box_iou: boxes1 and boxes2 must be on the same device"):
+        box_iou(torch.zeros(3, 4), torch.zeros(2, 4, device="meta"))
+
+
+def test_opcheck():
+    g = torch.Generator().manual_seed(0)
+    torch.library.opcheck(OPS.box_iou.default, (random_boxes(6, g), random_boxes(9, g)))
+    torch.library.opcheck(OPS.box_iou.default, (random_boxes(6, g, dtype=torch.float64), random_boxes(0, g, dtype=torch.float64)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+class TestBoxIouCudaMatchesCpu:
+    def test_box_iou(self):
+        if not torch._C._dispatch_has_kernel_for_dispatch_key("maskrcnn_benchmark::box_iou", "CUDA"):
+            pytest.skip("no CUDA kernel registered for box_iou")
+        g = torch.Generator().manual_seed(0)
+        b1, b2 = random_boxes(300, g), random_boxes(70, g)
+        torch.testing.assert_close(box_iou(b1.cuda(), b2.cuda()).cpu(), box_iou(b1, b2))
