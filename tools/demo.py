@@ -31,7 +31,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description="Synthetic-data demo: train, evaluate, draw detections")
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--num-images", type=int, default=6, help="validation images to draw")
-    parser.add_argument("--score-threshold", type=float, default=0.4)
+    parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args(argv)
 

@@ -10,11 +10,30 @@
 namespace maskrcnn_benchmark {
 namespace {
 
+// IoU of one box against m boxes given as structure-of-arrays; branch-free so it vectorises.
+template <typename T>
+void iou_row(T ix1, T iy1, T ix2, T iy2, const T* __restrict x1, const T* __restrict y1,
+             const T* __restrict x2, const T* __restrict y2, const T* __restrict area, int64_t m,
+             T* __restrict row) {
+  const T iarea = (ix2 - ix1) * (iy2 - iy1);
+  for (int64_t j = 0; j < m; ++j) {
+    // min/max on values (not std:: references) keep the loop free of branches
+    const T bx1 = x1[j], by1 = y1[j], bx2 = x2[j], by2 = y2[j];
+    const T w = (ix2 < bx2 ? ix2 : bx2) - (ix1 > bx1 ? ix1 : bx1);
+    const T h = (iy2 < by2 ? iy2 : by2) - (iy1 > by1 ? iy1 : by1);
+    const T inter = (w > T(0) ? w : T(0)) * (h > T(0) ? h : T(0));
+    const T uni = iarea + area[j] - inter;
+    // union <= 0 implies inter == 0 (an overlap needs positive extents): 0 / 1 = 0, never NaN.
+    row[j] = inter / (uni > T(0) ? uni : T(1));
+  }
+}
+
 template <typename T>
 void box_iou_kernel(const T* b1, const T* b2, int64_t n, int64_t m, T* out) {
   // boxes2 as structure-of-arrays so the inner loop reads contiguous memory.
   std::vector<T> soa(5 * m);
-  T *x1 = soa.data(), *y1 = x1 + m, *x2 = y1 + m, *y2 = x2 + m, *area = y2 + m;
+  T* const x1 = soa.data();
+  T *const y1 = x1 + m, *const x2 = y1 + m, *const y2 = x2 + m, *const area = y2 + m;
   for (int64_t j = 0; j < m; ++j) {
     x1[j] = b2[4 * j];
     y1[j] = b2[4 * j + 1];
@@ -25,16 +44,8 @@ void box_iou_kernel(const T* b1, const T* b2, int64_t n, int64_t m, T* out) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(m, 1));
   at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const T ix1 = b1[4 * i], iy1 = b1[4 * i + 1], ix2 = b1[4 * i + 2], iy2 = b1[4 * i + 3];
-      const T iarea = (ix2 - ix1) * (iy2 - iy1);
-      T* row = out + i * m;
-      for (int64_t j = 0; j < m; ++j) {
-        const T w = std::max(T(0), std::min(ix2, x2[j]) - std::max(ix1, x1[j]));
-        const T h = std::max(T(0), std::min(iy2, y2[j]) - std::max(iy1, y1[j]));
-        const T inter = w * h;
-        const T uni = iarea + area[j] - inter;
-        row[j] = uni > T(0) ? inter / uni : T(0);
-      }
+      const T* b = b1 + 4 * i;
+      iou_row(b[0], b[1], b[2], b[3], x1, y1, x2, y2, area, m, out + i * m);
     }
   });
 }

@@ -10,23 +10,35 @@
 namespace maskrcnn_benchmark {
 namespace {
 
-// Greedy NMS over n boxes stored structure-of-arrays in decreasing score order.
-// Sets keep[k] = 1 for kept boxes. The inner loop is branch-free so it vectorises.
+// Greedy NMS over n boxes stored structure-of-arrays in decreasing score order (buf holds
+// x1, y1, x2, y2, area, each of length n; it is overwritten). Sets keep[k] = 1 for kept boxes.
+// After each kept box the surviving candidates are compacted (branch-free) to the front, so each
+// step only visits boxes that are still alive.
 template <typename T>
-void greedy_nms(const T* x1, const T* y1, const T* x2, const T* y2, const T* area, int64_t n,
-                T threshold, uint8_t* suppressed, uint8_t* keep) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (suppressed[i]) continue;
-    keep[i] = 1;
+void greedy_nms(T* buf, int64_t n, T threshold, int64_t* pos, uint8_t* keep) {
+  T *x1 = buf, *y1 = buf + n, *x2 = buf + 2 * n, *y2 = buf + 3 * n, *area = buf + 4 * n;
+  for (int64_t k = 0; k < n; ++k) pos[k] = k;
+  int64_t live = n;
+  for (int64_t i = 0; i < live; ++i) {
+    keep[pos[i]] = 1;
     const T ix1 = x1[i], iy1 = y1[i], ix2 = x2[i], iy2 = y2[i], iarea = area[i];
-    for (int64_t j = i + 1; j < n; ++j) {
-      const T w = std::max(T(0), std::min(ix2, x2[j]) - std::max(ix1, x1[j]));
-      const T h = std::max(T(0), std::min(iy2, y2[j]) - std::max(iy1, y1[j]));
-      const T inter = w * h;
-      const T uni = iarea + area[j] - inter;
-      const T iou = uni > T(0) ? inter / uni : T(0);
-      suppressed[j] |= static_cast<uint8_t>(iou > threshold);
+    int64_t w = i + 1;
+    for (int64_t j = i + 1; j < live; ++j) {
+      const T bx1 = x1[j], by1 = y1[j], bx2 = x2[j], by2 = y2[j], barea = area[j];
+      const T iw = std::max(T(0), std::min(ix2, bx2) - std::max(ix1, bx1));
+      const T ih = std::max(T(0), std::min(iy2, by2) - std::max(iy1, by1));
+      const T inter = iw * ih;
+      const T uni = iarea + barea - inter;
+      const T iou = inter / (uni > T(0) ? uni : T(1));  // union <= 0 implies inter == 0
+      x1[w] = bx1;
+      y1[w] = by1;
+      x2[w] = bx2;
+      y2[w] = by2;
+      area[w] = barea;
+      pos[w] = pos[j];
+      w += static_cast<int64_t>(!(iou > threshold));
     }
+    live = w;
   }
 }
 
@@ -67,13 +79,12 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
   const at::Tensor order =
       std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
   const at::Tensor boxes_c = boxes.contiguous();
-  std::vector<uint8_t> suppressed(n, 0), keep(n, 0);
+  std::vector<uint8_t> keep(n, 0);
+  std::vector<int64_t> pos(n);
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
     std::vector<scalar_t> buf;
     gather_soa(boxes_c.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), n, buf);
-    greedy_nms(buf.data(), buf.data() + n, buf.data() + 2 * n, buf.data() + 3 * n,
-               buf.data() + 4 * n, n, static_cast<scalar_t>(iou_threshold), suppressed.data(),
-               keep.data());
+    greedy_nms(buf.data(), n, static_cast<scalar_t>(iou_threshold), pos.data(), keep.data());
   });
   const int64_t* ord = order.data_ptr<int64_t>();
   std::vector<int64_t> kept;
@@ -112,17 +123,19 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
   const int64_t num_runs = static_cast<int64_t>(starts.size()) - 1;
 
   const at::Tensor boxes_c = boxes.contiguous();
-  std::vector<uint8_t> suppressed(n, 0), keep(n, 0);
+  std::vector<uint8_t> keep(n, 0);
+  std::vector<int64_t> pos(n);
+  const int64_t* perm_p = perm.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "batched_nms_cpu", [&] {
-    std::vector<scalar_t> buf;
-    gather_soa(boxes_c.data_ptr<scalar_t>(), perm.data_ptr<int64_t>(), n, buf);
-    const scalar_t* b = buf.data();
+    const scalar_t* bp = boxes_c.data_ptr<scalar_t>();
     const scalar_t thr = static_cast<scalar_t>(iou_threshold);
+    // Each class run gets its own SoA buffer (runs are independent, so threads never share one).
     at::parallel_for(0, num_runs, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> buf;
       for (int64_t r = begin; r < end; ++r) {
         const int64_t s = starts[r], len = starts[r + 1] - starts[r];
-        greedy_nms(b + s, b + n + s, b + 2 * n + s, b + 3 * n + s, b + 4 * n + s, len, thr,
-                   suppressed.data() + s, keep.data() + s);
+        gather_soa(bp, perm_p + s, len, buf);
+        greedy_nms(buf.data(), len, thr, pos.data() + s, keep.data() + s);
       }
     });
   });

@@ -8,12 +8,13 @@ Fixed workloads (float32, seed 0):
 
 Each is compared against the straightforward PyTorch equivalent:
   * NMS: vectorised torch loop (one IoU row per kept box, mask the survivors); batched NMS: the
-    same after offsetting each class's boxes by class * (max coordinate + 1);
+    same run per class (a loop over the classes present);
   * "python greedy": a plain Python-loop greedy NMS (1k and 5k only);
   * IoU: broadcasting torch ops; focal loss: torch ops (maskrcnn-benchmark's Python formula) + autograd.
 
-Usage: python tools/benchmarks/bench_ops.py [--repeats 5] [--threads N] [--out BENCHMARKS_ops_table.md]
-Prints a markdown table of medians over repeats (after one warm-up) and writes it to --out.
+Usage: python tools/benchmarks/bench_ops.py [--repeats 5] [--threads N] [--out output/benchmarks/bench_ops.md]
+Prints a markdown table of medians over repeats (after one warm-up; a reference whose warm-up takes
+over 3 s is timed once) and writes it to --out.
 """
 import argparse
 import os
@@ -73,8 +74,14 @@ def torch_nms(boxes, scores, threshold):
 
 
 def torch_batched_nms(boxes, scores, idxs, threshold):
-    offsets = idxs.to(boxes) * (boxes.max() + 1)
-    return torch_nms(boxes + offsets[:, None], scores, threshold)
+    """Per-class loop of the vectorised NMS (faster here than the coordinate-offset trick, whose
+    single NMS over all classes runs one iteration per kept box over all N boxes)."""
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for c in torch.unique(idxs).tolist():
+        members = torch.nonzero(idxs == c).squeeze(1)
+        keep[members[torch_nms(boxes[members], scores[members], threshold)]] = True
+    kept = torch.nonzero(keep).squeeze(1)
+    return kept[scores[kept].argsort(descending=True, stable=True)]
 
 
 def python_nms(boxes, scores, threshold):
@@ -111,7 +118,11 @@ def torch_focal_loss(logits, targets, gamma, alpha):
 
 # ----------------------------------------------------------------------------- timing
 def median_ms(fn, repeats):
+    start = time.perf_counter()
     fn()  # warm-up
+    first = (time.perf_counter() - start) * 1e3
+    if first > 3000:  # slow references: one run is enough
+        return first
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -131,7 +142,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
-    parser.add_argument("--out", default="BENCHMARKS_ops_table.md")
+    parser.add_argument("--out", default="output/benchmarks/bench_ops.md", help="where to write the table")
     parser.add_argument("--no-python-5k", action="store_true", help="skip the Python-loop NMS on 5k boxes")
     args = parser.parse_args()
     if args.threads:
@@ -157,7 +168,7 @@ def main():
         idxs = torch.randint(80, (n,), generator=torch.Generator().manual_seed(2))
         assert batched_nms(boxes, scores, idxs, 0.5).tolist() == torch_batched_nms(boxes, scores, idxs, 0.5).tolist()
         add("batched_nms (80 cls)", f"{n // 1000}k boxes", median_ms(lambda: batched_nms(boxes, scores, idxs, 0.5), r),
-            median_ms(lambda: torch_batched_nms(boxes, scores, idxs, 0.5), r), "torch offset + vectorised")
+            median_ms(lambda: torch_batched_nms(boxes, scores, idxs, 0.5), r), "torch per-class vectorised")
 
     for n, m in ((100_000, 100), (200_000, 500)):
         b1, b2 = random_boxes(n, 3), random_boxes(m, 4)
@@ -175,8 +186,9 @@ def main():
     for op, size, ours, ref, ref_name in rows:
         lines.append(f"| {op} | {size} | {ours:.2f} | {ref_name} | {ref:.2f} | {ref / ours:.1f}x |")
     table = "\n".join(lines)
-    print(f"\ntorch {torch.__version__}, threads {torch.get_num_threads()}, median of {r} (python greedy 5k: 1 run)\n")
+    print(f"\ntorch {torch.__version__}, threads {torch.get_num_threads()}, median of {r} (python greedy 5k and runs over 3 s: 1 run)\n")
     print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(table + "\n")
 
