@@ -4,14 +4,29 @@ Importing this module never fails: if the extension is missing, the error is kep
 :func:`load_ops` with the command that builds it. Loading the extension registers the operators
 under ``torch.ops.maskrcnn_benchmark``; this module then adds their fake (meta) kernels, used by
 ``torch.compile``/``opcheck``, and the autograd formula of ``sigmoid_focal_loss``.
+
+The extension has CPU kernels only. For every operator without a compiled kernel for a device
+type in :data:`FALLBACK_DEVICE_TYPES`, the portable PyTorch kernel of :mod:`._fallback` is
+registered for that device (slower; a warning names the op at its first use on the device). The
+autograd formulas call the backward ops through the dispatcher, so they use the fallbacks too.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import logging
+import warnings
+from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["BUILD_COMMAND", "load_ops"]
+__all__ = ["BUILD_COMMAND", "FALLBACK_DEVICE_TYPES", "load_ops", "registered_fallbacks"]
+
+logger = logging.getLogger(__name__)
+
+# Device types (torch.library names) that get the portable kernels where no compiled one exists.
+FALLBACK_DEVICE_TYPES = ("cuda", "xpu", "mps")
+# (op name, device type) -> portable kernel registered by _register_fallback_kernels
+_fallbacks: Dict[tuple, Callable] = {}
 
 BUILD_COMMAND = "MAX_JOBS=2 python setup.py build_ext --inplace"
 
@@ -29,6 +44,7 @@ def _try_load() -> bool:
         _load_error = e
         return False
     _register_python_kernels()
+    _register_fallback_kernels()
     _loaded = True
     return True
 
@@ -93,6 +109,48 @@ def _register_python_kernels() -> None:
     torch.library.register_autograd(
         ns + "sigmoid_focal_loss", focal_backward, setup_context=focal_setup_context
     )
+
+
+def _warn_once(name: str, device_type: str, fn: Callable) -> Callable:
+    warned = []
+
+    @functools.wraps(fn)
+    def kernel(*args):
+        if not warned:
+            warned.append(True)
+            msg = (f"maskrcnn_benchmark::{name} has no compiled {device_type} kernel; using the portable "
+                   f"PyTorch fallback (maskrcnn_benchmark/layers/_fallback.py), which is slower")
+            logger.info(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return fn(*args)
+
+    return kernel
+
+
+def _register_fallback_kernels() -> None:
+    """Registers :data:`._fallback.FALLBACK_KERNELS` for each op/device type lacking a compiled kernel."""
+    from . import _fallback
+
+    for name, fn in _fallback.FALLBACK_KERNELS.items():
+        qualname = "maskrcnn_benchmark::" + name
+        if not hasattr(torch.ops.maskrcnn_benchmark, name):  # e.g. an older build without deform_conv2d
+            continue
+        for device_type in FALLBACK_DEVICE_TYPES:
+            key = device_type.upper() if device_type != "mps" else "MPS"
+            if (name, device_type) in _fallbacks or torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
+                continue
+            try:
+                torch.library.register_kernel(qualname, device_type, _warn_once(name, device_type, fn))
+            except Exception as e:  # pragma: no cover - a torch build without this device type
+                logger.info("could not register the %s fallback of %s: %s", device_type, qualname, e)
+                continue
+            _fallbacks[(name, device_type)] = fn
+
+
+def registered_fallbacks() -> Dict[tuple, Callable]:
+    """{(op name, device type): portable kernel} registered for devices without a compiled kernel."""
+    _try_load()
+    return dict(_fallbacks)
 
 
 _try_load()
