@@ -12,4 +12,4 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 "$PY" -m pip install -q -r requirements.txt
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
-"$PY" -c "import maskrcnn_benchmark._C, torch; print('maskrcnn_benchmark ops built against torch', torch.__version__)"
+"$PY" -c "import torch, maskrcnn_benchmark._C; print('maskrcnn_benchmark ops built against torch', torch.__version__)"
