@@ -171,6 +171,10 @@ _C.MODEL.RETINANET.OCTAVE = 2.0
 _C.MODEL.RETINANET.STRADDLE_THRESH = 0
 # Convs in each tower.
 _C.MODEL.RETINANET.NUM_CONVS = 4
+# GroupNorm (MODEL.GROUP_NORM.NUM_GROUPS groups) after each tower conv. False = the reference
+# RetinaNet / FreeAnchor head; True for training from scratch (the synthetic configs), where the
+# unnormalised head does not train (see RetinaNetHead).
+_C.MODEL.RETINANET.USE_GN = False
 # IoU >= this: positive.
 _C.MODEL.RETINANET.FG_IOU_THRESHOLD = 0.5
 # IoU < this: negative (in between: ignored).

@@ -1,8 +1,10 @@
 """RetinaNet (Lin et al., ICCV 2017) as the ATSS codebase trains it: the registered ``"RETINANET"``
 dense head. Its conv head is shared with FreeAnchor.
 
-- Head: separate cls / box towers of ``num_convs`` x (3x3 conv with bias, ReLU), no norm;
-  predictors ``A * C`` and ``A * 4``. Init N(0, 0.01), bias 0, cls bias ``-log((1 - p) / p)``.
+- Head: separate cls / box towers of ``num_convs`` x (3x3 conv with bias, ReLU), no norm
+  (optional GroupNorm after each tower conv with ``MODEL.RETINANET.USE_GN``, off by default:
+  the reference head has none, but a head trained from scratch needs it, see
+  :class:`RetinaNetHead`); predictors ``A * C`` and ``A * 4``. Init N(0, 0.01), bias 0, cls bias ``-log((1 - p) / p)``.
   Parameter names as the original (``cls_tower.{i}``, ``bbox_tower.{i}``, ``cls_logits``,
   ``bbox_pred``).
 - Anchors: ``A = len(ASPECT_RATIOS) * SCALES_PER_OCTAVE`` per location, size
@@ -55,13 +57,22 @@ class RetinaNetHead(nn.Module):
         num_anchors: anchors per location A.
         num_convs: 3x3 conv + ReLU layers per tower.
         prior_prob: initial foreground probability.
+        num_groups: GroupNorm groups after each tower conv (0: no norm, the reference head).
+            With N(0, 0.01) weights and no norm, each tower conv scales its input by about
+            ``0.01 * sqrt(9 * in_channels)`` (0.24 for 64 channels), so at init the logits and
+            deltas are nearly constant over positions and the gradients of the head and backbone
+            nearly vanish. With a pretrained backbone (the reference setting) this trains; from
+            scratch (GN backbone, the synthetic configs) it sits on that plateau and then
+            explodes (RetinaNet: non-finite loss at iteration ~186) or escapes late
+            (FreeAnchor). GroupNorm in the towers, as the from-scratch recipe of He et al.
+            ("Rethinking ImageNet Pre-training") and the ATSS / FCOS heads have, removes this.
 
     ``forward(features)`` takes per level Tensor[B, in_channels, H_l, W_l] and returns two lists
     over levels: cls logits Tensor[B, A*C, H_l, W_l] and box deltas Tensor[B, A*4, H_l, W_l].
     """
 
     def __init__(self, in_channels: int, num_classes: int, num_anchors: int = 9, num_convs: int = 4,
-                 prior_prob: float = 0.01):
+                 prior_prob: float = 0.01, num_groups: int = 0):
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
@@ -69,7 +80,10 @@ class RetinaNetHead(nn.Module):
         def tower():
             layers: List[nn.Module] = []
             for _ in range(num_convs):
-                layers += [nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU()]
+                layers.append(nn.Conv2d(in_channels, in_channels, 3, padding=1))
+                if num_groups > 0:  # GN variant: names cls_tower.{3i} conv, {3i+1} GN (as ATSS)
+                    layers.append(nn.GroupNorm(num_groups, in_channels))
+                layers.append(nn.ReLU())
             return nn.Sequential(*layers)
 
         self.cls_tower = tower()
@@ -168,7 +182,8 @@ def build_retinanet_parts(cfg, in_channels: int):
     r = cfg.MODEL.RETINANET
     num_classes = check_num_classes("MODEL.RETINANET.NUM_CLASSES", r.NUM_CLASSES)
     num_anchors = len(r.ASPECT_RATIOS) * r.SCALES_PER_OCTAVE
-    head = RetinaNetHead(in_channels, num_classes, num_anchors, r.NUM_CONVS, r.PRIOR_PROB)
+    head = RetinaNetHead(in_channels, num_classes, num_anchors, r.NUM_CONVS, r.PRIOR_PROB,
+                         num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS if r.USE_GN else 0)
     anchor_generator = AnchorGenerator(r.ANCHOR_SIZES, r.ASPECT_RATIOS, r.ANCHOR_STRIDES,
                                        r.SCALES_PER_OCTAVE, r.STRADDLE_THRESH)
     box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
