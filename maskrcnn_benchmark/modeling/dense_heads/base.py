@@ -155,6 +155,15 @@ class DenseHead(nn.Module):
     ``torch.no_grad`` and a ``losses`` step that returns the loss dict.
     """
 
+    def __init__(self, head: nn.Module, loss, post_processor: "DensePostProcessor"):
+        """``head``: the conv module; ``loss``: callable returning the loss dict (stored as
+        ``loss_evaluator``); ``post_processor``: the inference step. Subclasses add their anchor or
+        point generator."""
+        super().__init__()
+        self.head = head
+        self.loss_evaluator = loss
+        self.post_processor = post_processor
+
     def forward(self, images: ImageList, features: List[torch.Tensor],
                 targets: Optional[List[BoxList]] = None):
         """

@@ -168,11 +168,8 @@ class FCOSModule(DenseHead):
 
     def __init__(self, head: FCOSHead, point_generator: PointGenerator, loss,
                  post_processor: DensePostProcessor):
-        super().__init__()
-        self.head = head
+        super().__init__(head, loss, post_processor)
         self.point_generator = point_generator
-        self.loss_evaluator = loss
-        self.post_processor = post_processor
 
     def flatten(self, logits, distances, centerness):
         """Per-level outputs -> Tensor[B, N, C], Tensor[B, N, 4], Tensor[B, N]."""

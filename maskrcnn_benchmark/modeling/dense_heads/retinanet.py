@@ -153,11 +153,8 @@ class RetinaNetModule(DenseHead):
 
     def __init__(self, head: RetinaNetHead, anchor_generator: AnchorGenerator, loss,
                  post_processor: DensePostProcessor):
-        super().__init__()
-        self.head = head
+        super().__init__(head, loss, post_processor)
         self.anchor_generator = anchor_generator
-        self.loss_evaluator = loss
-        self.post_processor = post_processor
 
     def forward_train(self, images: ImageList, features: List[torch.Tensor],
                       targets: List[BoxList]) -> Dict[str, torch.Tensor]:
