@@ -1,0 +1,246 @@
+"""Test-time augmentation: exact flip / scale mapping, merges against plain re-derivations, caps, config errors."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.engine.bbox_aug import (Augmentation, BBoxAugmentor, box_voting,
+                                                build_bbox_augmentor, detect_augmented,
+                                                keep_size_range, merge_detections)
+from maskrcnn_benchmark.data.transforms import transforms as T
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+IDENTITY = T.Normalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), True)
+
+
+def _boxlist(boxes, scores, labels, size):
+    b = BoxList(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), size)
+    b.add_field("scores", torch.as_tensor(scores, dtype=torch.float32))
+    b.add_field("labels", torch.as_tensor(labels, dtype=torch.int64))
+    return b
+
+
+class BrightRegionDetector(nn.Module):
+    """Flip-equivariant by construction: channel c's pixels > 0.5 give one box of label c + 1 (the
+    pixel-edge bounding box, continuous no-"+1" frame), score = the channel's mean over the box."""
+
+    def forward(self, images):
+        out = []
+        for t, (h, w) in zip(images.tensors, images.image_sizes):
+            boxes, scores, labels = [], [], []
+            for c in range(3):
+                ys, xs = torch.nonzero(t[c, :h, :w] > 0.5, as_tuple=True)
+                if len(xs):
+                    boxes.append([xs.min().item(), ys.min().item(), xs.max().item() + 1.0, ys.max().item() + 1.0])
+                    scores.append(0.5 + 0.1 * c)
+                    labels.append(c + 1)
+            out.append(_boxlist(boxes, scores, labels, (w, h)))
+        return out
+
+
+class RelativeBoxDetector(nn.Module):
+    """One box at fixed fractions of its (unpadded) input image: maps back to the same fractions."""
+
+    FRAC = (0.1, 0.2, 0.45, 0.9)
+
+    def forward(self, images):
+        return [_boxlist([[f * s for f, s in zip(self.FRAC, (w, h, w, h))]], [0.9], [2], (w, h))
+                for h, w in images.image_sizes]
+
+
+def _images():
+    a = torch.zeros(3, 30, 50)
+    a[0, 3:9, 4:20] = 1.0
+    a[1, 10:25, 30:47] = 1.0
+    b = torch.zeros(3, 41, 37)
+    b[2, 0:7, 0:11] = 1.0
+    b[0, 20:40, 5:36] = 1.0
+    return [a, b]
+
+
+def test_flipped_detections_flipped_back_equal_the_unflipped():
+    model, images = BrightRegionDetector(), _images()
+    plain = detect_augmented(model, images, Augmentation(30, 1000), IDENTITY)
+    flipped = detect_augmented(model, images, Augmentation(30, 1000, hflip=True), IDENTITY)
+    for p, f, img in zip(plain, flipped, images):
+        assert p.size == f.size == (img.shape[-1], img.shape[-2])
+        assert len(p) == 2
+        assert torch.equal(p.bbox, f.bbox)
+        assert torch.equal(p.get_field("labels"), f.get_field("labels"))
+    # the first image is already 30 px tall: the boxes are the regions' own pixel edges
+    assert plain[0].bbox.tolist() == [[4.0, 3.0, 20.0, 9.0], [30.0, 10.0, 47.0, 25.0]]
+    # merged (NMS) flip TTA == the unflipped detections (each pair overlaps with IoU 1)
+    tta = BBoxAugmentor([Augmentation(30, 1000), Augmentation(30, 1000, hflip=True)], "nms", 0.5,
+                               pixel_mean=(0, 0, 0), pixel_std=(1, 1, 1))
+    for merged, p in zip(tta(model, images), plain):
+        order = torch.argsort(p.get_field("scores"), descending=True)
+        assert torch.equal(merged.bbox, p.bbox[order])
+
+
+@pytest.mark.parametrize("aug", [Augmentation(60, 1000), Augmentation(17, 1000, True), Augmentation(90, 70),
+                                 Augmentation(45, 4000, True, (0.0, 1e4))])
+def test_scaled_and_flipped_views_map_back_exactly(aug):
+    images = _images()
+    out = detect_augmented(RelativeBoxDetector(), images, aug, IDENTITY)
+    for img, p in zip(images, out):
+        h, w = img.shape[-2:]
+        f = RelativeBoxDetector.FRAC
+        expect = torch.tensor([[f[0] * w, f[1] * h, f[2] * w, f[3] * h]])
+        if aug.hflip:
+            expect = torch.tensor([[w - f[2] * w, f[1] * h, w - f[0] * w, f[3] * h]])
+        assert p.size == (w, h)
+        torch.testing.assert_close(p.bbox, expect, rtol=1e-5, atol=1e-4)
+
+
+def test_size_range_filters_in_the_view_frame():
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 20, 20], [0, 0, 30, 40.0], [0, 0, 5, 5]])
+    assert keep_size_range(boxes, 10, 30).tolist() == [False, True, False, False]  # exclusive ends
+    assert keep_size_range(boxes, 0, 1e4).tolist() == [True] * 4
+    # a view at twice the size: a 10x10 original box is 20x20 there, kept by (15, 25)
+    images = [torch.zeros(3, 30, 50)]
+
+    class Fixed(nn.Module):
+        def forward(self, il):
+            h, w = il.image_sizes[0]
+            return [_boxlist([[0, 0, 20, 20], [0, 0, 40, 40]], [0.9, 0.8], [1, 1], (w, h))]
+
+    out = detect_augmented(Fixed(), images, Augmentation(60, 1000, False, (15.0, 25.0)), IDENTITY)[0]
+    assert out.bbox.tolist() == [[0.0, 0.0, 10.0, 10.0]]
+
+
+def _iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _plain_vote(boxes, scores, labels, th, soft_th=None):
+    """The original greedy loop, per class, in plain Python (continuous IoU, no "+1")."""
+    out = []
+    for c in sorted(set(labels)):
+        dets = sorted([(s, b) for b, s, l in zip(boxes, scores, labels) if l == c], key=lambda d: -d[0])
+        while dets:
+            head = dets[0]
+            members = [(s, b, _iou(head[1], b)) for s, b in dets if _iou(head[1], b) >= th]
+            dets = [(s, b) for s, b in dets if _iou(head[1], b) < th]
+            wsum = sum(s for s, _, _ in members)
+            mean = [sum(s * b[k] for s, b, _ in members) / wsum for k in range(4)]
+            out.append((head[0], mean, c))
+            if soft_th is not None and len(members) > 1:
+                out.extend((s * (1 - o), b, c) for s, b, o in members[1:] if s * (1 - o) >= soft_th)
+    return sorted(out, key=lambda d: -d[0])
+
+
+def _plain_nms(boxes, scores, labels, th):
+    out = []
+    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
+    for i in order:
+        if all(labels[j] != labels[i] or _iou(boxes[i], boxes[j]) <= th for j in out):
+            out.append(i)
+    return out
+
+
+HAND_BOXES = [[10, 10, 50, 50], [12, 11, 52, 49], [9, 12, 48, 53], [30, 30, 70, 70], [100, 100, 140, 150],
+              [101, 98, 139, 152], [10, 10, 50, 50], [11, 9, 51, 50], [200, 5, 220, 40]]
+HAND_SCORES = [0.9, 0.8, 0.6, 0.7, 0.95, 0.5, 0.85, 0.3, 0.4]
+HAND_LABELS = [1, 1, 1, 1, 2, 2, 3, 3, 1]
+
+
+@pytest.mark.parametrize("soft", [None, 0.05, 0.2])
+@pytest.mark.parametrize("th", [0.5, 0.66, 0.9])
+def test_box_voting_matches_the_plain_greedy_loop(th, soft):
+    boxes, scores, labels = box_voting(torch.tensor(HAND_BOXES, dtype=torch.float32), torch.tensor(HAND_SCORES),
+                                       torch.tensor(HAND_LABELS), th, soft)
+    expect = _plain_vote(HAND_BOXES, HAND_SCORES, HAND_LABELS, th, soft)
+    assert len(boxes) == len(expect)
+    torch.testing.assert_close(scores, torch.tensor([e[0] for e in expect]))
+    torch.testing.assert_close(boxes, torch.tensor([e[1] for e in expect]), rtol=1e-5, atol=1e-4)
+    assert labels.tolist() == [e[2] for e in expect]
+
+
+def test_vote_cluster_hand_computed():
+    # two boxes of one class with IoU 0.81 merge into their score-weighted mean, the best score
+    b, s, l = box_voting(torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10.0]]), torch.tensor([0.75, 0.25]),
+                         torch.tensor([1, 1]), 0.66)
+    torch.testing.assert_close(b, torch.tensor([[0.25, 0.25, 10.0, 10.0]]))
+    assert s.tolist() == [0.75] and l.tolist() == [1]
+
+
+@pytest.mark.parametrize("th", [0.3, 0.6])
+def test_nms_merge_matches_plain_nms_and_caps(th):
+    boxes, scores, labels = merge_detections(torch.tensor(HAND_BOXES, dtype=torch.float32),
+                                             torch.tensor(HAND_SCORES), torch.tensor(HAND_LABELS), "nms", th,
+                                             0.66, 0.05, 100)
+    keep = _plain_nms(HAND_BOXES, HAND_SCORES, HAND_LABELS, th)
+    assert boxes.tolist() == [[float(v) for v in HAND_BOXES[i]] for i in keep]
+    assert labels.tolist() == [HAND_LABELS[i] for i in keep]
+    for merge in ("nms", "vote", "soft-vote"):
+        b, s, _ = merge_detections(torch.tensor(HAND_BOXES, dtype=torch.float32), torch.tensor(HAND_SCORES),
+                                   torch.tensor(HAND_LABELS), merge, th, 0.66, 0.01, 2)
+        assert len(b) == 2 and s.tolist() == sorted(s.tolist(), reverse=True)
+
+
+class RandomBoxes(nn.Module):
+    def forward(self, il):
+        g = torch.Generator().manual_seed(sum(il.image_sizes[0]))
+        out = []
+        for h, w in il.image_sizes:
+            xy = torch.rand(80, 2, generator=g) * torch.tensor([w, h]) * 0.7
+            wh = torch.rand(80, 2, generator=g) * torch.tensor([w, h]) * 0.3 + 1
+            out.append(_boxlist(torch.cat([xy, xy + wh], 1), torch.rand(80, generator=g),
+                                torch.randint(1, 4, (80,), generator=g), (w, h)))
+        return out
+
+
+@pytest.mark.parametrize("merge", ["nms", "vote", "soft-vote"])
+def test_tta_never_returns_more_than_detections_per_img(merge):
+    cfg = _tta_cfg(["TEST.DETECTIONS_PER_IMG", 7, "TEST.BBOX_AUG.VOTE", True, "TEST.BBOX_AUG.MERGE_TYPE", merge,
+                    "TEST.BBOX_AUG.SCALES", (20, 40, 60), "TEST.BBOX_AUG.SCALE_H_FLIP", True])
+    tta = build_bbox_augmentor(cfg)
+    assert len(tta.augmentations) == 7 and tta.merge_type == merge
+    for out, img in zip(tta(RandomBoxes(), [torch.zeros(3, 30, 50), torch.zeros(3, 64, 33)]),
+                        [(50, 30), (33, 64)]):
+        assert 0 < len(out) <= 7 and out.size == img
+
+
+def _tta_cfg(opts=()):
+    cfg = default_cfg.clone()
+    cfg.merge_from_list(["MODEL.HEAD", "ATSS", "TEST.BBOX_AUG.ENABLED", True, "INPUT.MIN_SIZE_TEST", 30,
+                         "INPUT.MAX_SIZE_TEST", 100, *opts])
+    return cfg
+
+
+@pytest.mark.parametrize("opts, match", [
+    (["TEST.BBOX_AUG.MERGE_TYPE", "avg"], "TEST.BBOX_AUG.MERGE_TYPE"),
+    (["TEST.BBOX_AUG.VOTE_TH", 0.0], "TEST.BBOX_AUG.VOTE_TH"),
+    (["TEST.BBOX_AUG.SCALES", (400, -1)], "TEST.BBOX_AUG.SCALES"),
+    (["TEST.BBOX_AUG.SCALES", (400, 500), "TEST.BBOX_AUG.SCALE_RANGES", [[0, 100]]], "one \\[lo, hi\\] per scale"),
+    (["TEST.BBOX_AUG.SCALES", (400,), "TEST.BBOX_AUG.SCALE_RANGES", [[100, 10]]], "0 <= lo < hi"),
+    (["TEST.BBOX_AUG.MAX_SIZE", 0], "TEST.BBOX_AUG.MAX_SIZE"),
+])
+def test_bad_keys_give_clear_errors(opts, match):
+    with pytest.raises(ValueError, match=match):
+        build_bbox_augmentor(_tta_cfg(opts))
+
+
+def test_disabled_is_none_and_the_original_yaml_builds():
+    assert build_bbox_augmentor(default_cfg) is None
+    cfg = default_cfg.clone()
+    cfg.merge_from_file(os.path.join(ROOT, "configs/dynamic_atss/dynamic_atss_dcnv2_X_101_32x8d_FPN_2x.yaml"))
+    cfg.merge_from_list(["TEST.BBOX_AUG.ENABLED", True])
+    tta = build_bbox_augmentor(cfg)
+    a = cfg.TEST.BBOX_AUG
+    assert tta.merge_type == "soft-vote" and tta.vote_thresh == pytest.approx(0.66)
+    assert tta.nms_thresh == cfg.MODEL.ATSS.NMS_TH and tta.soft_score_thresh == cfg.MODEL.ATSS.INFERENCE_TH
+    views = tta.augmentations
+    assert views[0] == Augmentation(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    assert views[1].hflip == a.H_FLIP
+    scaled = views[1 + int(a.H_FLIP):]
+    assert len(scaled) == len(a.SCALES) * (2 if a.SCALE_H_FLIP else 1)
+    assert [v.min_size for v in scaled[:: 2 if a.SCALE_H_FLIP else 1]] == list(a.SCALES)
+    assert scaled[0].size_range == tuple(float(v) for v in a.SCALE_RANGES[0])
