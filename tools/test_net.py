@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Evaluate a detector on every DATASETS.TEST entry (COCO AP); one process or many (torchrun).
+"""Evaluate a detector on every DATASETS.TEST entry (COCO AP, or VOC AP50 for Pascal VOC datasets);
+one process or many (torchrun).
 
     python tools/test_net.py --config-file configs/X.yaml [MODEL.WEIGHT path.pth] KEY VALUE ...
+    python tools/test_net.py ... TEST.BBOX_AUG.ENABLED True TEST.BBOX_AUG.H_FLIP True    # test-time augmentation
 
 Weights: MODEL.WEIGHT, else the last checkpoint of OUTPUT_DIR. Results go to
-OUTPUT_DIR/inference/<dataset>/{bbox.json,metrics.json}.
+OUTPUT_DIR/inference/<dataset>/{bbox.json,metrics.json,pr_curves.png} (metrics.json holds the summary
+and the per-class metrics; pr_curves.png needs matplotlib).
 """
 from __future__ import annotations
 
@@ -39,13 +42,13 @@ def test(cfg, distributed: bool = False) -> Dict[str, Dict[str, float]]:
     """Build the model of ``cfg``, load MODEL.WEIGHT (else OUTPUT_DIR's last checkpoint) and evaluate."""
     import logging
 
-    from maskrcnn_benchmark.modeling.detector import build_detection_model
-
+    from maskrcnn_benchmark.engine.bbox_aug import detector_cfg
     from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
 
     logger = logging.getLogger("maskrcnn_benchmark.test")
     cfg = fill_num_classes_from_data(cfg)
-    model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
+    model = build_detection_model(detector_cfg(cfg)).to(torch.device(cfg.MODEL.DEVICE))
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
     if cfg.MODEL.WEIGHT:
         checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))

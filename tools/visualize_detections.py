@@ -47,12 +47,16 @@ def visualize_images(cfg, model: torch.nn.Module, image_paths: Sequence[str], ou
     """Run ``model`` (eval mode) on each image (test transforms of ``cfg``), draw the detections with
     score >= ``score_threshold`` on the original image and write ``output_dir/<name>.png``.
 
+    With ``TEST.BBOX_AUG.ENABLED`` the detections are those of the test-time augmentation.
+
     Returns the written paths.
     """
     from maskrcnn_benchmark.data.transforms import build_transforms
+    from maskrcnn_benchmark.engine.bbox_aug import build_bbox_augmentor, tta_input_transforms
     from maskrcnn_benchmark.structures.image_list import to_image_list
 
-    transforms = build_transforms(cfg, is_train=False)
+    bbox_aug = build_bbox_augmentor(cfg)
+    transforms = tta_input_transforms() if bbox_aug is not None else build_transforms(cfg, is_train=False)
     device = torch.device(cfg.MODEL.DEVICE)
     model.eval()
     written = []
@@ -62,7 +66,7 @@ def visualize_images(cfg, model: torch.nn.Module, image_paths: Sequence[str], ou
             raise ValueError(f"OpenCV cannot read image {path}")
         image, _ = transforms(original, None)
         images = to_image_list([image], cfg.DATALOADER.SIZE_DIVISIBILITY).to(device)
-        detections = model(images)[0].to("cpu")
+        detections = (bbox_aug(model, images) if bbox_aug is not None else model(images))[0].to("cpu")
         drawn = draw_boxlist(original, detections, class_names, score_threshold)
         out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         write_png(out, drawn)
@@ -87,6 +91,7 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
 
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
+    from maskrcnn_benchmark.engine.bbox_aug import detector_cfg
     from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
@@ -106,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
         parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
     setup_logger("maskrcnn_benchmark", None, 0)
     cfg = fill_num_classes_from_data(cfg)
-    model = build_detection_model(cfg)
+    model = build_detection_model(detector_cfg(cfg))
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False)
     if cfg.MODEL.WEIGHT:
         checkpointer.load_weights(cfg.MODEL.WEIGHT)

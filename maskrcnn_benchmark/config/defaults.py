@@ -370,18 +370,33 @@ _C.TEST.EXPECTED_RESULTS = []
 _C.TEST.EXPECTED_RESULTS_SIGMA_TOL = 4
 # Images per batch over all processes at test time.
 _C.TEST.IMS_PER_BATCH = 8
-# Detections kept per image.
+# Detections kept per image (also the cap on the merged detections of test-time augmentation).
 _C.TEST.DETECTIONS_PER_IMG = 100
-# Test-time augmentation of the original (not implemented; must stay disabled).
+# Pascal VOC evaluation (datasets "<VOC root>:<split>" / voc_*): "area" (area under the interpolated
+# precision-recall curve, VOC2010+) or "11point" (the VOC2007 11-point metric).
+_C.TEST.VOC_METRIC = "area"
+# Test-time augmentation (maskrcnn_benchmark/engine/bbox_aug.py), the keys of the original ATSS /
+# Dynamic ATSS releases. Used by tools/test_net.py, the evaluation during training and the visualiser.
 _C.TEST.BBOX_AUG = CN()
+# Run every test image through several views and merge their detections.
 _C.TEST.BBOX_AUG.ENABLED = False
+# Add the horizontal mirror of the test-size view (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
 _C.TEST.BBOX_AUG.H_FLIP = False
+# Extra views: shorter sides in px, e.g. (400, 600, 1000); the longer side is capped at MAX_SIZE.
 _C.TEST.BBOX_AUG.SCALES = ()
+# Cap on the longer side of the SCALES views, px.
 _C.TEST.BBOX_AUG.MAX_SIZE = 4000
+# Also mirror every SCALES view.
 _C.TEST.BBOX_AUG.SCALE_H_FLIP = False
+# Merge: False -> class-aware NMS at the head's NMS_TH; True -> MERGE_TYPE with VOTE_TH.
 _C.TEST.BBOX_AUG.VOTE = False
+# IoU threshold of a box-voting cluster, in (0, 1].
 _C.TEST.BBOX_AUG.VOTE_TH = 0.66
+# With VOTE: "vote" (score-weighted mean box of each cluster), "soft-vote" (vote, plus each other
+# member kept with score * (1 - IoU with the cluster's best box) if >= the head's INFERENCE_TH) or "nms".
 _C.TEST.BBOX_AUG.MERGE_TYPE = "vote"
+# One [lo, hi] px per entry of SCALES (or empty: keep all): the view keeps boxes with
+# lo^2 < w*h < hi^2 measured in its own (resized) frame, e.g. [[96, 10000], [0, 256]].
 _C.TEST.BBOX_AUG.SCALE_RANGES = ()
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ Dataset names (``DATASETS.TRAIN`` / ``DATASETS.TEST``) are resolved by :meth:`Da
 * ``"<annotations.json>:<image folder>"``: a COCO-format dataset anywhere on disk (the split is
   at the last ``:`` whose left side ends in ``.json``; relative paths are relative to the
   current directory).
+* ``"voc_2007_trainval"``, ``"voc_2007_test"``, ``"voc_2012_train"``, ...: Pascal VOC under
+  ``<data dir>/voc/VOC2007``, ``<data dir>/voc/VOC2012`` (as in maskrcnn-benchmark);
+* ``"<VOC root>:<split>"``: a Pascal VOC folder anywhere (``Annotations/*.xml``, ``JPEGImages/``,
+  ``ImageSets/Main/<split>.txt``); told apart from the COCO form by the path: the left side is a
+  directory holding ``Annotations/`` and ``ImageSets/`` (the COCO form's is a ``.json`` file).
 
 Pretrained weights ``"catalog://ImageNetPretrained/MSRA/R-50"`` are resolved by
 :meth:`ModelCatalog.get` to files under ``$MASKRCNN_BENCHMARK_MODELS`` (default ``pretrained/``);
@@ -20,7 +25,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Tuple
 
-__all__ = ["DatasetCatalog", "ModelCatalog", "CatalogKeyError", "UnknownDatasetError", "split_json_path"]
+__all__ = ["DatasetCatalog", "ModelCatalog", "CatalogKeyError", "UnknownDatasetError", "split_json_path",
+           "split_voc_path"]
 
 
 class CatalogKeyError(KeyError, ValueError):
@@ -45,6 +51,19 @@ def split_json_path(name: str) -> Optional[Tuple[str, str]]:
             return name[:pos], name[pos + 1:]
 
 
+def split_voc_path(name: str) -> Optional[Tuple[str, str]]:
+    """``"data/VOC2007:test"`` -> ``("data/VOC2007", "test")``: split at the last ``:`` whose left side is
+    a directory holding ``Annotations/`` and ``ImageSets/``; ``None`` if there is none."""
+    pos = len(name)
+    while True:
+        pos = name.rfind(":", 0, pos)
+        if pos < 0:
+            return None
+        root = name[:pos]
+        if root and os.path.isdir(os.path.join(root, "Annotations")) and os.path.isdir(os.path.join(root, "ImageSets")):
+            return root, name[pos + 1:]
+
+
 class DatasetCatalog:
     """Dataset name -> ``dict(factory="COCODataset", args=dict(root=..., ann_file=...))``."""
 
@@ -63,6 +82,9 @@ class DatasetCatalog:
         "coco_2015_test_dev": {"img_dir": "coco/test2015",
                                "ann_file": "coco/annotations/image_info_test-dev2015.json"},
     }
+    # Pascal VOC: name -> (folder under the data dir, split of ImageSets/Main/).
+    VOC = {f"voc_{year}_{split}": (f"voc/VOC{year}", split)
+           for year in ("2007", "2012") for split in ("train", "val", "trainval", "test")}
     # Generated on first use under <data dir>/synthetic_coco (see maskrcnn_benchmark/data/synthetic.py).
     SYNTHETIC_DIR = "synthetic_coco"
     SYNTHETIC = {"synthetic_coco_train": "train", "synthetic_coco_val": "val"}
@@ -74,7 +96,7 @@ class DatasetCatalog:
 
     @classmethod
     def names(cls):
-        return sorted(cls.DATASETS) + sorted(cls.SYNTHETIC)
+        return sorted(cls.DATASETS) + sorted(cls.VOC) + sorted(cls.SYNTHETIC)
 
     @classmethod
     def get(cls, name: str) -> dict:
@@ -89,6 +111,9 @@ class DatasetCatalog:
             attrs = cls.DATASETS[name]
             return dict(factory="COCODataset", args=dict(root=os.path.join(data_dir, attrs["img_dir"]),
                                                          ann_file=os.path.join(data_dir, attrs["ann_file"])))
+        if name in cls.VOC:
+            folder, split = cls.VOC[name]
+            return dict(factory="PascalVOCDataset", args=dict(data_dir=os.path.join(data_dir, folder), split=split))
         if name in cls.SYNTHETIC:
             from maskrcnn_benchmark.data.synthetic import ensure_synthetic_coco
 
@@ -103,9 +128,17 @@ class DatasetCatalog:
             if not os.path.isdir(root):
                 raise FileNotFoundError(f"dataset {name!r}: image folder {root!r} does not exist")
             return dict(factory="COCODataset", args=dict(root=root, ann_file=ann_file))
+        parts = split_voc_path(name)
+        if parts is not None:
+            root, split = parts
+            if not split:
+                raise UnknownDatasetError(f"dataset {name!r}: no split after the VOC folder {root!r} "
+                                          f"(\"<VOC root>:<split>\", e.g. {root}:test)")
+            return dict(factory="PascalVOCDataset", args=dict(data_dir=root, split=split))
         raise UnknownDatasetError(
             f"unknown dataset {name!r}. Known names: {', '.join(cls.names())}; or give a COCO-format "
-            f"dataset as \"<annotations.json>:<image folder>\"")
+            f"dataset as \"<annotations.json>:<image folder>\" or a Pascal VOC folder as "
+            f"\"<VOC root>:<split>\" (a folder with Annotations/ and ImageSets/Main/<split>.txt)")
 
 
 class ModelCatalog:

@@ -44,7 +44,7 @@ def build_dataset(dataset_list: Sequence[str], transforms, dataset_catalog, is_t
         data = dataset_catalog.get(name)
         factory = getattr(D, data["factory"])
         args = dict(data["args"])
-        if data["factory"] == "COCODataset":
+        if data["factory"] in ("COCODataset", "PascalVOCDataset"):
             args["remove_images_without_annotations"] = is_train
         args["transforms"] = transforms
         dataset = factory(**args)
@@ -124,7 +124,8 @@ def _per_process_batch(total: int, key: str, world: int) -> int:
     return total // world
 
 
-def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, start_iter: int = 0):
+def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, start_iter: int = 0,
+                     transforms=None):
     """Training: one ``DataLoader`` yielding ``cfg.SOLVER.MAX_ITER - start_iter`` batches
     ``(ImageList, list[BoxList], tuple[int])``; the batch at iteration ``t`` depends only on
     ``(cfg.SEED, t)``, so resuming at ``start_iter`` continues the same order.
@@ -133,6 +134,9 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, s
     Testing: a list of ``DataLoader``, one per ``cfg.DATASETS.TEST``, each going through its
     process's share of the images in index order (every image exactly once over all processes,
     no padding). ``TEST.IMS_PER_BATCH`` is the global batch.
+
+    ``transforms`` replaces the config's transforms when given (test-time augmentation loads the
+    images at their original size and resizes them itself).
 
     Each loader has ``.num_foreground_classes`` and ``.class_names`` attributes (its datasets'
     ``K`` and names incl. ``"__background__"``).
@@ -144,7 +148,8 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, s
                                           key, world)
     seed = _data_seed(cfg)
 
-    transforms = build_transforms(cfg, is_train)
+    if transforms is None:
+        transforms = build_transforms(cfg, is_train)
     names = list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
     datasets = build_dataset(names, transforms, _catalog(cfg), is_train)
     num_fg = num_foreground_classes(datasets)

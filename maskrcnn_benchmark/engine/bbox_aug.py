@@ -44,7 +44,7 @@ from maskrcnn_benchmark.structures.box_ops import box_area, pairwise_iou
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
 __all__ = ["Augmentation", "BBoxAugmentor", "MERGE_TYPES", "build_bbox_augmentor",
-           "detect_augmented", "keep_size_range", "merge_detections", "box_voting", "soft_box_voting",
+           "detect_augmented", "detector_cfg", "keep_size_range", "merge_detections", "box_voting", "soft_box_voting",
            "tta_input_transforms"]
 
 logger = logging.getLogger(__name__)
@@ -363,3 +363,16 @@ def build_bbox_augmentor(cfg) -> Optional[BBoxAugmentor]:
     tta = BBoxAugmentor.from_config(cfg)
     logger.info("Test-time augmentation: %s", tta)
     return tta
+
+
+def detector_cfg(cfg):
+    """The config to build the detector from under TTA: the augmentation runs around the detector
+    (here), so the detector's builder is given ``TEST.BBOX_AUG.ENABLED False`` (the modeling package
+    still rejects the key as a detector feature). ``cfg`` itself is returned when TTA is off."""
+    if not cfg.TEST.BBOX_AUG.ENABLED:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.TEST.BBOX_AUG.ENABLED = False
+    cfg.freeze()
+    return cfg

@@ -1,11 +1,12 @@
-"""Inference over a test data loader (one or many processes) and COCO evaluation."""
+"""Inference over a test data loader (one or many processes, optionally with test-time
+augmentation) and the dataset's evaluation (COCO or Pascal VOC)."""
 from __future__ import annotations
 
 import logging
 import os
 import re
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -20,15 +21,27 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def dataset_folder_name(name: str) -> str:
     """A folder name for a DATASETS.TEST entry: the catalog name, or for ``"<ann.json>:<images>"`` the
-    annotation file's stem; characters other than ``[A-Za-z0-9._-]`` become ``_``."""
-    if ":" in name or os.sep in name:
+    annotation file's stem, for ``"<VOC root>:<split>"`` ``<root folder name>_<split>``; characters
+    other than ``[A-Za-z0-9._-]`` become ``_``."""
+    from maskrcnn_benchmark.config.paths_catalog import split_voc_path
+
+    voc = split_voc_path(name) if ":" in name else None
+    if voc is not None:
+        name = f"{os.path.basename(os.path.normpath(voc[0]))}_{voc[1]}"
+    elif ":" in name or os.sep in name:
         name = os.path.splitext(os.path.basename(name.split(":")[0]))[0] or name
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 @torch.no_grad()
-def compute_on_dataset(model: nn.Module, data_loader, device: torch.device) -> Dict[int, BoxList]:
+def compute_on_dataset(model: nn.Module, data_loader, device: torch.device,
+                       bbox_aug: Optional[Callable] = None) -> Dict[int, BoxList]:
     """Run ``model`` (eval mode) over ``data_loader``; predictions resized to each ORIGINAL image size.
+
+    Args:
+        bbox_aug: None, or a test-time augmentation ``bbox_aug(model, images) -> list of BoxList``
+            (:class:`maskrcnn_benchmark.engine.bbox_aug.BBoxAugmentor`; the loader then yields the
+            images at their original size, see ``tta_input_transforms``).
 
     Returns: {dataset index: BoxList on the CPU in the original image's (width, height)}.
     """
@@ -36,7 +49,8 @@ def compute_on_dataset(model: nn.Module, data_loader, device: torch.device) -> D
     dataset = data_loader.dataset
     results: Dict[int, BoxList] = {}
     for images, _targets, indices in data_loader:
-        outputs = model(images.to(device))
+        images = images.to(device)
+        outputs = bbox_aug(model, images) if bbox_aug is not None else model(images)
         for idx, pred in zip(indices, outputs):
             info = dataset.get_img_info(int(idx))
             results[int(idx)] = pred.to("cpu").resize((info["width"], info["height"]))
@@ -61,12 +75,16 @@ def gather_predictions(predictions: Dict[int, BoxList], num_images: Optional[int
 
 
 def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: Optional[str] = None,
-              device="cuda", logger: Optional[logging.Logger] = None) -> Optional[Dict[str, float]]:
-    """Detect on every image of ``data_loader`` (in every process), gather on rank 0 and evaluate.
+              device="cuda", logger: Optional[logging.Logger] = None, bbox_aug: Optional[Callable] = None,
+              voc_metric: str = "area") -> Optional[Dict[str, float]]:
+    """Detect on every image of ``data_loader`` (in every process; with test-time augmentation
+    ``bbox_aug`` if given), gather on rank 0 and evaluate.
 
-    Rank 0 writes ``output_folder/bbox.json`` (COCO results, via ``evaluate``) and
-    ``output_folder/metrics.json`` (atomically), logs the COCO summary and returns
-    ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``; other ranks return None.
+    Rank 0 writes ``output_folder/bbox.json`` (COCO results, via ``evaluate``), ``pr_curves.png``
+    (with matplotlib) and ``output_folder/metrics.json`` (atomically: ``bbox`` the summary metrics,
+    ``per_class`` {class: {metric: value}}, ``evaluation`` details), logs the summary and a per-class
+    table, and returns the summary (COCO: ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``; VOC:
+    ``{"mAP"}``, ``voc_metric`` "area" or "11point"); other ranks return None.
     """
     from maskrcnn_benchmark.data.datasets.evaluation import evaluate
 
@@ -76,7 +94,7 @@ def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: O
     logger.info("Start evaluation on %s (%d images) with %d process(es)", dataset_name, len(dataset),
                 get_world_size())
     start = time.perf_counter()
-    predictions = compute_on_dataset(model, data_loader, device)
+    predictions = compute_on_dataset(model, data_loader, device, bbox_aug)
     synchronize()
     elapsed = time.perf_counter() - start
     logger.info("Inference time: %s (%.4f s / image per process)", format_eta(elapsed),
@@ -86,13 +104,15 @@ def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: O
         return None
     if output_folder:
         os.makedirs(output_folder, exist_ok=True)
-    results = evaluate(dataset, predictions, output_folder)
-    results = {k: float(v) for k, v in dict(results).items()}
-    logger.info("%s: %s", dataset_name, "  ".join(f"{k} {results[k]:.4f}" for k in METRICS if k in results))
+    evaluated = evaluate(dataset, predictions, output_folder, voc_metric=voc_metric)
+    results = {k: float(v) for k, v in dict(evaluated).items()}
+    logger.info("%s: %s", dataset_name, "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
     if output_folder:
         atomic_write_json(os.path.join(output_folder, "metrics.json"),
                           {"dataset": dataset_name, "num_images": len(predictions), "inference_time_s": elapsed,
-                           "bbox": results}, indent=2)
+                           "test_time_augmentation": repr(bbox_aug) if bbox_aug is not None else None,
+                           "bbox": results, "per_class": getattr(evaluated, "per_class", {}),
+                           "evaluation": getattr(evaluated, "info", {})}, indent=2)
     return results
 
 
@@ -102,15 +122,19 @@ def run_test(cfg, model: nn.Module, distributed: bool = False) -> Dict[str, Dict
     Returns ``{dataset name: metrics}`` on rank 0 (empty on the others).
     """
     from maskrcnn_benchmark.data import make_data_loader
+    from maskrcnn_benchmark.engine.bbox_aug import build_bbox_augmentor, tta_input_transforms
 
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     was_training = model.training
-    loaders: List = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+    bbox_aug = build_bbox_augmentor(cfg)
+    loaders: List = make_data_loader(cfg, is_train=False, is_distributed=distributed,
+                                     transforms=tta_input_transforms() if bbox_aug is not None else None)
     all_results: Dict[str, Dict[str, float]] = {}
     for name, loader in zip(cfg.DATASETS.TEST, loaders):
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(name)) if cfg.OUTPUT_DIR else None
-        results = inference(model, loader, name, folder, device=cfg.MODEL.DEVICE)
+        results = inference(model, loader, name, folder, device=cfg.MODEL.DEVICE, bbox_aug=bbox_aug,
+                            voc_metric=cfg.TEST.VOC_METRIC)
         if results is not None:
             all_results[name] = results
         synchronize()

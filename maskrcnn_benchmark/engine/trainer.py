@@ -216,6 +216,7 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
     Returns the trained model (unwrapped from DDP).
     """
     from maskrcnn_benchmark.data import make_data_loader
+    from maskrcnn_benchmark.engine.bbox_aug import detector_cfg
     from maskrcnn_benchmark.engine.inference import run_test
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer
@@ -234,7 +235,7 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
         save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yml"))
 
     device = torch.device(cfg.MODEL.DEVICE)
-    model = build_detection_model(cfg).to(device)
+    model = build_detection_model(detector_cfg(cfg)).to(device)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer)
     amp_dtype = resolve_amp(cfg.SOLVER.AMP, device)

@@ -1,4 +1,5 @@
-"""COCO box evaluation of detector outputs with pycocotools."""
+"""COCO box evaluation of detector outputs: faster-coco-eval when installed (same numbers, faster),
+else pycocotools; summary metrics, a per-class AP / AP50 / AR100 table and precision-recall curves."""
 from __future__ import annotations
 
 import contextlib
@@ -8,12 +9,13 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from pycocotools.cocoeval import COCOeval
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.utils.io import atomic_write_json
 
-__all__ = ["evaluate", "prepare_for_coco_detection", "METRICS"]
+from .report import EvaluationResult, format_table, plot_pr_curves
+
+__all__ = ["evaluate", "prepare_for_coco_detection", "per_class_metrics", "coco_backend", "METRICS"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -58,15 +60,76 @@ def prepare_for_coco_detection(dataset, predictions: Predictions) -> List[dict]:
     return results
 
 
+def coco_backend(prefer_faster: bool = True) -> str:
+    """``"faster_coco_eval"`` when that package is importable (and ``prefer_faster``), else ``"pycocotools"``."""
+    if prefer_faster:
+        try:
+            import faster_coco_eval  # noqa: F401
+            return "faster_coco_eval"
+        except ImportError:
+            pass
+    return "pycocotools"
+
+
+def _run_cocoeval(coco_gt, results: List[dict], img_ids: List[int], backend: str):
+    """evaluate + accumulate + summarize with ``backend``; returns (COCOeval, summary text)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        if backend == "faster_coco_eval":
+            from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster
+
+            gt = FasterCOCO(coco_gt.dataset)
+            coco_eval = COCOeval_faster(gt, gt.loadRes(results), "bbox", print_function=print)
+        elif backend == "pycocotools":
+            from pycocotools.cocoeval import COCOeval
+
+            coco_eval = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
+        else:
+            raise ValueError(f"unknown COCO evaluation backend {backend!r}")
+        coco_eval.params.imgIds = img_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    summary = "\n".join(line for line in buf.getvalue().splitlines() if line.lstrip().startswith("Average"))
+    return coco_eval, summary
+
+
+def per_class_metrics(precision: np.ndarray, recall: np.ndarray, iou_thrs: Sequence[float],
+                      class_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Per-class AP (IoU 0.50:0.95), AP50 and AR100 from COCOeval's accumulated arrays.
+
+    Args:
+        precision: ``eval["precision"]`` [T IoUs, R recall points, K classes, A areas, M maxDets]
+            (-1 where undefined); recall: ``eval["recall"]`` [T, K, A, M].
+        iou_thrs: the T IoU thresholds; class_names: the K names (in the category order evaluated).
+
+    Returns:
+        {name: {"AP", "AP50", "AR100"}} over all areas at 100 detections per image; -1 for a class
+        without ground truth (as pycocotools' summary).
+    """
+    t50 = int(np.argmin(np.abs(np.asarray(iou_thrs) - 0.5)))
+
+    def mean_valid(a: np.ndarray) -> float:
+        a = a[a > -1]
+        return float(a.mean()) if a.size else -1.0
+
+    return {name: {"AP": mean_valid(precision[:, :, k, 0, -1]), "AP50": mean_valid(precision[t50, :, k, 0, -1]),
+                   "AR100": mean_valid(recall[:, k, 0, -1])}
+            for k, name in enumerate(class_names)}
+
+
 def evaluate(dataset, predictions: Predictions, output_folder: Optional[str],
-             logger: Optional[logging.Logger] = None) -> Dict[str, float]:
-    """COCO bbox AP of ``predictions`` on ``dataset``.
+             logger: Optional[logging.Logger] = None) -> EvaluationResult:
+    """COCO bbox AP of ``predictions`` on ``dataset`` (faster-coco-eval if installed, else pycocotools).
 
     The images evaluated are those with an entry in ``predictions`` (an empty BoxList counts as
     "no detections" for that image). Writes ``output_folder/bbox.json`` atomically (COCO results
     format) when ``output_folder`` is given, prints the standard 12-line summary, and returns
     ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` as fractions in 0..1 (-1 where pycocotools has
     no ground truth for that area range; all 0 when there are no detections at all).
+    The result also carries ``.per_class`` ({class name: {"AP", "AP50", "AR100"}}, logged as a
+    table) and ``.info`` (``backend``; ``pr_curves``: the path of ``output_folder/pr_curves.png``,
+    per class and overall at IoU 0.50 and 0.50:0.95, or None without matplotlib).
     """
     logger = logger or logging.getLogger(__name__)
     preds = _as_dict(predictions)
@@ -76,21 +139,33 @@ def evaluate(dataset, predictions: Predictions, output_folder: Optional[str],
         atomic_write_json(os.path.join(output_folder, "bbox.json"), results)
     if not results:
         logger.warning("no detections on %d images; reporting AP 0", len(preds))
-        return {k: 0.0 for k in METRICS}
+        return EvaluationResult({k: 0.0 for k in METRICS})
 
-    coco_gt = dataset.coco
-    with contextlib.redirect_stdout(io.StringIO()):  # loadRes prints timing lines
-        coco_dt = coco_gt.loadRes(results)
-    coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
-    coco_eval.params.imgIds = sorted({dataset.ids[i] for i in preds})
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    summary = "\n".join(line for line in buf.getvalue().splitlines() if line.startswith(" Average"))
+    backend = coco_backend()
+    img_ids = sorted({dataset.ids[i] for i in preds})
+    coco_eval, summary = _run_cocoeval(dataset.coco, results, img_ids, backend)
     print(summary, flush=True)
     stats = np.asarray(coco_eval.stats, dtype=np.float64)
-    metrics = {k: float(v) for k, v in zip(METRICS, stats[:6])}
-    logger.info("bbox: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    metrics = EvaluationResult({k: float(v) for k, v in zip(METRICS, stats[:6])})
+    cat_ids = list(coco_eval.params.catIds)
+    names = [str(dataset.coco.cats[c]["name"]) for c in cat_ids]
+    metrics.per_class = per_class_metrics(np.asarray(coco_eval.eval["precision"]),
+                                          np.asarray(coco_eval.eval["recall"]), coco_eval.params.iouThrs, names)
+    metrics.info = {"backend": backend}
+    logger.info("bbox (%s): %s", backend, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    logger.info("per-class bbox metrics:\n%s", format_table(metrics.per_class, ("AP", "AP50", "AR100")))
+    if output_folder:
+        precision = np.asarray(coco_eval.eval["precision"])[:, :, :, 0, -1]  # [T, R, K]
+        curves = {"IoU 0.50": precision[int(np.argmin(np.abs(coco_eval.params.iouThrs - 0.5)))],
+                  "IoU 0.50:0.95": _mean_valid_axis0(precision)}
+        metrics.info["pr_curves"] = plot_pr_curves(os.path.join(output_folder, "pr_curves.png"),
+                                                   np.asarray(coco_eval.params.recThrs), curves, names, logger)
     return metrics
+
+
+def _mean_valid_axis0(a: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 of the entries > -1 (-1 where none is)."""
+    valid = a > -1
+    count = valid.sum(0)
+    total = np.where(valid, a, 0.0).sum(0)
+    return np.where(count > 0, total / np.maximum(count, 1), -1.0)
