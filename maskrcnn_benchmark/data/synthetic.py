@@ -13,6 +13,14 @@ Layout written by :func:`generate_synthetic_coco`::
     <out_dir>/train/train_000001.jpg ...        <out_dir>/annotations/instances_train.json
     <out_dir>/val/val_000001.jpg ...            <out_dir>/annotations/instances_val.json
 
+:func:`generate_synthetic_voc` writes the same images in the Pascal VOC layout instead::
+
+    <out_dir>/JPEGImages/train_000001.jpg ...   <out_dir>/Annotations/train_000001.xml ...
+    <out_dir>/ImageSets/Main/train.txt, val.txt, trainval.txt
+
+(each box as the 1-based inclusive pixels it touches: ``xmin = floor(x1) + 1``, ``xmax = ceil(x2)``,
+which :mod:`maskrcnn_benchmark.data.datasets.voc` reads back as ``floor(x1), ..., ceil(x2)``).
+
 Same arguments -> byte-identical files: image ``i`` of a split draws from its own generator
 seeded with ``(seed, split, i)``. Generation is atomic: everything is written into a temporary
 sibling folder that is renamed to ``out_dir`` at the end, so ``out_dir`` either does not exist
@@ -38,7 +46,7 @@ from maskrcnn_benchmark.utils.io import atomic_write_json
 logger = logging.getLogger(__name__)
 
 __all__ = ["CATEGORIES", "SyntheticConfig", "render_image", "generate_split", "generate_synthetic_coco",
-           "ensure_synthetic_coco", "split_paths"]
+           "ensure_synthetic_coco", "split_paths", "generate_split_voc", "generate_synthetic_voc", "voc_xml"]
 
 CATEGORIES: Tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross", "ellipse")
 SPLITS = {"train": 0, "val": 1}
@@ -267,15 +275,24 @@ def generate_synthetic_coco(out_dir: str, num_train: int = 600, num_val: int = 1
     """
     cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **config_overrides})
     out_dir = os.path.abspath(out_dir)
+    start = time.perf_counter()
+    _generate_atomically(out_dir, overwrite, lambda tmp: [generate_split(tmp, split, n, seed, cfg)
+                                                          for split, n in (("train", num_train), ("val", num_val))])
+    logger.info("generated synthetic COCO (%d train, %d val images, seed %d) in %s in %.1f s",
+                num_train, num_val, seed, out_dir, time.perf_counter() - start)
+    return {s: split_paths(out_dir, s) for s in SPLITS}
+
+
+def _generate_atomically(out_dir: str, overwrite: bool, write) -> None:
+    """Call ``write(tmp)`` on a temporary sibling folder of ``out_dir``, then rename it to ``out_dir``
+    (replacing an existing one only with ``overwrite``); on any error nothing is left behind."""
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    start = time.perf_counter()
     try:
-        for split, n in (("train", num_train), ("val", num_val)):
-            generate_split(tmp, split, n, seed, cfg)
+        write(tmp)
         if overwrite and os.path.exists(out_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
             os.replace(out_dir, os.path.join(old, "d"))
@@ -286,9 +303,72 @@ def generate_synthetic_coco(out_dir: str, num_train: int = 600, num_val: int = 1
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("generated synthetic COCO (%d train, %d val images, seed %d) in %s in %.1f s",
+
+
+def voc_xml(file_name: str, width: int, height: int, objects) -> str:
+    """A VOC annotation: ``objects`` = [(class name, (x, y, w, h) continuous px)], written as the
+    1-based inclusive pixels each box touches (``xmin = floor(x) + 1``, ``xmax = ceil(x + w)``, clipped)."""
+    rows = [f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{file_name}</filename>\n"
+            f"  <size>\n    <width>{width}</width>\n    <height>{height}</height>\n    <depth>3</depth>\n"
+            f"  </size>\n  <segmented>0</segmented>"]
+    for name, (x, y, w, h) in objects:
+        xmin, ymin = min(max(int(math.floor(x)) + 1, 1), width), min(max(int(math.floor(y)) + 1, 1), height)
+        xmax = min(max(int(math.ceil(x + w)), xmin), width)
+        ymax = min(max(int(math.ceil(y + h)), ymin), height)
+        rows.append(f"  <object>\n    <name>{name}</name>\n    <pose>Unspecified</pose>\n"
+                    f"    <truncated>0</truncated>\n    <difficult>0</difficult>\n    <bndbox>\n"
+                    f"      <xmin>{xmin}</xmin>\n      <ymin>{ymin}</ymin>\n      <xmax>{xmax}</xmax>\n"
+                    f"      <ymax>{ymax}</ymax>\n    </bndbox>\n  </object>")
+    return "\n".join(rows) + "\n</annotation>\n"
+
+
+def generate_split_voc(out_dir: str, split: str, num_images: int, seed: int,
+                       cfg: SyntheticConfig = SyntheticConfig()) -> List[str]:
+    """Write ``num_images`` images of ``split`` (the same as :func:`generate_split`'s) in the VOC layout
+    under ``out_dir`` and ``ImageSets/Main/<split>.txt``; return the image ids."""
+    if cfg.image_format not in ("jpg", "jpeg"):
+        raise ValueError(f"the VOC layout stores JPEGImages: image_format must be 'jpg', got {cfg.image_format!r}")
+    for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    ids = []
+    for i in range(1, num_images + 1):
+        rng = np.random.default_rng([int(seed), SPLITS[split], i])
+        image, objects = render_image(rng, cfg)
+        img_id = f"{split}_{i:06d}"
+        with open(os.path.join(out_dir, "JPEGImages", img_id + ".jpg"), "wb") as f:
+            f.write(_encode(image, cfg))
+        xml = voc_xml(img_id + ".jpg", int(image.shape[1]), int(image.shape[0]),
+                      [(CATEGORIES[cat], box) for cat, box in objects])
+        with open(os.path.join(out_dir, "Annotations", img_id + ".xml"), "w", encoding="utf-8") as f:
+            f.write(xml)
+        ids.append(img_id)
+    with open(os.path.join(out_dir, "ImageSets", "Main", f"{split}.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(f"{i}\n" for i in ids))
+    return ids
+
+
+def generate_synthetic_voc(out_dir: str, num_train: int = 600, num_val: int = 100, seed: int = 0,
+                           cfg: Optional[SyntheticConfig] = None, overwrite: bool = False,
+                           **config_overrides) -> Dict[str, str]:
+    """The synthetic train and val splits in the Pascal VOC layout (see the module docstring), atomically.
+
+    Returns:
+        ``{"train": "<out_dir>:train", "val": "<out_dir>:val", "trainval": ...}``: DATASETS entries.
+    """
+    cfg = SyntheticConfig(**{**asdict(cfg or SyntheticConfig()), **config_overrides})
+    out_dir = os.path.abspath(out_dir)
+    start = time.perf_counter()
+
+    def write(tmp: str) -> None:
+        ids = [i for split, n in (("train", num_train), ("val", num_val))
+               for i in generate_split_voc(tmp, split, n, seed, cfg)]
+        with open(os.path.join(tmp, "ImageSets", "Main", "trainval.txt"), "w", encoding="utf-8") as f:
+            f.write("".join(f"{i}\n" for i in ids))
+
+    _generate_atomically(out_dir, overwrite, write)
+    logger.info("generated synthetic VOC (%d train, %d val images, seed %d) in %s in %.1f s",
                 num_train, num_val, seed, out_dir, time.perf_counter() - start)
-    return {s: split_paths(out_dir, s) for s in SPLITS}
+    return {s: f"{out_dir}:{s}" for s in ("train", "val", "trainval")}
 
 
 @contextlib.contextmanager

@@ -73,3 +73,107 @@ def test_list_predictions_and_wrong_size(dataset):
         evaluate(dataset, {0: _pred([[1, 1, 5, 5]], [1], size=(50, 40))}, None)
     with pytest.raises(ValueError, match=r"labels \[3\]"):
         evaluate(dataset, {0: _pred([[1, 1, 5, 5]], [3])}, None)
+
+
+def _pycocotools_per_class(dataset, preds):
+    """Per-class AP / AP50 / AR100 straight from pycocotools' accumulated arrays (the reference)."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from maskrcnn_benchmark.data.datasets.evaluation.coco_eval import prepare_for_coco_detection
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(dataset.coco, dataset.coco.loadRes(prepare_for_coco_detection(dataset, preds)), "bbox")
+        ev.params.imgIds = sorted(dataset.ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    prec, rec = ev.eval["precision"], ev.eval["recall"]
+    out = {}
+    for k, cat in enumerate(ev.params.catIds):
+        p = prec[:, :, k, 0, 2]
+        out[dataset.coco.cats[cat]["name"]] = {"AP": p[p > -1].mean(), "AP50": prec[0, :, k, 0, 2].mean(),
+                                               "AR100": rec[:, k, 0, 2].mean()}
+    return out, ev.stats
+
+
+def _mixed_preds():
+    # class a: one hit at IoU 0.538 plus a false positive; class b: one exact hit, one miss at IoU 0.6 with
+    # a higher-scoring duplicate, and a low-scoring exact hit
+    return {0: _pred([[22, 10, 62, 50], [60, 60, 90, 79], [55, 20, 95, 70], [58, 25, 95, 70]], [1, 1, 2, 2],
+                     [0.9, 0.95, 0.6, 0.8]),
+            1: _pred([[0, 0, 50, 40], [10, 5, 60, 45]], [2, 2], [0.3, 0.7])}
+
+
+def test_per_class_metrics_equal_pycocotools_arrays(dataset, tmp_path, monkeypatch):
+    from maskrcnn_benchmark.data.datasets.evaluation import coco_eval
+
+    monkeypatch.setattr(coco_eval, "coco_backend", lambda prefer_faster=True: "pycocotools")
+    preds = _mixed_preds()
+    res = evaluate(dataset, preds, None)
+    ref, stats = _pycocotools_per_class(dataset, preds)
+    assert set(res.per_class) == {"a", "b"}
+    for name, row in ref.items():
+        for k, v in row.items():
+            assert res.per_class[name][k] == pytest.approx(float(v), abs=1e-12), (name, k)
+    assert res["AP"] == pytest.approx(float(stats[0]))
+    # hand-computed for the shifted-box case: class a found only at IoU 0.50 (AP 0.1, AP50 1, AR100 0.1)
+    res = evaluate(dataset, {0: _pred([[22, 10, 62, 50], [55, 20, 95, 70]], [1, 2]), 1: _pred([[0, 0, 50, 40]], [2])},
+                   None)
+    assert res.per_class["a"] == pytest.approx({"AP": 0.1, "AP50": 1.0, "AR100": 0.1})
+    assert res.per_class["b"] == pytest.approx({"AP": 1.0, "AP50": 1.0, "AR100": 1.0})
+    assert res.info["backend"] == "pycocotools"
+
+
+def test_faster_coco_eval_gives_the_same_numbers(dataset, monkeypatch):
+    pytest.importorskip("faster_coco_eval")
+    from maskrcnn_benchmark.data.datasets.evaluation import coco_eval
+
+    preds = _mixed_preds()
+    assert coco_eval.coco_backend() == "faster_coco_eval"
+    fast = evaluate(dataset, preds, None)
+    assert fast.info["backend"] == "faster_coco_eval"
+    monkeypatch.setattr(coco_eval, "coco_backend", lambda prefer_faster=True: "pycocotools")
+    slow = evaluate(dataset, preds, None)
+    assert dict(fast) == pytest.approx(dict(slow), abs=1e-9)
+    for name in slow.per_class:
+        assert fast.per_class[name] == pytest.approx(slow.per_class[name], abs=1e-9)
+
+
+def test_pr_curves_png_and_missing_matplotlib(dataset, tmp_path, monkeypatch, caplog):
+    import builtins
+    import logging
+
+    pytest.importorskip("matplotlib")
+    res = evaluate(dataset, _mixed_preds(), str(tmp_path / "out"))
+    png = tmp_path / "out" / "pr_curves.png"
+    assert res.info["pr_curves"] == str(png)
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[0] > 100 and img.std() > 0
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with caplog.at_level(logging.INFO):
+        res = evaluate(dataset, _mixed_preds(), str(tmp_path / "out2"))
+    assert res.info["pr_curves"] is None and not (tmp_path / "out2" / "pr_curves.png").exists()
+    assert "matplotlib is not installed" in caplog.text and "pip install matplotlib" in caplog.text
+    assert res["AP50"] > 0  # the metrics do not depend on it
+
+
+def test_per_class_table_format():
+    from maskrcnn_benchmark.data.datasets.evaluation import format_table
+
+    text = format_table({"cat": {"AP": 0.5, "AP50": 0.75}, "dog": {"AP": -1.0, "AP50": 0.25}}, ("AP", "AP50"))
+    lines = text.splitlines()
+    assert lines[0].split() == ["class", "AP", "AP50"]
+    assert lines[1].split() == ["cat", "0.5000", "0.7500"]
+    assert lines[2].split() == ["dog", "-", "0.2500"]
+    assert lines[3].split() == ["mean", "0.5000", "0.5000"]  # the undefined AP is left out of the mean
