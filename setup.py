@@ -99,6 +99,10 @@ setup(
     packages=find_packages(exclude=("configs", "tests*", "tools*")),
     python_requires=">=3.9",
     install_requires=[torch_requirement(), "yacs", "pycocotools", "numpy", "opencv-python-headless"],
+    extras_require={
+        # evaluation extras: precision-recall plots (pr_curves.png) and the faster COCO evaluator
+        "eval": ["matplotlib", "faster-coco-eval"],
+    },
     ext_modules=get_extensions(),
     cmdclass={
         "build_ext": BuildExtension,
