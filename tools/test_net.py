@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from maskrcnn_benchmark.engine.bbox_aug import build_bbox_augmentor  # noqa: E402
 from maskrcnn_benchmark.engine.inference import run_test  # noqa: E402
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer  # noqa: E402
 from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
@@ -65,6 +66,7 @@ def main(argv: Optional[List[str]] = None):
     args = parser.parse_args(argv)
     try:
         cfg = setup_cfg(args.config_file, args.opts)
+        build_bbox_augmentor(cfg)  # bad TEST.BBOX_AUG keys: a clear error before any work
     except (KeyError, ValueError, FileNotFoundError) as e:
         parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
     distributed, _ = init_distributed(args.local_rank, cfg.MODEL.DEVICE)

@@ -203,3 +203,16 @@ def test_synthetic_voc_end_to_end(tmp_path):
         assert set(results[f"{out}:val"]) == {"mAP"} and 0.0 <= metrics["bbox"]["mAP"] <= 1.0
         assert set(metrics["per_class"]) == set(ds.class_names[1:]) and metrics["evaluation"]["metric"] == "11point"
         assert (metrics["test_time_augmentation"] is None) == (not extra)
+    # the visualiser with TTA draws the merged detections
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    cfg = setup_cfg(os.path.join(ROOT, "configs/atss/atss_R_18_FPN_small.yaml"),
+                    opts[:-2] + ["MODEL.ATSS.NUM_CLASSES", str(ds.num_classes + 1)])
+    weights = Checkpointer(build_detection_model(cfg), save_dir=str(tmp_path / "w"), save_to_disk=True).save("m")
+    written = _load_tool("visualize_detections").main(
+        ["--config-file", os.path.join(ROOT, "configs/atss/atss_R_18_FPN_small.yaml"), "--images",
+         os.path.join(out, "JPEGImages", "val_000001.jpg"), "--output-dir", str(tmp_path / "vis"),
+         "--score-threshold", "0.0", *opts, *extra, "MODEL.WEIGHT", weights])
+    assert len(written) == 1 and os.path.isfile(written[0])

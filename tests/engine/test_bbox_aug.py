@@ -244,3 +244,15 @@ def test_disabled_is_none_and_the_original_yaml_builds():
     assert len(scaled) == len(a.SCALES) * (2 if a.SCALE_H_FLIP else 1)
     assert [v.min_size for v in scaled[:: 2 if a.SCALE_H_FLIP else 1]] == list(a.SCALES)
     assert scaled[0].size_range == tuple(float(v) for v in a.SCALE_RANGES[0])
+
+
+def test_test_net_rejects_bad_tta_keys_before_any_work(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tools_test_net", os.path.join(ROOT, "tools", "test_net.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit):
+        tool.main(["--config-file", os.path.join(ROOT, "configs/atss/atss_R_18_FPN_small.yaml"), "MODEL.DEVICE", "cpu",
+                   "TEST.BBOX_AUG.ENABLED", "True", "TEST.BBOX_AUG.MERGE_TYPE", "avg"])
+    assert "TEST.BBOX_AUG.MERGE_TYPE" in capsys.readouterr().err
