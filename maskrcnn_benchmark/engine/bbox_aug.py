@@ -69,7 +69,7 @@ class Augmentation:
     size_range: Optional[Tuple[float, float]] = None
 
 
-def _nms_ops():
+def _batched_nms():
     from maskrcnn_benchmark.layers import batched_nms
 
     return batched_nms
@@ -106,7 +106,7 @@ def box_voting(boxes: Tensor, scores: Tensor, labels: Tensor, vote_thresh: float
     # NMS suppresses at IoU > thresh while the clusters take IoU >= thresh: a tiny margin below the
     # threshold makes both the same (a box at exactly VOTE_TH joins the cluster, as in the original).
     thresh = float(vote_thresh) - 1e-6
-    heads = _nms_ops()(boxes, scores, labels, thresh)
+    heads = _batched_nms()(boxes, scores, labels, thresh)
     same = labels[heads][:, None] == labels[None, :]
     iou = pairwise_iou(boxes[heads], boxes).masked_fill(~same, -1.0)  # [H, N]
     member = iou > thresh
@@ -156,7 +156,7 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, merge_type: 
     if merge_type not in MERGE_TYPES:
         raise ValueError(f"merge_type must be one of {MERGE_TYPES}, got {merge_type!r}")
     if merge_type == "nms":
-        keep = _nms_ops()(boxes, scores, labels, float(nms_thresh)) if len(boxes) else \
+        keep = _batched_nms()(boxes, scores, labels, float(nms_thresh)) if len(boxes) else \
             torch.zeros(0, dtype=torch.int64, device=boxes.device)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     else:

@@ -1,4 +1,6 @@
-"""Test-time augmentation: exact flip / scale mapping, merges against plain re-derivations, caps, config errors."""
+"""Test-time augmentation: exact flip / scale mapping, merges against plain re-derivations, caps, config errors,
+and test_net / distributed evaluation with TTA."""
+import importlib.util
 import os
 
 import pytest
@@ -246,13 +248,102 @@ def test_disabled_is_none_and_the_original_yaml_builds():
     assert scaled[0].size_range == tuple(float(v) for v in a.SCALE_RANGES[0])
 
 
-def test_test_net_rejects_bad_tta_keys_before_any_work(capsys):
-    import importlib.util
-
+def _load_test_net():
     spec = importlib.util.spec_from_file_location("tools_test_net", os.path.join(ROOT, "tools", "test_net.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_test_net_rejects_bad_tta_keys_before_any_work(capsys):
     with pytest.raises(SystemExit):
-        tool.main(["--config-file", os.path.join(ROOT, "configs/atss/atss_R_18_FPN_small.yaml"), "MODEL.DEVICE", "cpu",
+        _load_test_net().main(["--config-file", os.path.join(ROOT, "configs/atss/atss_R_18_FPN_small.yaml"), "MODEL.DEVICE", "cpu",
                    "TEST.BBOX_AUG.ENABLED", "True", "TEST.BBOX_AUG.MERGE_TYPE", "avg"])
     assert "TEST.BBOX_AUG.MERGE_TYPE" in capsys.readouterr().err
+
+
+TTA_WORKER = r'''
+import os, sys
+import torch
+sys.path.insert(0, os.environ["MB_ROOT"])
+torch.set_num_threads(1)
+import importlib.util
+spec = importlib.util.spec_from_file_location("test_net", os.path.join(os.environ["MB_ROOT"], "tools", "test_net.py"))
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+rank = int(os.environ["RANK"])
+tool.main([f"--local-rank={rank}", *sys.argv[1:]])
+'''
+
+
+@pytest.mark.slow
+def test_distributed_tta_evaluation_equals_one_process(tmp_path):
+    """Two processes (gloo) evaluating with flip + scale TTA and voting give rank 0 the detections of one process."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    images, anns = [], []
+    for i in range(4):
+        img = np.full((64, 64, 3), 40, np.uint8)
+        img[10 + 4 * i:40, 8:30 + 5 * i] = rng.integers(150, 255, 3)
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), img)
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 64, "width": 64})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [8, 10 + 4 * i, 22 + 5 * i, 30 - 4 * i],
+                     "area": 1.0, "iscrowd": 0})
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                   "categories": [{"id": 1, "name": "a"}]}))
+    config = os.path.join(ROOT, "configs/atss/atss_R_18_FPN_small.yaml")
+    dataset = f"{tmp_path / 'ann.json'}:{tmp_path / 'img'}"
+    cfg = setup_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CLASSES", "2"])
+    torch.manual_seed(0)
+    weights = Checkpointer(build_detection_model(cfg), save_dir=str(tmp_path / "w"), save_to_disk=True).save("m")
+    opts = ["--config-file", config, "MODEL.DEVICE", "cpu", "MODEL.WEIGHT", weights, "DATASETS.TEST", f"('{dataset}',)",
+            "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TEST", "64",
+            "INPUT.MAX_SIZE_TEST", "96", "MODEL.ATSS.INFERENCE_TH", "0.0", "MODEL.ATSS.NUM_CLASSES", "2",
+            "TEST.BBOX_AUG.ENABLED", "True", "TEST.BBOX_AUG.H_FLIP", "True", "TEST.BBOX_AUG.SCALES", "(48,)",
+            "TEST.BBOX_AUG.VOTE", "True", "TEST.DETECTIONS_PER_IMG", "20"]
+    script = tmp_path / "worker.py"
+    script.write_text(TTA_WORKER)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MB_ROOT=ROOT, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                   RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+        procs.append(subprocess.Popen([sys.executable, str(script), *opts, "OUTPUT_DIR", str(tmp_path / "two")],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rank, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{out[-4000:]}"
+    _load_test_net().main([*opts, "OUTPUT_DIR", str(tmp_path / "one")])
+
+    def load(run):
+        folder = tmp_path / run / "inference" / "ann"
+        dets = sorted(json.loads((folder / "bbox.json").read_text()), key=lambda d: (d["image_id"], -d["score"]))
+        return dets, json.loads((folder / "metrics.json").read_text())
+
+    (two, m2), (one, m1) = load("two"), load("one")
+    assert m2["num_images"] == m1["num_images"] == 4 and m2["test_time_augmentation"] == m1["test_time_augmentation"]
+    assert len(two) == len(one) and {d["image_id"] for d in two} == {1, 2, 3, 4}
+    for a, b in zip(two, one):
+        assert a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-2)
+    assert max(sum(d["image_id"] == i for d in one) for i in range(1, 5)) <= 20

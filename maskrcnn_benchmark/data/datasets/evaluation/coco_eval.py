@@ -78,7 +78,7 @@ def _run_cocoeval(coco_gt, results: List[dict], img_ids: List[int], backend: str
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster
 
-            gt = FasterCOCO(coco_gt.dataset)
+            gt = FasterCOCO(coco_gt.dataset, use_deepcopy=True)  # never touch the dataset's own dict
             coco_eval = COCOeval_faster(gt, gt.loadRes(results), "bbox", print_function=print)
         elif backend == "pycocotools":
             from pycocotools.cocoeval import COCOeval

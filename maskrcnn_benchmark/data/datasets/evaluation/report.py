@@ -53,17 +53,17 @@ def plot_pr_curves(path: str, recall: np.ndarray, curves: Mapping[str, np.ndarra
     """
     logger = logger or logging.getLogger(__name__)
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         logger.info("matplotlib is not installed: skipping %s (pip install matplotlib, or the 'eval' extra)", path)
         return None
     panels = ["all classes"] + list(class_names)
     cols = min(4, len(panels))
     rows = int(math.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.0 * rows))  # no pyplot: no global backend or figure state
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= len(panels):
             ax.axis("off")
@@ -85,9 +85,6 @@ def plot_pr_curves(path: str, recall: np.ndarray, curves: Mapping[str, np.ndarra
         if i == 0:
             ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=90)
-    finally:
-        plt.close(fig)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
     return path
