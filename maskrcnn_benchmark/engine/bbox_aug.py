@@ -111,9 +111,11 @@ def box_voting(boxes: Tensor, scores: Tensor, labels: Tensor, vote_thresh: float
     iou = pairwise_iou(boxes[heads], boxes).masked_fill(~same, -1.0)  # [H, N]
     member = iou > thresh
     # every box was suppressed by (or is) a head; guard against a last-ulp disagreement of the two IoUs
+    # (such a box joins the head it overlaps most; no host sync)
     orphan = ~member.any(dim=0)
-    if bool(orphan.any()):
-        member[iou[:, orphan].argmax(dim=0), orphan.nonzero()[:, 0]] = True
+    cols = torch.arange(len(boxes), device=boxes.device)
+    best = iou.argmax(dim=0)
+    member[best, cols] = member[best, cols] | orphan
     cluster = member.to(torch.uint8).argmax(dim=0)  # first (best) head of each box, [N]
     weights = scores.to(boxes.dtype)
     sums = boxes.new_zeros((len(heads), 4)).index_add_(0, cluster, boxes * weights[:, None])

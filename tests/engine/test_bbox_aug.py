@@ -347,3 +347,30 @@ def test_distributed_tta_evaluation_equals_one_process(tmp_path):
         assert a["score"] == pytest.approx(b["score"], abs=1e-4)
         assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-2)
     assert max(sum(d["image_id"] == i for d in one) for i in range(1, 5)) <= 20
+
+
+class FixedPixelBox(nn.Module):
+    """The box [10, 10, 30, 30] in the pixels of every input, score = input width / 100."""
+
+    def forward(self, il):
+        return [_boxlist([[10.0, 10.0, 30.0, 30.0]], [w / 100.0], [1], (w, h)) for h, w in il.image_sizes]
+
+
+def test_scale_merge_hand_computed():
+    # a 40x40 image at shorter sides 40, 80, 50: the box maps back to A = [10, 10, 30, 30] (score 0.4),
+    # B = [5, 5, 15, 15] (0.8), C = [8, 8, 24, 24] (0.5); IoU(A, C) = 196 / 460 = 0.426, the others < 0.2
+    views = [Augmentation(40, 1000), Augmentation(80, 1000), Augmentation(50, 1000)]
+    image = [torch.zeros(3, 40, 40)]
+    kw = dict(pixel_mean=(0, 0, 0), pixel_std=(1, 1, 1), nms_thresh=0.4, vote_thresh=0.4)
+    nms = BBoxAugmentor(views, "nms", **kw)(FixedPixelBox(), image)[0]
+    assert nms.bbox.tolist() == [[5, 5, 15, 15], [8, 8, 24, 24]]
+    torch.testing.assert_close(nms.get_field("scores"), torch.tensor([0.8, 0.5]))
+    vote = BBoxAugmentor(views, "vote", **kw)(FixedPixelBox(), image)[0]
+    merged = [(0.5 * c + 0.4 * a) / 0.9 for a, c in zip([10, 10, 30, 30], [8, 8, 24, 24])]
+    torch.testing.assert_close(vote.bbox, torch.tensor([[5.0, 5, 15, 15], merged]))
+    torch.testing.assert_close(vote.get_field("scores"), torch.tensor([0.8, 0.5]))
+    # soft vote adds A back with 0.4 * (1 - 0.426) = 0.2296 when that clears the threshold
+    soft = BBoxAugmentor(views, "soft-vote", soft_score_thresh=0.2, **kw)(FixedPixelBox(), image)[0]
+    torch.testing.assert_close(soft.get_field("scores"), torch.tensor([0.8, 0.5, 0.4 * (1 - 196 / 460)]))
+    assert soft.bbox[2].tolist() == [10, 10, 30, 30]
+    assert len(BBoxAugmentor(views, "soft-vote", soft_score_thresh=0.3, **kw)(FixedPixelBox(), image)[0]) == 2
