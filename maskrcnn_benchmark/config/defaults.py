@@ -86,6 +86,10 @@ _C.DATALOADER.NUM_WORKERS = 4
 _C.DATALOADER.SIZE_DIVISIBILITY = 0
 # Group images of similar aspect ratio (w/h >= 1 or < 1) in a batch (less padding).
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# Keep training images that have no usable box (none annotated, or only crowd / degenerate boxes):
+# they join training as pure negatives (every anchor / point is background). False = the original
+# behaviour (they are dropped from training). Test datasets always keep every image.
+_C.DATALOADER.KEEP_EMPTY_IMAGES = False
 
 # ---------------------------------------------------------------------------------------------
 # Backbone
