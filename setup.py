@@ -99,6 +99,12 @@ setup(
     packages=find_packages(exclude=("configs", "tests*", "tools*")),
     python_requires=">=3.9",
     install_requires=[torch_requirement(), "yacs", "pycocotools", "numpy", "opencv-python-headless"],
+    extras_require={
+        # tools/plot_curves.py (training curves from OUTPUT_DIR/metrics.jsonl)
+        "plot": ["matplotlib"],
+        # TensorBoard event files next to metrics.jsonl (written by the trainer when installed)
+        "tensorboard": ["tensorboard"],
+    },
     ext_modules=get_extensions(),
     cmdclass={
         "build_ext": BuildExtension,
