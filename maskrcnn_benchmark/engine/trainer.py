@@ -250,7 +250,7 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
     else:
         extra = {}
         checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
-    arguments = {"iteration": start_iter}
+    arguments = {"iteration": start_iter, "class_names": list(data_loader.class_names)}  # saved in checkpoints
     if distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None,
