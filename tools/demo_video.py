@@ -8,7 +8,7 @@
 Built on :class:`maskrcnn_benchmark.engine.predictor.Predictor` (weights: --weights, else MODEL.WEIGHT).
 Output containers: ``.mp4`` (codec mp4v) or ``.avi`` (MJPG), both available in opencv-python-headless;
 the file appears (atomically) when the video is finished. ``--max-frames`` stops early (needed for a
-webcam unless you interrupt with Ctrl-C, which still finishes the file).
+webcam unless you interrupt with Ctrl-C: an interrupt during detection still finishes the file).
 """
 from __future__ import annotations
 
@@ -81,8 +81,9 @@ def annotate_video(predictor, capture, output: str, fps: float = 0.0, max_frames
                     raise RuntimeError(f"OpenCV cannot write {ext} video ({FOURCC[ext]}) to {output}")
             try:
                 detections = predictor(batch)
-            except KeyboardInterrupt:
-                done, detections = True, []
+            except KeyboardInterrupt:  # Ctrl-C (webcam): finish the file with the frames so far
+                logger.warning("interrupted: finishing %s after %d frames", output, frames)
+                break
             for frame, det in zip(batch, detections):
                 keep = det.scores >= score_threshold
                 writer.write(draw_detections(frame, det.boxes[keep], det.labels[keep], det.scores[keep],
