@@ -102,6 +102,10 @@ setup(
     extras_require={
         # evaluation extras: precision-recall plots (pr_curves.png) and the faster COCO evaluator
         "eval": ["matplotlib", "faster-coco-eval"],
+        # tools/plot_curves.py (training curves from OUTPUT_DIR/metrics.jsonl)
+        "plot": ["matplotlib"],
+        # TensorBoard event files next to metrics.jsonl (written by the trainer when installed)
+        "tensorboard": ["tensorboard"],
     },
     ext_modules=get_extensions(),
     cmdclass={

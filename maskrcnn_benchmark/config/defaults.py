@@ -36,6 +36,12 @@ _C.MODEL.ATSS_ON = False  # legacy: same as MODEL.HEAD "ATSS".
 # "catalog://..." name resolved under $MASKRCNN_BENCHMARK_MODELS (no download is attempted).
 # Loads model weights only (fine-tuning); solver state is restored only when resuming OUTPUT_DIR.
 _C.MODEL.WEIGHT = ""
+# Synchronised BatchNorm in distributed training (as maskrcnn-benchmark's FCOS configs): every
+# trainable nn.BatchNorm*d is converted to nn.SyncBatchNorm when there is more than one process.
+# FrozenBatchNorm2d (the ResNet default) and GroupNorm (USE_GN configs) are not affected, so it is a
+# no-op for the shipped configs. torch's SyncBatchNorm needs CUDA: on the CPU (gloo) the layers stay
+# per-process BatchNorm, with a warning.
+_C.MODEL.USE_SYNCBN = False
 
 # ---------------------------------------------------------------------------------------------
 # Input
@@ -86,6 +92,10 @@ _C.DATALOADER.NUM_WORKERS = 4
 _C.DATALOADER.SIZE_DIVISIBILITY = 0
 # Group images of similar aspect ratio (w/h >= 1 or < 1) in a batch (less padding).
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# Keep training images that have no usable box (none annotated, or only crowd / degenerate boxes):
+# they join training as pure negatives (every anchor / point is background). False = the original
+# behaviour (they are dropped from training). Test datasets always keep every image.
+_C.DATALOADER.KEEP_EMPTY_IMAGES = False
 
 # ---------------------------------------------------------------------------------------------
 # Backbone
@@ -352,6 +362,11 @@ _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.CHECKPOINT_PERIOD = 2500
 # Images per batch over all processes (global batch); must be divisible by the world size.
 _C.SOLVER.IMS_PER_BATCH = 16
+# Linear lr scaling rule: the global batch BASE_LR was tuned for (0: off, the default). When > 0
+# and different from IMS_PER_BATCH, training uses BASE_LR * IMS_PER_BATCH / REFERENCE_BATCH
+# (logged; the saved config.yml then holds the scaled BASE_LR and REFERENCE_BATCH = IMS_PER_BATCH).
+# Only the lr is scaled (as mmdetection's auto_scale_lr); MAX_ITER / STEPS / WARMUP_ITERS are not.
+_C.SOLVER.REFERENCE_BATCH = 0
 # Gradient clipping: max total L2 norm (0: off).
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # Mixed precision training: "" (off), "fp16" or "bf16".

@@ -28,11 +28,13 @@ def _catalog(cfg):
     return importlib.import_module(name).DatasetCatalog
 
 
-def build_dataset(dataset_list: Sequence[str], transforms, dataset_catalog, is_train: bool = True) -> list:
+def build_dataset(dataset_list: Sequence[str], transforms, dataset_catalog, is_train: bool = True,
+                  keep_empty_images: bool = False) -> list:
     """Build one dataset per name in ``dataset_list``.
 
     Training concatenates them into one (a one-element list); testing returns them separately.
-    Training datasets drop images without annotations; test datasets keep every image.
+    Training datasets drop images without annotations unless ``keep_empty_images``
+    (DATALOADER.KEEP_EMPTY_IMAGES: they then train as pure negatives); test datasets keep every image.
     """
     if isinstance(dataset_list, str) or not isinstance(dataset_list, (list, tuple)):
         raise ValueError(f"dataset_list should be a list of dataset names, got {dataset_list!r}")
@@ -45,7 +47,7 @@ def build_dataset(dataset_list: Sequence[str], transforms, dataset_catalog, is_t
         factory = getattr(D, data["factory"])
         args = dict(data["args"])
         if data["factory"] in ("COCODataset", "PascalVOCDataset"):
-            args["remove_images_without_annotations"] = is_train
+            args["remove_images_without_annotations"] = is_train and not keep_empty_images
         args["transforms"] = transforms
         dataset = factory(**args)
         dataset.name = name
@@ -151,7 +153,8 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, s
     if transforms is None:
         transforms = build_transforms(cfg, is_train)
     names = list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
-    datasets = build_dataset(names, transforms, _catalog(cfg), is_train)
+    datasets = build_dataset(names, transforms, _catalog(cfg), is_train,
+                             keep_empty_images=bool(cfg.DATALOADER.KEEP_EMPTY_IMAGES))
     num_fg = num_foreground_classes(datasets)
 
     collator = BatchCollator(cfg.DATALOADER.SIZE_DIVISIBILITY)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer, get_rng_state, select_rng_state, set_rng_state
-from maskrcnn_benchmark.utils.comm import get_rank, is_main_process, reduce_dict
+from maskrcnn_benchmark.utils.comm import get_rank, get_world_size, is_main_process, reduce_dict
 from maskrcnn_benchmark.utils.metric_logger import MetricLogger, ProgressBar, format_eta, memory_usage_mb
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config
 
@@ -219,7 +219,8 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
     from maskrcnn_benchmark.engine.bbox_aug import detector_cfg
     from maskrcnn_benchmark.engine.inference import run_test
     from maskrcnn_benchmark.modeling.detector import build_detection_model
-    from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer
+    from maskrcnn_benchmark.layers.batch_norm import convert_sync_batchnorm
+    from maskrcnn_benchmark.solver import make_lr_scheduler, make_optimizer, scale_lr_to_batch
     from maskrcnn_benchmark.utils.checkpoint import unwrap_model
 
     logger = logging.getLogger("maskrcnn_benchmark.trainer")
@@ -230,12 +231,14 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
     start_iter = int(resume_data.get("iteration", 0)) if resume_data else 0
     data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed, start_iter=start_iter)
     cfg = resolve_num_classes(cfg, data_loader.num_foreground_classes, f"DATASETS.TRAIN={list(cfg.DATASETS.TRAIN)}")
+    cfg = scale_lr_to_batch(cfg, logger)  # SOLVER.REFERENCE_BATCH: linear lr scaling rule
     if cfg.OUTPUT_DIR:
         mkdir(cfg.OUTPUT_DIR)
         save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yml"))
 
     device = torch.device(cfg.MODEL.DEVICE)
     model = build_detection_model(detector_cfg(cfg)).to(device)
+    model = convert_sync_batchnorm(model, cfg.MODEL.USE_SYNCBN, get_world_size() if distributed else 1, device, logger)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_lr_scheduler(cfg, optimizer)
     amp_dtype = resolve_amp(cfg.SOLVER.AMP, device)
@@ -248,7 +251,7 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
     else:
         extra = {}
         checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
-    arguments = {"iteration": start_iter}
+    arguments = {"iteration": start_iter, "class_names": list(data_loader.class_names)}  # saved in checkpoints
     if distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None,

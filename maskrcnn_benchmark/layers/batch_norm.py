@@ -1,8 +1,13 @@
-"""Batch normalisation with frozen statistics and affine parameters."""
-from typing import Any, Dict, List
+"""Batch normalisation with frozen statistics and affine parameters; SyncBN conversion (MODEL.USE_SYNCBN)."""
+import logging
+import warnings
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
+
+# Device types on which torch's SyncBatchNorm can synchronise statistics (torch 2.13: not the CPU).
+SYNC_BN_DEVICE_TYPES = ("cuda", "xpu", "hpu")
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -78,3 +83,44 @@ class FrozenBatchNorm2d(nn.Module):
             if new_child is not child:
                 module.add_module(name, new_child)
         return module
+
+
+def convert_sync_batchnorm(module: nn.Module, enabled: bool, world_size: int, device: Union[str, torch.device],
+                           logger: Optional[logging.Logger] = None) -> nn.Module:
+    """MODEL.USE_SYNCBN: replace every trainable ``nn.BatchNorm*d`` of ``module`` by ``nn.SyncBatchNorm``
+    (same parameters and running statistics) so that distributed training normalises over the global batch.
+
+    Only real BatchNorm layers change: ``FrozenBatchNorm2d`` (the ResNet default: fixed statistics, nothing
+    to synchronise) and ``GroupNorm`` (per-sample statistics) are left as they are, so with the shipped
+    FrozenBN / GN configs this is a no-op (logged). Nothing happens when ``enabled`` is False or
+    ``world_size <= 1``. torch's SyncBatchNorm runs only on :data:`SYNC_BN_DEVICE_TYPES`: on the CPU
+    (gloo) the layers stay per-process BatchNorm, with a warning. Call before building the optimizer
+    and wrapping in DDP.
+
+    Returns: ``module`` (converted in place where possible) or its converted copy.
+    """
+    logger = logger or logging.getLogger("maskrcnn_benchmark.syncbn")
+    if not enabled:
+        return module
+    num_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+                 for m in module.modules())
+    if world_size <= 1:
+        logger.info("MODEL.USE_SYNCBN: one process, nothing to synchronise; %d BatchNorm layer(s) left as they are",
+                    num_bn)
+        return module
+    if num_bn == 0:
+        logger.info("MODEL.USE_SYNCBN: the model has no trainable BatchNorm layer (FrozenBatchNorm2d and "
+                    "GroupNorm need no synchronisation); nothing converted")
+        return module
+    device_type = torch.device(device).type
+    if device_type not in SYNC_BN_DEVICE_TYPES:
+        msg = (f"MODEL.USE_SYNCBN: torch.nn.SyncBatchNorm supports only {'/'.join(SYNC_BN_DEVICE_TYPES)} tensors, "
+               f"not {device_type}; the {num_bn} BatchNorm layer(s) stay per-process BatchNorm (statistics of "
+               f"each process's own batch) on the {world_size} {device_type} processes")
+        logger.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return module
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    logger.info("MODEL.USE_SYNCBN: %d BatchNorm layer(s) converted to SyncBatchNorm over %d processes",
+                num_bn, world_size)
+    return converted

@@ -1,7 +1,8 @@
 """Build the SGD optimizer (per-parameter lr / weight decay groups) and the lr scheduler from cfg."""
 from __future__ import annotations
 
-from typing import Dict, List
+import logging
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -52,6 +53,43 @@ def make_optimizer(cfg, model: nn.Module) -> torch.optim.SGD:
     if not groups:
         raise ValueError("make_optimizer: the model has no trainable parameters")
     return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM)
+
+
+def scale_lr_to_batch(cfg, logger: Optional[logging.Logger] = None):
+    """The linear learning-rate scaling rule (Goyal et al. 2017), applied once at training set-up.
+
+    With ``SOLVER.REFERENCE_BATCH`` = R > 0 (the global batch that ``SOLVER.BASE_LR`` was tuned for) and
+    ``SOLVER.IMS_PER_BATCH`` = B != R, returns a copy of ``cfg`` with ``BASE_LR * B / R`` and
+    ``REFERENCE_BATCH = B`` (so the returned config is self-consistent and a second call changes
+    nothing). As mmdetection's ``auto_scale_lr``, only the learning rate changes: MAX_ITER, STEPS,
+    WARMUP_ITERS and the periods stay as configured (detectron2's ``auto_scale_workers`` also
+    rescales those; do that by hand if wanted). ``REFERENCE_BATCH 0`` (default) or B == R: ``cfg``
+    unchanged. The log says what was done.
+    """
+    logger = logger or logging.getLogger("maskrcnn_benchmark.solver")
+    reference, batch = int(cfg.SOLVER.REFERENCE_BATCH), int(cfg.SOLVER.IMS_PER_BATCH)
+    if reference < 0:
+        raise ValueError(f"SOLVER.REFERENCE_BATCH must be >= 0 (0: no lr scaling), got {reference}")
+    if reference == 0:
+        return cfg
+    if batch <= 0:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH must be positive, got {batch}")
+    if batch == reference:
+        logger.info("Linear lr scaling: SOLVER.IMS_PER_BATCH equals SOLVER.REFERENCE_BATCH (%d); "
+                    "BASE_LR %g unchanged", batch, cfg.SOLVER.BASE_LR)
+        return cfg
+    old_lr = float(cfg.SOLVER.BASE_LR)
+    new_lr = old_lr * batch / reference
+    cfg = cfg.clone()
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.SOLVER.BASE_LR = new_lr
+    cfg.SOLVER.REFERENCE_BATCH = batch
+    if was_frozen:
+        cfg.freeze()
+    logger.info("Linear lr scaling: SOLVER.IMS_PER_BATCH %d vs SOLVER.REFERENCE_BATCH %d -> BASE_LR %g x %d/%d "
+                "= %g (iterations, steps and warmup unchanged)", batch, reference, old_lr, batch, reference, new_lr)
+    return cfg
 
 
 def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> WarmupMultiStepLR:

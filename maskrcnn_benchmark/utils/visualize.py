@@ -74,3 +74,19 @@ def write_png(path: str, image: np.ndarray) -> None:
         raise RuntimeError(f"cv2.imencode failed for {path}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_bytes(path, buf.tobytes())
+
+
+def denormalize_image(image, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                      to_bgr255: bool = True) -> np.ndarray:
+    """Undo the ``ToTensor`` + ``Normalize`` test/train transforms: ``Tensor[3, H, W]`` -> uint8 [H, W, 3] BGR.
+
+    ``to_bgr255`` True: the tensor is ``(bgr_0_255 - mean) / std``; False: ``(rgb_0_1 - mean) / std``."""
+    import torch
+
+    x = image.detach().to("cpu", torch.float32)
+    if x.dim() != 3 or x.shape[0] != 3:
+        raise ValueError(f"denormalize_image: expected a [3, H, W] tensor, got shape {list(x.shape)}")
+    x = x * x.new_tensor(pixel_std)[:, None, None] + x.new_tensor(pixel_mean)[:, None, None]
+    if not to_bgr255:
+        x = x[[2, 1, 0]] * 255.0
+    return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

@@ -133,6 +133,11 @@ class COCODataset(torch.utils.data.Dataset):
                 logger.info("%s: dropped %d of %d images without usable annotations (training)",
                             self.ann_file, len(ids) - len(kept), len(ids))
             ids = kept
+        else:
+            num_empty = sum(1 for i in ids if len(self._labels[i]) == 0)
+            if num_empty:
+                logger.info("%s: keeping %d of %d images without usable annotations", self.ann_file,
+                            num_empty, len(ids))
         self.ids: List[int] = ids
         self.id_to_img_map: Dict[int, int] = dict(enumerate(self.ids))
 
