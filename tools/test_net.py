@@ -41,7 +41,7 @@ def test(cfg, distributed: bool = False) -> Dict[str, Dict[str, float]]:
 
     from maskrcnn_benchmark.modeling.detector import build_detection_model
 
-    from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data
+    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
 
     logger = logging.getLogger("maskrcnn_benchmark.test")
     cfg = fill_num_classes_from_data(cfg)

@@ -87,7 +87,7 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
 
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
-    from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data
+    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
     from maskrcnn_benchmark.utils.logger import setup_logger

@@ -20,7 +20,8 @@ from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer, select_rng_state
 from maskrcnn_benchmark.utils.logger import setup_logger
-from maskrcnn_benchmark.engine.trainer import check_losses_finite, do_train, resolve_amp, seed_all
+from maskrcnn_benchmark.engine.hooks import check_losses_finite
+from maskrcnn_benchmark.engine.trainer import do_train, resolve_amp, seed_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_CONFIG = os.path.join(ROOT, "configs", "atss", "atss_R_18_FPN_small.yaml")
