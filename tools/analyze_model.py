@@ -28,7 +28,7 @@ logger = logging.getLogger("maskrcnn_benchmark.analyze")
 def build_model(cfg, load_weights: bool = False):
     """The model of ``cfg`` in eval mode (NUM_CLASSES 0: from the training data, else 81 with a note);
     MODEL.WEIGHT loaded when ``load_weights``."""
-    from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data
+    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, num_classes_key
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer

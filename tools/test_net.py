@@ -43,13 +43,12 @@ def test(cfg, distributed: bool = False) -> Dict[str, Dict[str, float]]:
     """Build the model of ``cfg``, load MODEL.WEIGHT (else OUTPUT_DIR's last checkpoint) and evaluate."""
     import logging
 
-    from maskrcnn_benchmark.engine.bbox_aug import detector_cfg
-    from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data
+    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.detector import build_detection_model
 
     logger = logging.getLogger("maskrcnn_benchmark.test")
     cfg = fill_num_classes_from_data(cfg)
-    model = build_detection_model(detector_cfg(cfg)).to(torch.device(cfg.MODEL.DEVICE))
+    model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
     if cfg.MODEL.WEIGHT:
         checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))

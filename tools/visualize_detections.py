@@ -91,8 +91,7 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
 
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
-    from maskrcnn_benchmark.engine.bbox_aug import detector_cfg
-    from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data
+    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
     from maskrcnn_benchmark.utils.logger import setup_logger
@@ -111,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
         parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
     setup_logger("maskrcnn_benchmark", None, 0)
     cfg = fill_num_classes_from_data(cfg)
-    model = build_detection_model(detector_cfg(cfg))
+    model = build_detection_model(cfg)
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False)
     if cfg.MODEL.WEIGHT:
         checkpointer.load_weights(cfg.MODEL.WEIGHT)

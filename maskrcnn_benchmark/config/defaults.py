@@ -178,7 +178,7 @@ _C.MODEL.RETINANET.SCALES_PER_OCTAVE = 3
 # Octave base scale (anchor size = OCTAVE * stride * 2^(i/SCALES_PER_OCTAVE)); informational.
 _C.MODEL.RETINANET.OCTAVE = 2.0
 # Anchors whose centre lies outside the image by more than this many pixels are ignored (-1: off).
-_C.MODEL.RETINANET.STRADDLE_THRESH = 0
+_C.MODEL.RETINANET.STRADDLE_THRESH = 0  # accepted and ignored (original configs set it; dense heads keep all anchors)
 # Convs in each tower.
 _C.MODEL.RETINANET.NUM_CONVS = 4
 # GroupNorm (MODEL.GROUP_NORM.NUM_GROUPS groups) after each tower conv. False = the reference
@@ -300,7 +300,7 @@ _C.MODEL.ATSS.SCALES_PER_OCTAVE = 1
 # Anchor strides in pixels per level (P3-P7).
 _C.MODEL.ATSS.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
 # Anchors whose centre lies outside the image by more than this many pixels are ignored (-1: off).
-_C.MODEL.ATSS.STRADDLE_THRESH = 0
+_C.MODEL.ATSS.STRADDLE_THRESH = 0  # accepted and ignored (original configs set it; dense heads keep all anchors)
 # Candidates per level and per GT: the TOPK x anchors-per-location nearest anchor centres.
 _C.MODEL.ATSS.TOPK = 9
 # Positive selection: "ATSS" (adaptive), "SSC" (FCOS scale ranges), "TOPK" (global top-k by IoU),

@@ -44,7 +44,7 @@ from maskrcnn_benchmark.structures.box_ops import box_area, pairwise_iou
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
 __all__ = ["Augmentation", "BBoxAugmentor", "MERGE_TYPES", "build_bbox_augmentor",
-           "detect_augmented", "detector_cfg", "keep_size_range", "merge_detections", "box_voting", "soft_box_voting",
+           "detect_augmented", "keep_size_range", "merge_detections", "box_voting", "soft_box_voting",
            "tta_input_transforms"]
 
 logger = logging.getLogger(__name__)
@@ -349,10 +349,10 @@ def _check_ranges(ranges, num_scales: int) -> List[Tuple[float, float]]:
 
 def _head_node(cfg):
     """The config node of the detector's head (``NMS_TH``, ``INFERENCE_TH``), e.g. MODEL.ATSS for Dynamic ATSS."""
-    from maskrcnn_benchmark.modeling.dense_heads import HEAD_CONFIG_NODE, head_name
+    from maskrcnn_benchmark.modeling.dense_heads import config_node, head_name
 
     name = head_name(cfg)
-    node = getattr(cfg.MODEL, HEAD_CONFIG_NODE.get(name, name), None)
+    node = getattr(cfg.MODEL, config_node(cfg), None)
     if node is None or not hasattr(node, "NMS_TH") or not hasattr(node, "INFERENCE_TH"):
         raise ValueError(f"test-time augmentation: head {name!r} has no MODEL.<node>.NMS_TH / INFERENCE_TH")
     return node
@@ -365,16 +365,3 @@ def build_bbox_augmentor(cfg) -> Optional[BBoxAugmentor]:
     tta = BBoxAugmentor.from_config(cfg)
     logger.info("Test-time augmentation: %s", tta)
     return tta
-
-
-def detector_cfg(cfg):
-    """The config to build the detector from under TTA: the augmentation runs around the detector
-    (here), so the detector's builder is given ``TEST.BBOX_AUG.ENABLED False`` (the modeling package
-    still rejects the key as a detector feature). ``cfg`` itself is returned when TTA is off."""
-    if not cfg.TEST.BBOX_AUG.ENABLED:
-        return cfg
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.TEST.BBOX_AUG.ENABLED = False
-    cfg.freeze()
-    return cfg

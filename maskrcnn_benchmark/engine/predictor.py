@@ -163,7 +163,7 @@ class Predictor:
     def __init__(self, config_file: str = "", weights: str = "", opts: Optional[Sequence[Any]] = None,
                  device: Optional[str] = None, score_threshold: float = 0.0, cfg=None):
         from maskrcnn_benchmark.data.transforms import build_transforms
-        from maskrcnn_benchmark.engine.trainer import fill_num_classes_from_data, resolve_num_classes
+        from maskrcnn_benchmark.modeling.dense_heads.registry import fill_num_classes_from_data, resolve_num_classes
         from maskrcnn_benchmark.modeling.dense_heads import get_num_classes
         from maskrcnn_benchmark.modeling.detector import build_detection_model
         from maskrcnn_benchmark.utils.checkpoint import Checkpointer, resolve_weight_path

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from maskrcnn_benchmark.structures.box_ops import elementwise_giou, elementwise_iou
 
-__all__ = ["giou_loss", "iou_loss", "quality_focal_loss", "smooth_l1_loss"]
+__all__ = ["giou_loss", "iou_loss", "negative_bce", "quality_focal_loss", "smooth_l1_loss"]
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -118,3 +118,9 @@ def iou_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Te
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction)
+
+
+def negative_bce(prob: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``BCE(prob, 0) = -log(1 - prob)`` with ``1 - prob`` clamped at ``eps`` (finite value and
+    gradient for ``prob`` -> 1). Tensor of any shape -> same shape."""
+    return -torch.log((1.0 - prob).clamp(min=eps))

@@ -20,9 +20,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from maskrcnn_benchmark.structures.image_list import ImageList
-
-__all__ = ["AnchorGenerator", "cell_anchors", "build_anchor_generator"]
+__all__ = ["AnchorGenerator", "cell_anchors"]
 
 
 def cell_anchors(size: float, aspect_ratios: Sequence[float], scales_per_octave: int = 1) -> torch.Tensor:
@@ -41,21 +39,22 @@ def cell_anchors(size: float, aspect_ratios: Sequence[float], scales_per_octave:
 
 
 class AnchorGenerator(nn.Module):
-    """Per-level anchors for a batch of images.
+    """Per-level anchors (one set per level, shared by the images of a batch).
 
     Args:
         sizes: anchor size in pixels per level (e.g. ``(64, 128, 256, 512, 1024)``).
         aspect_ratios: ``h / w`` ratios, shared by all levels.
         strides: stride in pixels per level (same length as ``sizes``).
         scales_per_octave: octave scales ``2^(k / n)``, ``k < n``, per ratio.
-        straddle_thresh: anchors whose box extends past the image border by more than this many
-            pixels are "not visible" (see :meth:`visibility`); negative disables the check.
+
+    (The configs' ``STRADDLE_THRESH`` is accepted and ignored: the dense heads of the original
+    never dropped anchors that straddle the border.)
     """
 
     def __init__(self, sizes: Sequence[float] = (64, 128, 256, 512, 1024),
                  aspect_ratios: Sequence[float] = (1.0,),
                  strides: Sequence[int] = (8, 16, 32, 64, 128),
-                 scales_per_octave: int = 1, straddle_thresh: float = 0):
+                 scales_per_octave: int = 1):
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError(f"AnchorGenerator: {len(sizes)} sizes but {len(strides)} strides")
@@ -63,7 +62,6 @@ class AnchorGenerator(nn.Module):
         self.strides = tuple(int(s) for s in strides)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.scales_per_octave = int(scales_per_octave)
-        self.straddle_thresh = float(straddle_thresh)
         self.cell_anchors = [cell_anchors(s, self.aspect_ratios, self.scales_per_octave)
                              for s in self.sizes]
         self._cache: Dict[Tuple, List[torch.Tensor]] = {}
@@ -97,25 +95,11 @@ class AnchorGenerator(nn.Module):
         self._cache[key] = out
         return out
 
-    def visibility(self, anchors: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
-        """Tensor[N] bool: anchor lies inside the ``(h, w)`` image up to ``straddle_thresh``."""
-        if self.straddle_thresh < 0:
-            return torch.ones(anchors.shape[0], dtype=torch.bool, device=anchors.device)
-        h, w = image_size
-        t = self.straddle_thresh
-        return ((anchors[:, 0] >= -t) & (anchors[:, 1] >= -t)
-                & (anchors[:, 2] < w + t) & (anchors[:, 3] < h + t))
+    def as_boxes(self, anchors: torch.Tensor) -> torch.Tensor:
+        """The prior boxes the assigners read: the anchors themselves (Tensor[N_l, 4])."""
+        return anchors
 
-    def forward(self, images: ImageList, features: Sequence[torch.Tensor]) -> List[List[torch.Tensor]]:
-        """Returns, per image, the list over levels of Tensor[H_l * W_l * A, 4] anchors.
-
-        Anchors do not depend on the image, so every image gets the same (shared) tensors.
-        """
-        grid = [tuple(f.shape[-2:]) for f in features]
-        per_level = self.grid_anchors(grid, features[0].device)  # float32 even under autocast
-        return [per_level for _ in range(len(images.image_sizes))]
-
-
-def build_anchor_generator(sizes, aspect_ratios, strides, scales_per_octave, straddle_thresh) -> AnchorGenerator:
-    """Thin factory (kept for symmetry with the other ``build_*`` functions)."""
-    return AnchorGenerator(sizes, aspect_ratios, strides, scales_per_octave, straddle_thresh)
+    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """List over levels of Tensor[H_l * W_l * A, 4] anchors (float32 even under autocast)
+        for per-level feature maps Tensor[B, C, H_l, W_l]; the same for every image."""
+        return self.grid_anchors([tuple(f.shape[-2:]) for f in features], features[0].device)

@@ -6,10 +6,9 @@ for the even strides of an FPN), ``offset = 0`` the cell corner (AutoAssign, whi
 half-stride offset" of FCOS). Points are ordered row-major over ``(y, x)`` per level, matching
 ``permute_and_flatten`` of the head outputs with one "anchor" per location.
 
-Heads hand points to the assigners (which take ``[N_l, 4]`` boxes and read their centres) and to
-:class:`~maskrcnn_benchmark.modeling.dense_heads.base.DensePostProcessor` (which decodes
-``(deltas, anchors)``) as zero-size boxes ``(x, y, x, y)``: see :func:`points_as_boxes`,
-:func:`distances_to_boxes`.
+The dense head hands points to the assigners (which take ``[N_l, 4]`` boxes and read their
+centres) as zero-size boxes ``(x, y, x, y)`` (:meth:`PointGenerator.as_boxes`); boxes are decoded
+from distances by :func:`distances_to_boxes`.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from maskrcnn_benchmark.structures.image_list import ImageList
+from maskrcnn_benchmark.structures.box_ops import point_box_distances
 
 __all__ = ["PointGenerator", "points_as_boxes", "distances_to_boxes", "boxes_to_distances"]
 
@@ -47,10 +46,7 @@ def distances_to_boxes(distances: torch.Tensor, points: torch.Tensor) -> torch.T
 def boxes_to_distances(boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`distances_to_boxes`: Tensor[..., 4] boxes, Tensor[..., 2 or 4] points ->
     Tensor[..., 4] ``(l, t, r, b)`` (negative for a point outside the box)."""
-    points = points.to(boxes.dtype)
-    x, y = points[..., 0], points[..., 1]
-    return torch.stack([x - boxes[..., 0], y - boxes[..., 1],
-                        boxes[..., 2] - x, boxes[..., 3] - y], dim=-1)
+    return point_box_distances(points.to(boxes.dtype), boxes)
 
 
 class PointGenerator(nn.Module):
@@ -91,6 +87,11 @@ class PointGenerator(nn.Module):
         self._cache[key] = out
         return out
 
-    def forward(self, images: ImageList, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Returns the list over levels of Tensor[H_l * W_l, 2] (shared by every image)."""
+    def as_boxes(self, points: torch.Tensor) -> torch.Tensor:
+        """The prior boxes the assigners read: zero-size boxes Tensor[N_l, 4] at the points."""
+        return points_as_boxes(points)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """List over levels of Tensor[H_l * W_l, 2] locations for per-level feature maps
+        Tensor[B, C, H_l, W_l]; the same for every image."""
         return self.grid_points([tuple(f.shape[-2:]) for f in features], features[0].device)

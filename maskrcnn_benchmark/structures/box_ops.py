@@ -17,6 +17,8 @@ __all__ = [
     "pairwise_giou",
     "elementwise_iou",
     "elementwise_giou",
+    "point_box_distances",
+    "centerness",
 ]
 
 _EPS = 1e-7
@@ -121,3 +123,34 @@ def pairwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = _EPS) -> Tensor:
         Tensor[N, M]: GIoU in [-1, 1].
     """
     return _giou_from(boxes1[:, None, :], boxes2[None, :, :], eps)
+
+
+def point_box_distances(points: Tensor, boxes: Tensor) -> Tensor:
+    """Distances from points to the sides of boxes (the one home of the ``l, t, r, b`` rule).
+
+    Args:
+        points: Tensor[..., 2] ``(x, y)``; boxes: Tensor[..., 4] ``x1, y1, x2, y2``, broadcastable
+            against ``points`` (e.g. points ``[N, 1, 2]`` and boxes ``[1, G, 4]`` give ``[N, G, 4]``).
+
+    Returns:
+        Tensor[..., 4] ``(x - x1, y - y1, x2 - x, y2 - y)``: all positive iff the point is strictly
+        inside; ``amin(-1)`` is the inside margin, ``amax(-1)`` the FCOS scale measure.
+    """
+    return torch.stack((points[..., 0] - boxes[..., 0], points[..., 1] - boxes[..., 1],
+                        boxes[..., 2] - points[..., 0], boxes[..., 3] - points[..., 1]), dim=-1)
+
+
+def centerness(ltrb: Tensor) -> Tensor:
+    """FCOS centerness from side distances.
+
+    Args:
+        ltrb: Tensor[..., 4] ``(l, t, r, b)`` (see :func:`point_box_distances`).
+
+    Returns:
+        Tensor[...] ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` in [0, 1]; distances are
+        clamped at 0 and denominators at 1e-12, so a point on or outside a side gives 0, never NaN.
+    """
+    d = ltrb.clamp(min=0)
+    lr = torch.minimum(d[..., 0], d[..., 2]) / torch.maximum(d[..., 0], d[..., 2]).clamp(min=1e-12)
+    tb = torch.minimum(d[..., 1], d[..., 3]) / torch.maximum(d[..., 1], d[..., 3]).clamp(min=1e-12)
+    return torch.sqrt(lr * tb)

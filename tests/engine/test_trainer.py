@@ -20,7 +20,8 @@ from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import to_image_list
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer, select_rng_state
 from maskrcnn_benchmark.utils.logger import setup_logger
-from maskrcnn_benchmark.engine.trainer import check_losses_finite, do_train, resolve_amp, seed_all
+from maskrcnn_benchmark.engine.hooks import HookBase, check_losses_finite
+from maskrcnn_benchmark.engine.trainer import do_train, resolve_amp, seed_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_CONFIG = os.path.join(ROOT, "configs", "atss", "atss_R_18_FPN_small.yaml")
@@ -181,6 +182,64 @@ def test_log_lines_and_file(tmp_path):
         assert field in lines[1]
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == ["model_final.pth"]
     setup_logger("maskrcnn_benchmark", None, 1)  # detach the file handler
+
+
+class _Recorder(HookBase):
+    """Records every call with the state it sees."""
+
+    def __init__(self, stop_at=None):
+        self.events, self.stop_at = [], stop_at
+
+    def before_train(self):
+        self.events.append(("before_train", self.state.iteration, self.state.start_iter))
+
+    def before_step(self):
+        self.events.append(("before_step", self.state.iteration))
+
+    def after_losses(self, loss_dict):
+        self.events.append(("after_losses", self.state.iteration, sorted(loss_dict)))
+        if self.state.iteration == self.stop_at:
+            raise RuntimeError("stop")
+
+    def after_step(self):
+        s = self.state
+        self.events.append(("after_step", s.iteration, s.arguments["iteration"], round(s.lr, 6)))
+
+    def after_train(self):
+        self.events.append(("after_train", self.state.iteration))
+
+
+def test_extra_hook_sees_every_step_in_order(tmp_path):
+    rec = _Recorder()
+    _run(tmp_path, 3, period=0, hooks=[rec])
+    lrs = [0.1 * 0.5, 0.1 * (0.5 + 0.5 * 0.5), 0.1]  # linear warm-up, factor 0.5 -> 1 over 2 its
+    assert rec.events[0] == ("before_train", 0, 0)
+    steps = rec.events[1:-1]
+    assert len(steps) == 9
+    for i in range(3):
+        assert steps[3 * i] == ("before_step", i + 1)
+        assert steps[3 * i + 1] == ("after_losses", i + 1, ["loss_cls", "loss_reg"])
+        assert steps[3 * i + 2] == ("after_step", i + 1, i + 1, round(lrs[i], 6))
+    assert rec.events[-1] == ("after_train", 3)
+    assert rec.state.loss_dict.keys() == {"loss_cls", "loss_reg"}
+
+
+def test_hook_after_losses_runs_before_the_update(tmp_path):
+    torch.manual_seed(0)
+    model = StandInDetector()
+    opt, sched = _solver(model)
+    rec = _Recorder(stop_at=2)
+    weights = []
+
+    class Snapshot(HookBase):
+        def after_step(self):
+            weights.append(model.conv.weight.detach().clone())
+
+    with pytest.raises(RuntimeError, match="stop"):
+        do_train(model, StandInLoader(3), opt, sched, Checkpointer(model), torch.device("cpu"), 0,
+                 {"iteration": 0}, max_iter=3, hooks=[Snapshot(), rec])
+    assert len(weights) == 1 and torch.equal(model.conv.weight, weights[0])  # step 2 never applied
+    assert rec.events[-1] == ("after_losses", 2, ["loss_cls", "loss_reg"])
 
 
 def test_gradient_clipping_bounds_the_step(tmp_path):

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator, cell_anchors
-from maskrcnn_benchmark.structures.image_list import ImageList
 
 
 def test_two_by_two_square_anchors_by_hand():
@@ -43,26 +42,31 @@ def test_cell_anchor_area_and_ratio():
     torch.testing.assert_close(h / w, torch.tensor([0.5, 2.0], dtype=torch.float64))
 
 
-def test_forward_per_image_per_level_and_cache():
+def test_forward_per_level_and_cache():
     gen = AnchorGenerator()
     feats = [torch.zeros(2, 4, 96 // s, 128 // s) for s in (8, 16, 32, 64, 128)]
     feats[-1] = torch.zeros(2, 4, 1, 1)
     feats[-2] = torch.zeros(2, 4, 2, 2)
-    images = ImageList(torch.zeros(2, 3, 96, 128), [(96, 128), (90, 100)])
-    out = gen(images, feats)
-    assert len(out) == 2 and len(out[0]) == 5
-    assert [x.shape[0] for x in out[0]] == [f.shape[2] * f.shape[3] for f in feats]
-    assert gen(images, feats)[0][0] is out[0][0]  # cached
+    out = gen(feats)  # one set per level, shared by the images (not one list per image)
+    assert len(out) == 5
+    assert [x.shape[0] for x in out] == [f.shape[2] * f.shape[3] for f in feats]
+    assert gen(feats)[0] is out[0]  # cached
+    assert gen.as_boxes(out[0]) is out[0]
 
 
-def test_visibility():
-    gen = AnchorGenerator(sizes=(16,), strides=(8,), straddle_thresh=0)
-    (level,) = gen.grid_anchors([(2, 2)])
-    vis = gen.visibility(level, (16, 16))
-    # anchors of size 16 centred at 4 / 12 stick out of a 16x16 image
-    assert not vis.any()
-    gen_off = AnchorGenerator(sizes=(16,), strides=(8,), straddle_thresh=-1)
-    assert gen_off.visibility(level, (16, 16)).all()
+def test_straddle_thresh_config_is_accepted_and_ignored():
+    """The original yaml files set MODEL.*.STRADDLE_THRESH; they still merge, and the anchors do
+    not depend on it (the dense heads never dropped border anchors)."""
+    from maskrcnn_benchmark.config import cfg as default_cfg
+    from maskrcnn_benchmark.modeling.dense_heads.atss import build_atss_parts
+
+    cfg = default_cfg.clone()
+    cfg.merge_from_list(["MODEL.ATSS.STRADDLE_THRESH", 0, "MODEL.RETINANET.STRADDLE_THRESH", 0,
+                         "MODEL.ATSS.NUM_CLASSES", 3])
+    a = build_atss_parts(cfg, 32)[1].grid_anchors([(2, 2)] * 5)
+    cfg.MODEL.ATSS.STRADDLE_THRESH = -1
+    b = build_atss_parts(cfg, 32)[1].grid_anchors([(2, 2)] * 5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_mismatched_lengths_raise():

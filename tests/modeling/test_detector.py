@@ -69,11 +69,14 @@ def test_legacy_flag_and_unsupported_options():
     cfg.MODEL.ATSS_ON = False
     with pytest.raises(ValueError, match="MODEL.HEAD"):
         head_name(cfg)
-    for key in ("MODEL.MASK_ON", "MODEL.KEYPOINT_ON", "TEST.BBOX_AUG.ENABLED"):
+    for key in ("MODEL.MASK_ON", "MODEL.KEYPOINT_ON"):
         cfg = _cfg("ATSS")
         cfg.merge_from_list([key, True])
         with pytest.raises(ValueError, match="unsupported"):
             build_detection_model(cfg)
+    cfg = _cfg("ATSS")  # TTA wraps the detector (engine/bbox_aug.py): the detector itself builds
+    cfg.TEST.BBOX_AUG.ENABLED = True
+    assert isinstance(build_detection_model(cfg), torch.nn.Module)
     cfg = _cfg("ATSS")
     cfg.MODEL.HEAD = "NOPE"
     with pytest.raises(KeyError, match="NOPE"):

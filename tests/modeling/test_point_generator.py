@@ -3,7 +3,6 @@ import torch
 from maskrcnn_benchmark.modeling.dense_heads.base import permute_and_flatten
 from maskrcnn_benchmark.modeling.point_generator import (PointGenerator, boxes_to_distances,
                                                          distances_to_boxes, points_as_boxes)
-from maskrcnn_benchmark.structures.image_list import ImageList
 
 
 def test_points_positions_and_order():
@@ -22,8 +21,9 @@ def test_points_positions_and_order():
 def test_forward_and_roundtrip():
     gen = PointGenerator((8, 16))
     feats = [torch.zeros(2, 4, 4, 5), torch.zeros(2, 4, 2, 3)]
-    out = gen(ImageList(torch.zeros(2, 3, 32, 40), [(32, 40)] * 2), feats)
+    out = gen(feats)
     assert [p.shape for p in out] == [(20, 2), (6, 2)]
+    assert torch.equal(gen.as_boxes(out[1]), torch.cat([out[1], out[1]], dim=1))
     p = torch.tensor([[10.0, 20.0], [5.0, 5.0]])
     d = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0]])
     boxes = distances_to_boxes(d, p)

@@ -1,4 +1,6 @@
 """box_ops against hand-computed values."""
+import math
+
 import pytest
 import torch
 
@@ -72,3 +74,16 @@ def test_pairwise_iou_uses_compiled_op_and_matches_hand_values():
     torch.testing.assert_close(m, box_ops.elementwise_iou(B1[:, None], B2[None]))
     # [0,0,4,4] vs [1,2,5,7]: inter 3*2 = 6, union 16 + 20 - 6 = 30
     torch.testing.assert_close(m[3, 2], torch.tensor(0.2))
+
+
+def test_point_box_distances_broadcast_and_centerness():
+    pts = torch.tensor([[4.0, 4.0], [10.0, 1.0]])
+    boxes = torch.tensor([[2.0, 0.0, 10.0, 12.0], [0.0, 0.0, 4.0, 4.0]])
+    d = box_ops.point_box_distances(pts[:, None, :], boxes[None])                  # [2, 2, 4]
+    assert d.shape == (2, 2, 4)
+    assert d[0, 0].tolist() == [2, 4, 6, 8] and d[1, 1].tolist() == [10, 1, -6, 3]
+    # centerness: sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)); 0 on / outside a side
+    c = box_ops.centerness(d)
+    assert c[0, 0].item() == pytest.approx(math.sqrt(2 / 6 * 4 / 8))
+    assert c[1, 1].item() == 0.0 and c[1, 0].item() == 0.0  # (10, 1) is on the right side of box 0
+    assert not torch.isnan(box_ops.centerness(torch.zeros(3, 4))).any()

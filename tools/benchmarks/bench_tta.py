@@ -60,7 +60,6 @@ def main(argv=None) -> List[dict]:
 
     import torch
 
-    from maskrcnn_benchmark.engine.bbox_aug import detector_cfg
     from maskrcnn_benchmark.engine.inference import dataset_folder_name, run_test
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
@@ -76,7 +75,7 @@ def main(argv=None) -> List[dict]:
                                            *VARIANTS[name]])
         if model is None:
             torch.manual_seed(0)
-            model = build_detection_model(detector_cfg(cfg))
+            model = build_detection_model(cfg)
             Checkpointer(model, save_dir=out, save_to_disk=False).load_weights(cfg.MODEL.WEIGHT)
         results = run_test(cfg, model)
         test_name = cfg.DATASETS.TEST[0]

@@ -1,4 +1,19 @@
-"""ATSS assignment (Zhang et al., CVPR 2020) and the original release's other positive types."""
+"""ATSS assignment (Zhang et al., CVPR 2020), the family it shares with Dynamic ATSS, and the
+factory of the original release's ``POSITIVE_TYPE`` values.
+
+One class per strategy (no strategy string inside a class):
+
+- :class:`ATSSAssigner` (``"ATSS"``) and
+  :class:`~maskrcnn_benchmark.modeling.assigners.dynamic_atss.DynamicATSSAssigner` are
+  :class:`CandidateThresholdAssigner` s: one candidate / threshold routine, they differ only in
+  the score they threshold (:meth:`CandidateThresholdAssigner.candidate_scores`);
+- :class:`TopKAssigner` (``"TOPK"``);
+- ``"SSC"`` is :class:`~maskrcnn_benchmark.modeling.assigners.fcos.SSCAssigner` (the FCOS rule);
+- ``"IoU"`` is :class:`~maskrcnn_benchmark.modeling.assigners.max_iou.MaxIoUAssigner` with
+  ``require_center_inside``.
+
+:func:`build_positive_type_assigner` maps a ``POSITIVE_TYPE`` to its class.
+"""
 from __future__ import annotations
 
 import math
@@ -7,145 +22,114 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from maskrcnn_benchmark.structures.box_ops import box_area, box_centers, elementwise_iou, pairwise_iou
+from maskrcnn_benchmark.structures.box_ops import box_centers, elementwise_iou, pairwise_iou
 
-from .base import (AssignResult, BaseAssigner, centers_inside, resolve_conflicts,
+from .base import (AssignResult, BaseAssigner, Predictions, centers_inside, resolve_conflicts,
                    select_candidates, unbiased_std)
+from .fcos import SSCAssigner
+from .max_iou import MaxIoUAssigner
 
-__all__ = ["ATSSAssigner", "POSITIVE_TYPES"]
+__all__ = ["ATSSAssigner", "CandidateThresholdAssigner", "TopKAssigner", "POSITIVE_TYPES",
+           "DEFAULT_SSC_SCALE_RANGES", "build_positive_type_assigner", "add_best_candidate"]
 
 POSITIVE_TYPES = ("ATSS", "SSC", "TOPK", "IoU")
 DEFAULT_SSC_SCALE_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0),
                             (512.0, math.inf))
 
 
-class ATSSAssigner(BaseAssigner):
-    """Adaptive training sample selection, plus the ``SSC`` / ``TOPK`` / ``IoU`` positive types.
+def _check_topk(name: str, topk: int, anchors_per_location: int) -> None:
+    if topk < 1 or anchors_per_location < 1:
+        raise ValueError(f"{name}: topk ({topk}) and anchors_per_location "
+                         f"({anchors_per_location}) must be >= 1")
 
-    ``positive_type``:
 
-    - ``"ATSS"``: per GT, the ``topk * anchors_per_location`` anchors of every level with the
-      nearest centres (L2) are candidates; threshold = mean + unbiased std of the candidates'
-      IoUs; positive if IoU >= threshold and the anchor centre is inside the GT
-      (min(l, t, r, b) > 0.01). An anchor positive for several GTs goes to the highest IoU
-      (ties: lowest GT index). With ``keep_best_candidate`` (config
-      ``MODEL.ATSS.KEEP_BEST_CANDIDATE``, default False = the original), a GT left with no
-      positive (mean + std above every candidate, or no candidate inside) gets its in-box candidate
-      of highest IoU (ties: first in level/distance order) as positive; a GT with no candidate
-      centre inside it (smaller than a stride) still gets none.
-    - ``"SSC"``: FCOS rule: anchor centre inside the GT (> 0.01) and max(l, t, r, b) within
-      ``ssc_scale_ranges[level]`` (inclusive); several GTs: the smallest area wins (ties: lowest
-      index).
-    - ``"TOPK"``: as the original release: per GT, the ``topk`` anchors (over all levels) of highest
-      ``IoU - d / max(d) / 1000`` (d: centre distance, max over all anchor/GT pairs, a tie-break
-      towards nearer anchors), kept if the anchor centre is inside the GT; several GTs: highest
-      IoU. ``k = min(topk, N)`` (not multiplied by ``anchors_per_location``, as the original).
-    - ``"IoU"``: RetinaNet matcher: max IoU over GTs >= ``fg_iou_threshold`` positive,
-      < ``bg_iou_threshold`` background, in between ignored (-1); low-quality matches on (each GT's
-      highest-IoU anchors become positive for their own best GT; only for GTs whose best IoU is
-      > 0, where the original would make every anchor positive); positives whose centre is
-      outside the matched GT become ignored (-1).
+class CandidateThresholdAssigner(BaseAssigner):
+    """The ATSS routine: per GT, the ``topk * anchors_per_location`` anchors of every level with
+    the nearest centres (L2) are candidates; a candidate is positive if its score reaches the GT's
+    threshold and its centre is inside the GT (min(l, t, r, b) > 0.01); an anchor positive for
+    several GTs goes to the highest score (ties: lowest GT index).
 
-    ``quality`` is the IoU of the anchor with its assigned GT for every type. ``gt_inds`` is set
-    for positives only (ignored anchors have ``gt_inds`` -1).
+    Subclasses define :meth:`candidate_scores` (the score, threshold and quality target).
 
-    TOPK and IoU need every anchor's IoU with every GT and use the compiled ``pairwise_iou``
-    (``[G, N]``); ATSS and SSC never build an ``[N, G]`` float matrix of IoUs (SSC works level by
-    level on ``[N_l, G]`` masks).
+    Args:
+        topk: candidates per level and anchor of a location.
+        anchors_per_location: A.
+        keep_best_candidate: a GT left with no positive gets its in-box candidate of highest
+            score (ties: first in level/distance order); a GT with no candidate centre inside it
+            (smaller than a stride) still gets none.
     """
 
-    def __init__(
-        self,
-        topk: int = 9,
-        anchors_per_location: int = 1,
-        positive_type: str = "ATSS",
-        keep_best_candidate: bool = False,
-        fg_iou_threshold: float = 0.5,
-        bg_iou_threshold: float = 0.4,
-        ssc_scale_ranges: Sequence[Tuple[float, float]] = DEFAULT_SSC_SCALE_RANGES,
-    ):
-        if positive_type not in POSITIVE_TYPES:
-            raise ValueError(f"ATSSAssigner: positive_type must be one of {POSITIVE_TYPES}, "
-                             f"got {positive_type!r}")
-        if topk < 1 or anchors_per_location < 1:
-            raise ValueError(f"ATSSAssigner: topk ({topk}) and anchors_per_location "
-                             f"({anchors_per_location}) must be >= 1")
-        if bg_iou_threshold > fg_iou_threshold:
-            raise ValueError(f"ATSSAssigner: bg_iou_threshold ({bg_iou_threshold}) > "
-                             f"fg_iou_threshold ({fg_iou_threshold})")
+    def __init__(self, topk: int = 9, anchors_per_location: int = 1,
+                 keep_best_candidate: bool = False):
+        _check_topk(type(self).__name__, topk, anchors_per_location)
         self.topk = int(topk)
         self.anchors_per_location = int(anchors_per_location)
-        self.positive_type = positive_type
         self.keep_best_candidate = bool(keep_best_candidate)
-        self.fg_iou_threshold = float(fg_iou_threshold)
-        self.bg_iou_threshold = float(bg_iou_threshold)
-        self.ssc_scale_ranges = tuple((float(lo), float(hi)) for lo, hi in ssc_scale_ranges)
+
+    def candidate_scores(self, cand_idx: Tensor, cand_anchors: Tensor, gt_boxes: Tensor,
+                         predictions: Optional[Predictions]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Per candidate (GT, k): ``(score [G, K], threshold [G], quality [G, K])``."""
+        raise NotImplementedError
+
+    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt_boxes: Tensor,
+                gt_labels: Tensor, predictions: Optional[Predictions]) -> AssignResult:
+        cand_idx = select_candidates(anchors_per_level, box_centers(gt_boxes),
+                                     self.topk * self.anchors_per_location)      # [G, K]
+        cand_anchors = anchors[cand_idx]                                         # [G, K, 4]
+        score, threshold, quality_gk = self.candidate_scores(cand_idx, cand_anchors, gt_boxes,
+                                                             predictions)
+        inside = centers_inside(box_centers(cand_anchors.view(-1, 4)).view(*cand_idx.shape, 2),
+                                gt_boxes)
+        is_pos = (score >= threshold[:, None]) & inside
+        if self.keep_best_candidate:
+            is_pos = add_best_candidate(is_pos, score, inside)
+        gt_inds, pair_gt, pair_k = resolve_conflicts(cand_idx, is_pos, score, anchors.shape[0])
+        quality = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
+        quality[cand_idx[pair_gt, pair_k]] = quality_gk[pair_gt, pair_k]
+        return AssignResult.from_gt_inds(gt_inds, gt_labels, quality)
+
+
+class ATSSAssigner(CandidateThresholdAssigner):
+    """Adaptive training sample selection: the score is ``IoU(anchor, GT)``, the threshold its
+    mean + unbiased std over the GT's candidates; ``quality`` is the IoU.
+
+    ``keep_best_candidate``: config ``MODEL.ATSS.KEEP_BEST_CANDIDATE`` (default False = the
+    original). Never builds an ``[N, G]`` matrix (see :func:`select_candidates`).
+    """
 
     @classmethod
     def from_config(cls, cfg) -> "ATSSAssigner":
-        """Builds from ``cfg.MODEL.ATSS`` (TOPK, POSITIVE_TYPE, KEEP_BEST_CANDIDATE, anchors)."""
+        """Builds from ``cfg.MODEL.ATSS`` (TOPK, KEEP_BEST_CANDIDATE, anchors per location)."""
         a = cfg.MODEL.ATSS
-        return cls(topk=a.TOPK,
-                   anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
-                   positive_type=a.POSITIVE_TYPE,
+        return cls(topk=a.TOPK, anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
                    keep_best_candidate=a.KEEP_BEST_CANDIDATE)
 
     def __repr__(self) -> str:
         return (f"ATSSAssigner(topk={self.topk}, anchors_per_location={self.anchors_per_location}, "
-                f"positive_type={self.positive_type!r}, "
                 f"keep_best_candidate={self.keep_best_candidate})")
 
-    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt_boxes: Tensor,
-                gt_labels: Tensor, pred_boxes: Optional[Tensor]) -> AssignResult:
-        if self.positive_type == "ATSS":
-            return self._assign_atss(anchors_per_level, anchors, gt_boxes, gt_labels)
-        if self.positive_type == "SSC":
-            return self._assign_ssc(anchors_per_level, anchors, gt_boxes, gt_labels)
-        if self.positive_type == "TOPK":
-            return self._assign_topk(anchors, gt_boxes, gt_labels)
-        return self._assign_iou(anchors, gt_boxes, gt_labels)
-
-    # ---- ATSS ------------------------------------------------------------------------------
-    def _assign_atss(self, anchors_per_level, anchors, gt_boxes, gt_labels) -> AssignResult:
-        cand_idx = select_candidates(anchors_per_level, box_centers(gt_boxes),
-                                     self.topk * self.anchors_per_location)      # [G, K]
-        cand_boxes = anchors[cand_idx]                                           # [G, K, 4]
-        ious = elementwise_iou(cand_boxes, gt_boxes[:, None, :])                 # [G, K]
+    def candidate_scores(self, cand_idx, cand_anchors, gt_boxes, predictions):
+        ious = elementwise_iou(cand_anchors, gt_boxes[:, None, :])               # [G, K]
         threshold = ious.mean(dim=1) + unbiased_std(ious, dim=1)                 # [G]
-        inside = centers_inside(box_centers(cand_boxes.view(-1, 4)).view(*cand_idx.shape, 2),
-                                gt_boxes)
-        is_pos = (ious >= threshold[:, None]) & inside
-        if self.keep_best_candidate:
-            is_pos = _add_best_candidate(is_pos, ious, inside)
-        gt_inds, pair_gt, pair_k = resolve_conflicts(cand_idx, is_pos, ious, anchors.shape[0])
-        quality = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
-        quality[cand_idx[pair_gt, pair_k]] = ious[pair_gt, pair_k]
-        return AssignResult.from_gt_inds(gt_inds, gt_labels, quality)
+        return ious, threshold, ious
 
-    # ---- SSC (FCOS scale ranges) -----------------------------------------------------------
-    def _assign_ssc(self, anchors_per_level, anchors, gt_boxes, gt_labels) -> AssignResult:
-        if len(self.ssc_scale_ranges) < len(anchors_per_level):
-            raise ValueError(f"ATSSAssigner(SSC): {len(self.ssc_scale_ranges)} scale ranges for "
-                             f"{len(anchors_per_level)} levels")
-        areas = box_area(gt_boxes)[None]                                         # [1, G]
-        gt_inds = []
-        for level, level_anchors in enumerate(anchors_per_level):
-            lo, hi = self.ssc_scale_ranges[level]
-            pts = box_centers(level_anchors)
-            ltrb = torch.stack((pts[:, None, 0] - gt_boxes[None, :, 0],
-                                pts[:, None, 1] - gt_boxes[None, :, 1],
-                                gt_boxes[None, :, 2] - pts[:, None, 0],
-                                gt_boxes[None, :, 3] - pts[:, None, 1]), dim=2)  # [N_l, G, 4]
-            max_side = ltrb.amax(dim=2)
-            ok = (ltrb.amin(dim=2) > 0.01) & (max_side >= lo) & (max_side <= hi)
-            masked_area = torch.where(ok, areas, math.inf)
-            best_area, best_gt = masked_area.min(dim=1)
-            gt_inds.append(torch.where(torch.isinf(best_area), -1, best_gt))
-        gt_inds = torch.cat(gt_inds)
-        return self._result_with_anchor_iou(gt_inds, anchors, gt_boxes, gt_labels)
 
-    # ---- TOPK ------------------------------------------------------------------------------
-    def _assign_topk(self, anchors, gt_boxes, gt_labels) -> AssignResult:
+class TopKAssigner(BaseAssigner):
+    """The original release's ``POSITIVE_TYPE: TOPK``: per GT, the ``topk`` anchors (over all
+    levels) of highest ``IoU - d / max(d) / 1000`` (d: centre distance, max over all anchor/GT
+    pairs, a tie-break towards nearer anchors), kept if the anchor centre is inside the GT;
+    several GTs: highest IoU. ``k = min(topk, N)`` (not multiplied by the anchors per location,
+    as the original). ``quality``: the IoU. Uses the dense ``[G, N]`` compiled ``pairwise_iou``.
+    """
+
+    def __init__(self, topk: int = 9):
+        _check_topk("TopKAssigner", topk, 1)
+        self.topk = int(topk)
+
+    def __repr__(self) -> str:
+        return f"TopKAssigner(topk={self.topk})"
+
+    def _assign(self, anchors_per_level, anchors, gt_boxes, gt_labels, predictions) -> AssignResult:
         ious = pairwise_iou(gt_boxes, anchors)                                   # [G, N]
         gc, ac = box_centers(gt_boxes), box_centers(anchors)
         dist = (gc[:, None, 0] - ac[None, :, 0]).square_()                      # [G, N]
@@ -156,7 +140,7 @@ class ATSSAssigner(BaseAssigner):
         k = min(self.topk, anchors.shape[0])
         cand_idx = score.topk(k, dim=1).indices                                  # [G, k]
         del score
-        inside = centers_inside(box_centers(anchors)[cand_idx], gt_boxes)
+        inside = centers_inside(ac[cand_idx], gt_boxes)
         cand_ious = ious.gather(1, cand_idx)
         gt_inds, pair_gt, pair_k = resolve_conflicts(cand_idx, inside, cand_ious,
                                                      anchors.shape[0])
@@ -164,35 +148,8 @@ class ATSSAssigner(BaseAssigner):
         quality[cand_idx[pair_gt, pair_k]] = cand_ious[pair_gt, pair_k]
         return AssignResult.from_gt_inds(gt_inds, gt_labels, quality)
 
-    # ---- IoU (RetinaNet matcher) -----------------------------------------------------------
-    def _assign_iou(self, anchors, gt_boxes, gt_labels) -> AssignResult:
-        ious = pairwise_iou(gt_boxes, anchors)                                   # [G, N]
-        best_gt = ious.argmax(dim=0)                                             # [N]
-        best_iou = ious.gather(0, best_gt[None]).squeeze(0)
-        pos = best_iou >= self.fg_iou_threshold
-        ignore = (best_iou >= self.bg_iou_threshold) & ~pos
-        # low-quality matches: each GT's highest-IoU anchors become positive (for their best GT)
-        gt_best = ious.amax(dim=1, keepdim=True)                                 # [G, 1]
-        low_quality = ((ious == gt_best) & (gt_best > 0)).any(dim=0)
-        pos |= low_quality
-        ignore &= ~pos
-        matched = gt_boxes[best_gt]
-        inside = centers_inside(box_centers(anchors), matched)
-        ignore |= pos & ~inside
-        pos &= inside
-        gt_inds = torch.where(pos, best_gt, -1)
-        result = AssignResult.from_gt_inds(gt_inds, gt_labels, torch.where(pos, best_iou, 0))
-        result.labels[ignore] = -1
-        return result
 
-    def _result_with_anchor_iou(self, gt_inds, anchors, gt_boxes, gt_labels) -> AssignResult:
-        quality = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
-        pos = gt_inds >= 0
-        quality[pos] = elementwise_iou(anchors[pos], gt_boxes[gt_inds[pos]])
-        return AssignResult.from_gt_inds(gt_inds, gt_labels, quality)
-
-
-def _add_best_candidate(is_pos: Tensor, score: Tensor, inside: Tensor) -> Tensor:
+def add_best_candidate(is_pos: Tensor, score: Tensor, inside: Tensor) -> Tensor:
     """Makes each GT's best in-box candidate positive when the GT has no positive.
 
     Args:
@@ -207,3 +164,42 @@ def _add_best_candidate(is_pos: Tensor, score: Tensor, inside: Tensor) -> Tensor
     is_pos = is_pos.clone()
     is_pos[rows, best_k[rows]] = True
     return is_pos
+
+
+def build_positive_type_assigner(
+    positive_type: str = "ATSS", topk: int = 9, anchors_per_location: int = 1,
+    keep_best_candidate: bool = False, fg_iou_threshold: float = 0.5,
+    bg_iou_threshold: float = 0.4,
+    ssc_scale_ranges: Sequence[Tuple[float, float]] = DEFAULT_SSC_SCALE_RANGES,
+) -> BaseAssigner:
+    """The assigner of an ATSS-release ``POSITIVE_TYPE``:
+
+    - ``"ATSS"``: :class:`ATSSAssigner` (``topk``, ``anchors_per_location``, ``keep_best_candidate``);
+    - ``"SSC"``: :class:`SSCAssigner` (FCOS scale ranges ``ssc_scale_ranges``, centre margin 0.01,
+      quality = anchor IoU);
+    - ``"TOPK"``: :class:`TopKAssigner` (``topk``);
+    - ``"IoU"``: :class:`MaxIoUAssigner` (``fg_iou_threshold`` / ``bg_iou_threshold``, low-quality
+      matches, positives whose centre is outside their GT ignored).
+    """
+    if positive_type not in POSITIVE_TYPES:
+        raise ValueError(f"ATSS positive_type (MODEL.ATSS.POSITIVE_TYPE) must be one of "
+                         f"{POSITIVE_TYPES}, got {positive_type!r}")
+    _check_topk(f"{positive_type} assigner", topk, anchors_per_location)
+    if positive_type == "ATSS":
+        return ATSSAssigner(topk, anchors_per_location, keep_best_candidate)
+    if positive_type == "SSC":
+        return SSCAssigner(ssc_scale_ranges)
+    if positive_type == "TOPK":
+        return TopKAssigner(topk)
+    return MaxIoUAssigner(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=True,
+                          require_center_inside=True)
+
+
+def positive_type_assigner_from_config(cfg) -> BaseAssigner:
+    """:func:`build_positive_type_assigner` from ``cfg.MODEL.ATSS`` (POSITIVE_TYPE, TOPK,
+    KEEP_BEST_CANDIDATE, anchors per location)."""
+    a = cfg.MODEL.ATSS
+    return build_positive_type_assigner(
+        a.POSITIVE_TYPE, topk=a.TOPK,
+        anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
+        keep_best_candidate=a.KEEP_BEST_CANDIDATE)

@@ -15,10 +15,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from maskrcnn_benchmark.structures.box_ops import box_centers
+from maskrcnn_benchmark.structures.box_ops import box_centers, point_box_distances
 
 __all__ = [
     "AssignResult",
+    "Predictions",
     "BaseAssigner",
     "select_candidates",
     "centers_inside",
@@ -30,6 +31,19 @@ __all__ = [
 CENTER_MARGIN = 0.01
 # Elements of one [G_chunk, N_level] distance block in the candidate search (4 MiB in float32).
 DISTANCE_CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass
+class Predictions:
+    """The detached predictions of one image that a prediction-aware assigner may read.
+
+    Attributes:
+        boxes: Tensor[N, 4] decoded boxes (xyxy pixels, level order), or None.
+        scores: Tensor[N, C] class probabilities, or None.
+    """
+
+    boxes: Optional[Tensor] = None
+    scores: Optional[Tensor] = None
 
 
 @dataclass
@@ -139,9 +153,7 @@ def centers_inside(points: Tensor, gt_boxes: Tensor, margin: float = CENTER_MARG
     """
     if points.dim() == 3:
         gt_boxes = gt_boxes[:, None, :]
-    ltrb = torch.stack(
-        (points[..., 0] - gt_boxes[..., 0], points[..., 1] - gt_boxes[..., 1],
-         gt_boxes[..., 2] - points[..., 0], gt_boxes[..., 3] - points[..., 1]), dim=-1)
+    ltrb = point_box_distances(points, gt_boxes)
     return ltrb.amin(dim=-1) > margin
 
 
@@ -182,16 +194,20 @@ def resolve_conflicts(
 class BaseAssigner:
     """Common call protocol: checks inputs, handles the empty cases, runs under ``no_grad``.
 
-    Subclasses implement ``_assign(anchors_per_level, anchors, gt_boxes, gt_labels, pred_boxes)``
-    for ``G >= 1`` and ``N >= 1``.
+    Subclasses implement ``_assign(anchors_per_level, anchors, gt_boxes, gt_labels, predictions)``
+    for ``G >= 1`` and ``N >= 1``; one that reads the predictions sets ``needs_predictions``
+    (the dense head then decodes them before assigning).
     """
+
+    #: whether ``predictions`` must be given (Dynamic ATSS); the head passes them only then.
+    needs_predictions: bool = False
 
     def __call__(
         self,
         anchors_per_level: Sequence[Tensor],
         gt_boxes: Tensor,
         gt_labels: Tensor,
-        pred_boxes: Optional[Tensor] = None,
+        predictions: "Optional[Predictions | Tensor]" = None,
     ) -> AssignResult:
         """Assigns the anchors of one image.
 
@@ -199,7 +215,8 @@ class BaseAssigner:
             anchors_per_level: list of Tensor[N_l, 4] anchors per FPN level (xyxy pixels).
             gt_boxes: Tensor[G, 4] xyxy pixels.
             gt_labels: Tensor[G] int, classes 1..C.
-            pred_boxes: Tensor[N, 4] decoded predictions (used by Dynamic ATSS only).
+            predictions: the image's detached :class:`Predictions` (boxes [N, 4], scores [N, C])
+                for prediction-aware assigners; a bare Tensor[N, 4] means ``Predictions(boxes=it)``.
 
         Returns:
             AssignResult over the ``N = sum N_l`` anchors in level order.
@@ -218,22 +235,26 @@ class BaseAssigner:
         if gt_labels.shape[0] != gt_boxes.shape[0]:
             raise ValueError(f"{type(self).__name__}: {gt_labels.shape[0]} gt_labels for "
                              f"{gt_boxes.shape[0]} gt_boxes")
+        if isinstance(predictions, Tensor):
+            predictions = Predictions(boxes=predictions)
         with torch.no_grad():
             anchors = torch.cat(list(anchors_per_level), dim=0)
+            pred_boxes = None if predictions is None else predictions.boxes
             if pred_boxes is not None and tuple(pred_boxes.shape) != (anchors.shape[0], 4):
                 raise ValueError(f"{type(self).__name__}: pred_boxes must be [N, 4] = "
                                  f"[{anchors.shape[0]}, 4], got {tuple(pred_boxes.shape)}")
-            self._check_pred_boxes(pred_boxes)
+            if self.needs_predictions and pred_boxes is None:
+                raise ValueError(f"{type(self).__name__} needs pred_boxes: the decoded, detached "
+                                 "box predictions Tensor[N, 4] of the image's anchors (level order)")
             if gt_boxes.shape[0] == 0 or anchors.shape[0] == 0:
                 return AssignResult.background(anchors.shape[0], anchors.device, anchors.dtype)
             gt_boxes = gt_boxes.to(anchors.dtype)
-            if pred_boxes is not None:
-                pred_boxes = pred_boxes.detach().to(anchors.dtype)
-            return self._assign(list(anchors_per_level), anchors, gt_boxes, gt_labels, pred_boxes)
-
-    def _check_pred_boxes(self, pred_boxes: Optional[Tensor]) -> None:
-        """Hook for assigners that require (or reject) predictions."""
+            if predictions is not None:
+                predictions = Predictions(
+                    boxes=None if pred_boxes is None else pred_boxes.detach().to(anchors.dtype),
+                    scores=None if predictions.scores is None else predictions.scores.detach())
+            return self._assign(list(anchors_per_level), anchors, gt_boxes, gt_labels, predictions)
 
     def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt_boxes: Tensor,
-                gt_labels: Tensor, pred_boxes: Optional[Tensor]) -> AssignResult:
+                gt_labels: Tensor, predictions: Optional[Predictions]) -> AssignResult:
         raise NotImplementedError

@@ -6,9 +6,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from maskrcnn_benchmark.structures.box_ops import pairwise_iou
+from maskrcnn_benchmark.structures.box_ops import box_centers, pairwise_iou
 
-from .base import AssignResult, BaseAssigner
+from .base import AssignResult, BaseAssigner, Predictions, centers_inside
 
 __all__ = ["MaxIoUAssigner"]
 
@@ -25,19 +25,23 @@ class MaxIoUAssigner(BaseAssigner):
       is > 0 take part: the original would turn every anchor with IoU 0 into a positive for a GT
       that overlaps no anchor.
 
-    No centre-inside test (unlike the ATSS release's ``POSITIVE_TYPE: IoU``). ``quality`` is the
+    - ``require_center_inside`` (the ATSS release's ``POSITIVE_TYPE: IoU``; off for RetinaNet):
+      positives whose anchor centre is not inside their GT by more than 0.01 become ignored (-1).
+
+    ``quality`` is the
     IoU of a positive with its GT. Builds the dense ``[G, N]`` IoU matrix with the compiled
     ``pairwise_iou`` (as the original); everything else is element-wise over it.
     """
 
     def __init__(self, fg_iou_threshold: float = 0.5, bg_iou_threshold: float = 0.4,
-                 allow_low_quality_matches: bool = True):
+                 allow_low_quality_matches: bool = True, require_center_inside: bool = False):
         if bg_iou_threshold > fg_iou_threshold:
             raise ValueError(f"MaxIoUAssigner: bg_iou_threshold ({bg_iou_threshold}) > "
                              f"fg_iou_threshold ({fg_iou_threshold})")
         self.fg_iou_threshold = float(fg_iou_threshold)
         self.bg_iou_threshold = float(bg_iou_threshold)
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
+        self.require_center_inside = bool(require_center_inside)
 
     @classmethod
     def from_config(cls, cfg) -> "MaxIoUAssigner":
@@ -48,10 +52,11 @@ class MaxIoUAssigner(BaseAssigner):
     def __repr__(self) -> str:
         return (f"MaxIoUAssigner(fg_iou_threshold={self.fg_iou_threshold}, "
                 f"bg_iou_threshold={self.bg_iou_threshold}, "
-                f"allow_low_quality_matches={self.allow_low_quality_matches})")
+                f"allow_low_quality_matches={self.allow_low_quality_matches}, "
+                f"require_center_inside={self.require_center_inside})")
 
     def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt_boxes: Tensor,
-                gt_labels: Tensor, pred_boxes: Optional[Tensor]) -> AssignResult:
+                gt_labels: Tensor, predictions: Optional[Predictions]) -> AssignResult:
         ious = pairwise_iou(gt_boxes, anchors)                                   # [G, N]
         best_iou, best_gt = ious.max(dim=0)                                      # [N]
         pos = best_iou >= self.fg_iou_threshold
@@ -60,6 +65,10 @@ class MaxIoUAssigner(BaseAssigner):
             gt_best = ious.amax(dim=1, keepdim=True)                             # [G, 1]
             pos |= ((ious == gt_best) & (gt_best > 0)).any(dim=0)
             ignore &= ~pos
+        if self.require_center_inside:
+            inside = centers_inside(box_centers(anchors), gt_boxes[best_gt])
+            ignore |= pos & ~inside
+            pos &= inside
         gt_inds = torch.where(pos, best_gt, -1)
         result = AssignResult.from_gt_inds(gt_inds, gt_labels, best_iou)
         result.labels[ignore] = -1

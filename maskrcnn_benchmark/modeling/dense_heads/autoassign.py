@@ -34,21 +34,22 @@ Numerical choices (documented deviations from the reference, identical in exact 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskrcnn_benchmark.layers.losses import negative_bce
 from maskrcnn_benchmark.modeling.point_generator import PointGenerator, distances_to_boxes
 from maskrcnn_benchmark.structures.bounding_box import BoxList
-from maskrcnn_benchmark.structures.box_ops import box_centers, elementwise_giou, elementwise_iou
+from maskrcnn_benchmark.structures.box_ops import (box_centers, elementwise_giou, elementwise_iou,
+                                                   point_box_distances)
 
-from . import DENSE_HEADS
-from .base import DensePostProcessor, reduce_mean_count
-from .fcos import FCOSHead, FCOSModule, _decode_point_boxes
-from .free_anchor import negative_bce
-from .retinanet import check_num_classes
+from .base import (DenseHead, DenseOutputs, DensePostProcessor, ScoreRule, check_num_classes,
+                   reduce_mean_count)
+from .fcos import FCOSHead
+from .registry import DENSE_HEADS
 
 __all__ = ["CenterPrior", "AutoAssignLoss", "AutoAssignModule", "build_autoassign"]
 
@@ -93,9 +94,7 @@ class CenterPrior(nn.Module):
             log_prior.append(-(d.square() / (2 * sigma.square())).sum(dim=-1))
         log_prior = torch.cat(log_prior)                                         # [N, G]
         points = torch.cat(list(points_per_level))
-        ltrb = torch.cat([points[:, None, :] - gt_boxes[None, :, :2],
-                          gt_boxes[None, :, 2:] - points[:, None, :]], dim=2)
-        inside = ltrb.amin(dim=2) > 0
+        inside = point_box_distances(points[:, None, :], gt_boxes[None]).amin(dim=2) > 0
         if self.force_topk:
             empty = ~inside.any(dim=0)                                           # [G]
             if bool(empty.any()):
@@ -115,8 +114,10 @@ class AutoAssignLoss:
         pos_weight, neg_weight, center_weight: loss weights (0.25, 0.75, 0.75).
         confidence_scale: ``C = exp(confidence_scale * p_pos)`` (3).
 
-    ``__call__(logits [B, N, C], distances [B, N, 4], objectness [B, N], points_per_level
-    (list of Tensor[N_l, 2]), targets)`` returns ``{"loss_pos", "loss_neg", "loss_center"}``.
+    ``__call__(outputs, points_per_level (list of Tensor[N_l, 2]), targets, assignment=None)``
+    (``outputs.box_regression``: distances [B, N, 4], ``outputs.quality``: objectness logits)
+    returns ``{"loss_pos", "loss_neg", "loss_center"}`` (no assigner: the weights are its
+    assignment).
     """
 
     def __init__(self, center_prior: CenterPrior, reg_weight: float = 5.0, pos_weight: float = 0.25,
@@ -174,9 +175,10 @@ class AutoAssignLoss:
         weight[index[win]] = 1.0 - f_norm[pt[win], g[win]]
         return weight.view(n, num_classes)
 
-    def __call__(self, logits: torch.Tensor, distances: torch.Tensor, objectness: torch.Tensor,
-                 points_per_level: List[torch.Tensor], targets: List[BoxList]) -> Dict[str, torch.Tensor]:
-        logits, distances, objectness = logits.float(), distances.float(), objectness.float()
+    def __call__(self, outputs: DenseOutputs, points_per_level: List[torch.Tensor],
+                 targets: List[BoxList], assignment: Optional[object] = None) -> Dict[str, torch.Tensor]:
+        logits = outputs.cls_logits.float()
+        distances, objectness = outputs.box_regression.float(), outputs.quality.float()
         points = torch.cat(list(points_per_level))
         num_classes = logits.shape[-1]
         pos_losses, neg_losses, center_losses = [], [], []
@@ -211,17 +213,18 @@ class AutoAssignLoss:
         return {"loss_pos": loss_pos, "loss_neg": loss_neg, "loss_center": loss_center}
 
 
-class AutoAssignModule(FCOSModule):
-    """:class:`FCOSModule` that also owns the loss's :class:`CenterPrior` (parameters
-    ``center_prior.mean`` / ``center_prior.sigma``)."""
+class AutoAssignModule(DenseHead):
+    """:class:`DenseHead` that also owns the loss's :class:`CenterPrior` (parameters
+    ``center_prior.mean`` / ``center_prior.sigma``); no assigner."""
 
-    def __init__(self, head: FCOSHead, point_generator: PointGenerator, loss: AutoAssignLoss,
-                 post_processor: DensePostProcessor):
-        super().__init__(head, point_generator, loss, post_processor)
+    def __init__(self, head: FCOSHead, point_generator: PointGenerator, loss: "AutoAssignLoss",
+                 post_processor: DensePostProcessor, score_rule: ScoreRule):
+        super().__init__(head, point_generator, None, loss, post_processor, distances_to_boxes,
+                         score_rule)
         self.center_prior = loss.center_prior
 
 
-@DENSE_HEADS.register("AUTOASSIGN")
+@DENSE_HEADS.register("AUTOASSIGN", config_node="AUTOASSIGN")
 def build_autoassign(cfg, in_channels: int) -> AutoAssignModule:
     """``"AUTOASSIGN"`` from ``cfg.MODEL.AUTOASSIGN``."""
     a = cfg.MODEL.AUTOASSIGN
@@ -232,7 +235,8 @@ def build_autoassign(cfg, in_channels: int) -> AutoAssignModule:
     prior = CenterPrior(num_classes, a.FPN_STRIDES, force_topk=a.FORCE_TOPK, topk=a.TOPK)
     loss = AutoAssignLoss(prior, reg_weight=a.REG_LOSS_WEIGHT, pos_weight=a.POS_LOSS_WEIGHT,
                           neg_weight=a.NEG_LOSS_WEIGHT, center_weight=a.CENTER_LOSS_WEIGHT)
-    post = DensePostProcessor(_decode_point_boxes, score_thresh=a.INFERENCE_TH,
-                              pre_nms_top_n=a.PRE_NMS_TOP_N, nms_thresh=a.NMS_TH,
+    post = DensePostProcessor(pre_nms_top_n=a.PRE_NMS_TOP_N, nms_thresh=a.NMS_TH,
                               detections_per_img=cfg.TEST.DETECTIONS_PER_IMG)
-    return AutoAssignModule(head, PointGenerator(a.FPN_STRIDES, offset=0.0), loss, post)
+    # threshold on sigmoid(cls); score sigmoid(cls) * sigmoid(objectness)
+    rule = ScoreRule(a.INFERENCE_TH, use_quality=True)
+    return AutoAssignModule(head, PointGenerator(a.FPN_STRIDES, offset=0.0), loss, post, rule)

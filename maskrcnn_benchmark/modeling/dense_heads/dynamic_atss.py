@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from maskrcnn_benchmark.layers.losses import giou_loss, quality_focal_loss
-from maskrcnn_benchmark.modeling.assigners import DynamicATSSAssigner
+from maskrcnn_benchmark.modeling.assigners import BatchAssignment, DynamicATSSAssigner
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-from . import DENSE_HEADS
-from .atss import _WEIGHT_EPS, ATSSLoss, ATSSModule, build_atss_parts
-from .base import reduce_mean_count
+from .atss import ATSSLoss, build_atss_parts
+from .base import WEIGHT_EPS, DenseHead, DenseOutputs, reduce_mean_count
+from .registry import DENSE_HEADS
 
 __all__ = ["DynamicATSSLoss", "build_dynamic_atss"]
 
@@ -28,8 +28,9 @@ __all__ = ["DynamicATSSLoss", "build_dynamic_atss"]
 class DynamicATSSLoss(ATSSLoss):
     """Losses of Dynamic ATSS (``alpha`` is unused; ``gamma`` is the quality focal exponent).
 
-    ``__call__(logits [B, N, C], bbox_reg [B, N, 4], iou_logits [B, N], anchors_per_level,
-    targets)`` returns ``{"loss_cls", "loss_reg", "loss_iou"}``:
+    ``__call__(outputs, anchors_per_level, targets, assignment)`` (``outputs.quality``: the IoU
+    logits [B, N]; ``assignment`` from :class:`DynamicATSSAssigner` on the decoded predictions)
+    returns ``{"loss_cls", "loss_reg", "loss_iou"}``:
 
     - ``loss_cls = QFL(logits, labels, q, gamma) / num_pos``,
     - ``loss_reg = reg_loss_weight * sum_pos q * (1 - GIoU) / sum_pos q``,
@@ -39,12 +40,12 @@ class DynamicATSSLoss(ATSSLoss):
     and a ``sum q`` below 1e-6 takes the no-positive path (zero losses that keep the graph).
     """
 
-    def __call__(self, logits: torch.Tensor, bbox_reg: torch.Tensor, iou_logits: torch.Tensor,
-                 anchors_per_level: List[torch.Tensor], targets: List[BoxList]) -> Dict[str, torch.Tensor]:
+    def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
+                 targets: List[BoxList], assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
+        logits, bbox_reg, iou_logits = outputs.cls_logits, outputs.box_regression, outputs.quality
+        labels, matched = assignment.labels, assignment.matched_gt
+        quality, pos = assignment.quality, assignment.pos
         anchors = torch.cat(anchors_per_level)
-        with torch.no_grad():
-            pred_boxes = self.box_coder.decode(bbox_reg.detach().float(), anchors[None])  # [B, N, 4]
-        labels, matched, quality, pos = self.label_anchors(anchors_per_level, targets, pred_boxes)
         num_classes = logits.shape[-1]
         num_pos = reduce_mean_count(pos.sum(), device=logits.device)
         loss_cls = quality_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
@@ -52,7 +53,7 @@ class DynamicATSSLoss(ATSSLoss):
 
         q = quality[pos]
         q_sum = reduce_mean_count(q.sum(), device=logits.device, min_value=0.0)
-        if q.numel() == 0 or q_sum < _WEIGHT_EPS:
+        if q.numel() == 0 or q_sum < WEIGHT_EPS:
             loss_reg = bbox_reg.sum() * 0
             loss_iou = iou_logits.sum() * 0
         else:
@@ -64,11 +65,12 @@ class DynamicATSSLoss(ATSSLoss):
         return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_iou": loss_iou}
 
 
-@DENSE_HEADS.register("DYNAMIC_ATSS")
-def build_dynamic_atss(cfg, in_channels: int) -> ATSSModule:
+@DENSE_HEADS.register("DYNAMIC_ATSS", config_node="ATSS")
+def build_dynamic_atss(cfg, in_channels: int) -> DenseHead:
     """``"DYNAMIC_ATSS"`` from ``cfg.MODEL.ATSS`` (same keys as ATSS; POSITIVE_TYPE is ignored)."""
     a = cfg.MODEL.ATSS
-    head, anchor_generator, box_coder, post = build_atss_parts(cfg, in_channels)
-    loss = DynamicATSSLoss(DynamicATSSAssigner.from_config(cfg), box_coder, gamma=a.LOSS_GAMMA,
-                           alpha=a.LOSS_ALPHA, reg_loss_weight=a.REG_LOSS_WEIGHT)
-    return ATSSModule(head, anchor_generator, loss, post)
+    head, anchor_generator, box_coder, post, rule = build_atss_parts(cfg, in_channels)
+    loss = DynamicATSSLoss(box_coder, gamma=a.LOSS_GAMMA, alpha=a.LOSS_ALPHA,
+                           reg_loss_weight=a.REG_LOSS_WEIGHT)
+    return DenseHead(head, anchor_generator, DynamicATSSAssigner.from_config(cfg), loss, post,
+                     box_coder.decode, rule)

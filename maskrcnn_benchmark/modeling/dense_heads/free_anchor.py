@@ -22,31 +22,23 @@ over the bag), so saturated logits give finite losses and gradients (the referen
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from maskrcnn_benchmark.layers.losses import smooth_l1_loss
+from maskrcnn_benchmark.layers.losses import negative_bce, smooth_l1_loss
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.box_ops import pairwise_iou
 
-from . import DENSE_HEADS, HEAD_CONFIG_NODE
-from .base import reduce_mean_count
-from .retinanet import RetinaNetModule, build_retinanet_parts
+from .base import DenseHead, DenseOutputs, reduce_mean_count
+from .registry import DENSE_HEADS
+from .retinanet import build_retinanet_parts
 
-__all__ = ["FreeAnchorLoss", "build_free_anchor", "negative_bce"]
+__all__ = ["FreeAnchorLoss", "build_free_anchor"]
 
 _EPS = 1e-12
-
-HEAD_CONFIG_NODE["FREEANCHOR"] = "RETINANET"
-
-
-def negative_bce(prob: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
-    """``BCE(prob, 0) = -log(1 - prob)`` with ``1 - prob`` clamped at ``eps`` (finite value and
-    gradient for ``prob`` -> 1). Tensor of any shape -> same shape."""
-    return -torch.log((1.0 - prob).clamp(min=eps))
 
 
 class FreeAnchorLoss:
@@ -61,8 +53,8 @@ class FreeAnchorLoss:
         beta: smooth-L1 beta of ``P_loc`` (0.11).
         reg_weight: factor of the smooth-L1 in ``P_loc = exp(-reg_weight * loss)`` (0.75).
 
-    ``__call__(logits [B, N, C], bbox_reg [B, N, 4], anchors_per_level, targets)`` returns
-    ``{"loss_pos", "loss_neg"}``.
+    ``__call__(outputs, anchors_per_level, targets, assignment=None)`` returns
+    ``{"loss_pos", "loss_neg"}`` (no assigner: the bags are its matching).
     """
 
     def __init__(self, box_coder: BoxCoder, bag_size: int = 50, iou_threshold: float = 0.6,
@@ -134,10 +126,10 @@ class FreeAnchorLoss:
         x = (cls_prob * (1 - box_prob)).clamp(min=_EPS, max=1 - _EPS)
         return (1 - self.alpha) * (x.pow(self.gamma) * negative_bce(x)).sum()
 
-    def __call__(self, logits: torch.Tensor, bbox_reg: torch.Tensor,
-                 anchors_per_level: List[torch.Tensor], targets: List[BoxList]) -> Dict[str, torch.Tensor]:
+    def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
+                 targets: List[BoxList], assignment: Optional[object] = None) -> Dict[str, torch.Tensor]:
         anchors = torch.cat(anchors_per_level)
-        logits, bbox_reg = logits.float(), bbox_reg.float()
+        logits, bbox_reg = outputs.cls_logits.float(), outputs.box_regression.float()
         num_classes = logits.shape[-1]
         box_probs, pos_losses, num_gt = [], [], 0
         for i, t in enumerate(targets):
@@ -163,13 +155,13 @@ class FreeAnchorLoss:
         return gt, target.get_field("labels").to(anchors.device)
 
 
-@DENSE_HEADS.register("FREEANCHOR")
-def build_free_anchor(cfg, in_channels: int) -> RetinaNetModule:
+@DENSE_HEADS.register("FREEANCHOR", config_node="RETINANET")
+def build_free_anchor(cfg, in_channels: int) -> DenseHead:
     """``"FREEANCHOR"``: head / anchors / inference from ``cfg.MODEL.RETINANET``, losses from
     ``cfg.MODEL.FREEANCHOR``."""
     f = cfg.MODEL.FREEANCHOR
-    head, anchor_generator, box_coder, post = build_retinanet_parts(cfg, in_channels)
+    head, anchor_generator, box_coder, post, rule = build_retinanet_parts(cfg, in_channels)
     loss = FreeAnchorLoss(box_coder, bag_size=f.BAG_SIZE, iou_threshold=f.IOU_THRESHOLD,
                           alpha=f.ALPHA, gamma=f.GAMMA, beta=f.BBOX_REG_BETA,
                           reg_weight=f.BBOX_REG_WEIGHT)
-    return RetinaNetModule(head, anchor_generator, loss, post)
+    return DenseHead(head, anchor_generator, None, loss, post, box_coder.decode, rule)

@@ -27,25 +27,15 @@ from torch import nn
 from maskrcnn_benchmark.layers import sigmoid_focal_loss
 from maskrcnn_benchmark.layers.losses import smooth_l1_loss
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
-from maskrcnn_benchmark.modeling.assigners import MaxIoUAssigner
+from maskrcnn_benchmark.modeling.assigners import BatchAssignment, MaxIoUAssigner
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.structures.bounding_box import BoxList
-from maskrcnn_benchmark.structures.image_list import ImageList
 
-from . import DENSE_HEADS
-from .atss import ATSSLoss
-from .base import DenseHead, DensePostProcessor, concat_levels, init_conv_std, reduce_mean_count
+from .base import (DenseHead, DenseOutputs, DensePostProcessor, ScoreRule, check_num_classes,
+                   conv_tower, init_conv_std, reduce_mean_count)
+from .registry import DENSE_HEADS
 
-__all__ = ["RetinaNetHead", "RetinaNetLoss", "RetinaNetModule", "build_retinanet",
-           "build_retinanet_parts", "check_num_classes"]
-
-
-def check_num_classes(key: str, value: int) -> int:
-    """Foreground classes from a ``NUM_CLASSES`` config value (foreground + 1)."""
-    if value < 2:
-        raise ValueError(f"{key} must be >= 2 (foreground + background), got {value}; "
-                         "0 must be resolved from the dataset before building")
-    return int(value) - 1
+__all__ = ["RetinaNetHead", "RetinaNetLoss", "build_retinanet", "build_retinanet_parts"]
 
 
 class RetinaNetHead(nn.Module):
@@ -76,18 +66,8 @@ class RetinaNetHead(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
-
-        def tower():
-            layers: List[nn.Module] = []
-            for _ in range(num_convs):
-                layers.append(nn.Conv2d(in_channels, in_channels, 3, padding=1))
-                if num_groups > 0:  # GN variant: names cls_tower.{3i} conv, {3i+1} GN (as ATSS)
-                    layers.append(nn.GroupNorm(num_groups, in_channels))
-                layers.append(nn.ReLU())
-            return nn.Sequential(*layers)
-
-        self.cls_tower = tower()
-        self.bbox_tower = tower()
+        self.cls_tower = conv_tower(in_channels, num_convs, num_groups)
+        self.bbox_tower = conv_tower(in_channels, num_convs, num_groups)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
         init_conv_std([*self.cls_tower, *self.bbox_tower, self.cls_logits, self.bbox_pred], 0.01)
@@ -103,32 +83,29 @@ class RetinaNetLoss:
     """Focal classification + smooth-L1 box regression on max-IoU assignment.
 
     Args:
-        assigner: per-image assigner (:class:`MaxIoUAssigner`).
         box_coder: :class:`BoxCoder` of the regression targets.
         gamma, alpha: focal loss parameters.
         beta: smooth-L1 transition point (in delta units).
         reg_norm: the regression sum is divided by ``max(1, num_pos * reg_norm)``
             (``MODEL.RETINANET.BBOX_REG_WEIGHT``, 4.0 in the original).
 
-    ``__call__(logits [B, N, C], bbox_reg [B, N, 4], anchors_per_level, targets)`` returns
-    ``{"loss_cls", "loss_reg"}``; ``num_pos`` is all-reduced and averaged per process.
+    ``__call__(outputs, anchors_per_level, targets, assignment)`` (a :class:`MaxIoUAssigner`
+    assignment) returns ``{"loss_cls", "loss_reg"}``; ``num_pos`` is all-reduced and averaged per
+    process.
     """
 
-    # Same per-image assignment step as ATSS (only ``self.assigner`` is used).
-    label_anchors = ATSSLoss.label_anchors
-
-    def __init__(self, assigner, box_coder: BoxCoder, gamma: float = 2.0, alpha: float = 0.25,
+    def __init__(self, box_coder: BoxCoder, gamma: float = 2.0, alpha: float = 0.25,
                  beta: float = 0.11, reg_norm: float = 4.0):
-        self.assigner = assigner
         self.box_coder = box_coder
         self.gamma = gamma
         self.alpha = alpha
         self.beta = beta
         self.reg_norm = reg_norm
 
-    def __call__(self, logits: torch.Tensor, bbox_reg: torch.Tensor,
-                 anchors_per_level: List[torch.Tensor], targets: List[BoxList]) -> Dict[str, torch.Tensor]:
-        labels, matched, _, pos = self.label_anchors(anchors_per_level, targets)
+    def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
+                 targets: List[BoxList], assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
+        logits, bbox_reg = outputs.cls_logits, outputs.box_regression
+        labels, matched, pos = assignment.labels, assignment.matched_gt, assignment.pos
         num_images, _, num_classes = logits.shape
         pos_count = pos.sum()
         cls_norm = reduce_mean_count(pos_count + num_images, device=logits.device)
@@ -145,56 +122,29 @@ class RetinaNetLoss:
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
 
 
-class RetinaNetModule(DenseHead):
-    """A dense head made of a :class:`RetinaNetHead`, anchors, a loss with the call signature
-    ``loss(logits [B, N, C], bbox_reg [B, N, 4], anchors_per_level, targets) -> dict`` and a
-    :class:`DensePostProcessor` on ``sigmoid(cls)`` (used by ``"RETINANET"`` and ``"FREEANCHOR"``).
-    """
-
-    def __init__(self, head: RetinaNetHead, anchor_generator: AnchorGenerator, loss,
-                 post_processor: DensePostProcessor):
-        super().__init__(head, loss, post_processor)
-        self.anchor_generator = anchor_generator
-
-    def forward_train(self, images: ImageList, features: List[torch.Tensor],
-                      targets: List[BoxList]) -> Dict[str, torch.Tensor]:
-        logits, bbox_reg = self.head(features)
-        a, c = self.head.num_anchors, self.head.num_classes
-        anchors_per_level = self.anchor_generator(images, features)[0]
-        return self.loss_evaluator(concat_levels(logits, a, c), concat_levels(bbox_reg, a, 4),
-                                   anchors_per_level, targets)
-
-    @torch.no_grad()
-    def forward_test(self, images: ImageList, features: List[torch.Tensor]) -> List[BoxList]:
-        logits, bbox_reg = self.head(features)
-        a, c = self.head.num_anchors, self.head.num_classes
-        scores = [concat_levels([x], a, c).sigmoid() for x in logits]
-        reg = [concat_levels([x], a, 4) for x in bbox_reg]
-        anchors = self.anchor_generator(images, features)
-        return self.post_processor(scores, reg, anchors, images.image_sizes)
-
-
 def build_retinanet_parts(cfg, in_channels: int):
-    """(head, anchor_generator, box_coder, post_processor) from ``cfg.MODEL.RETINANET``."""
+    """(head, anchor_generator, box_coder, post_processor, score_rule) from
+    ``cfg.MODEL.RETINANET`` (shared with FreeAnchor). ``STRADDLE_THRESH`` is accepted and ignored."""
     r = cfg.MODEL.RETINANET
     num_classes = check_num_classes("MODEL.RETINANET.NUM_CLASSES", r.NUM_CLASSES)
     num_anchors = len(r.ASPECT_RATIOS) * r.SCALES_PER_OCTAVE
     head = RetinaNetHead(in_channels, num_classes, num_anchors, r.NUM_CONVS, r.PRIOR_PROB,
                          num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS if r.USE_GN else 0)
     anchor_generator = AnchorGenerator(r.ANCHOR_SIZES, r.ASPECT_RATIOS, r.ANCHOR_STRIDES,
-                                       r.SCALES_PER_OCTAVE, r.STRADDLE_THRESH)
+                                       r.SCALES_PER_OCTAVE)
     box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
-    post = DensePostProcessor(box_coder.decode, score_thresh=r.INFERENCE_TH,
-                              pre_nms_top_n=r.PRE_NMS_TOP_N, nms_thresh=r.NMS_TH,
+    post = DensePostProcessor(pre_nms_top_n=r.PRE_NMS_TOP_N, nms_thresh=r.NMS_TH,
                               detections_per_img=cfg.TEST.DETECTIONS_PER_IMG)
-    return head, anchor_generator, box_coder, post
+    rule = ScoreRule(r.INFERENCE_TH)  # score = threshold value = sigmoid(cls)
+    return head, anchor_generator, box_coder, post, rule
 
 
-@DENSE_HEADS.register("RETINANET")
-def build_retinanet(cfg, in_channels: int) -> RetinaNetModule:
+@DENSE_HEADS.register("RETINANET", config_node="RETINANET")
+def build_retinanet(cfg, in_channels: int) -> DenseHead:
     """``"RETINANET"`` from ``cfg.MODEL.RETINANET``."""
     r = cfg.MODEL.RETINANET
-    head, anchor_generator, box_coder, post = build_retinanet_parts(cfg, in_channels)
-    loss = RetinaNetLoss(MaxIoUAssigner.from_config(cfg), box_coder, gamma=r.LOSS_GAMMA,
-                         alpha=r.LOSS_ALPHA, beta=r.BBOX_REG_BETA, reg_norm=r.BBOX_REG_WEIGHT)
-    return RetinaNetModule(head, anchor_generator, loss, post)
+    head, anchor_generator, box_coder, post, rule = build_retinanet_parts(cfg, in_channels)
+    loss = RetinaNetLoss(box_coder, gamma=r.LOSS_GAMMA, alpha=r.LOSS_ALPHA, beta=r.BBOX_REG_BETA,
+                         reg_norm=r.BBOX_REG_WEIGHT)
+    return DenseHead(head, anchor_generator, MaxIoUAssigner.from_config(cfg), loss, post,
+                     box_coder.decode, rule)

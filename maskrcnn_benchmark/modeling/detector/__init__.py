@@ -16,12 +16,11 @@ META_ARCHITECTURES = Registry("META_ARCHITECTURES")
 
 def check_supported(cfg) -> None:
     """Rejects the original codebase's features this toolkit does not implement."""
-    unsupported = [("MODEL.MASK_ON", cfg.MODEL.MASK_ON), ("MODEL.KEYPOINT_ON", cfg.MODEL.KEYPOINT_ON),
-                   ("TEST.BBOX_AUG.ENABLED", cfg.TEST.BBOX_AUG.ENABLED)]
+    unsupported = [("MODEL.MASK_ON", cfg.MODEL.MASK_ON), ("MODEL.KEYPOINT_ON", cfg.MODEL.KEYPOINT_ON)]
     on = [name for name, value in unsupported if value]
     if on:
-        raise ValueError(f"unsupported option(s) {on}: masks, keypoints and test-time "
-                         "augmentation are not implemented; set them to False")
+        raise ValueError(f"unsupported option(s) {on}: masks and keypoints are not implemented "
+                         "(test-time augmentation runs around the detector: engine/bbox_aug.py); set them to False")
 
 
 @META_ARCHITECTURES.register("GeneralizedRCNN")

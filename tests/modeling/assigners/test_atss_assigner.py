@@ -1,11 +1,14 @@
-"""ATSSAssigner against plain-Python loop references written from the algorithm text."""
+"""The ATSS-release assigners (ATSSAssigner and the POSITIVE_TYPE factory: SSC / TOPK / IoU)
+against plain-Python loop references written from the algorithm text."""
 import math
 import statistics
 
 import pytest
 import torch
 
-from maskrcnn_benchmark.modeling.assigners import ATSSAssigner, AssignResult
+from maskrcnn_benchmark.modeling.assigners import (ATSSAssigner, AssignResult, MaxIoUAssigner,
+                                                   SSCAssigner, TopKAssigner,
+                                                   build_positive_type_assigner)
 
 STRIDES = (8, 16, 32, 64, 128)
 IMAGE_HW = (256, 320)
@@ -286,8 +289,8 @@ def test_empty_gt_all_background(positive_type):
         pytest.skip("maskrcnn_benchmark._C not built")
     levels = make_anchors(dtype=torch.float32)
     n = sum(len(lvl) for lvl in levels)
-    res = ATSSAssigner(positive_type=positive_type)(levels, torch.zeros(0, 4),
-                                                    torch.zeros(0, dtype=torch.int64))
+    res = build_positive_type_assigner(positive_type)(levels, torch.zeros(0, 4),
+                                                            torch.zeros(0, dtype=torch.int64))
     assert res.labels.tolist() == [0] * n and res.gt_inds.tolist() == [-1] * n
     assert res.quality.tolist() == [0.0] * n and res.quality.dtype == torch.float32
 
@@ -296,9 +299,10 @@ def test_empty_gt_all_background(positive_type):
 def test_ssc_matches_reference(num_gt, seed):
     levels = make_anchors()
     gts, labels = make_gts(num_gt, seed)
-    a = ATSSAssigner(positive_type="SSC")
+    a = build_positive_type_assigner("SSC")
+    assert isinstance(a, SSCAssigner)
     res = a(levels, gts, labels)
-    check(res, ssc_ref(*as_lists(levels, gts, labels), a.ssc_scale_ranges),
+    check(res, ssc_ref(*as_lists(levels, gts, labels), a.scale_ranges),
           sum(len(lvl) for lvl in levels))
 
 
@@ -307,7 +311,9 @@ def test_ssc_matches_reference(num_gt, seed):
 def test_topk_matches_reference(num_gt, seed):
     levels = make_anchors()
     gts, labels = make_gts(num_gt, seed)
-    res = ATSSAssigner(positive_type="TOPK", topk=9)(levels, gts, labels)
+    a = build_positive_type_assigner("TOPK", topk=9)
+    assert isinstance(a, TopKAssigner)
+    res = a(levels, gts, labels)
     check(res, topk_ref(*as_lists(levels, gts, labels), k=9), sum(len(lvl) for lvl in levels))
 
 
@@ -319,7 +325,9 @@ def test_iou_matcher_matches_reference(num_gt, seed):
     # a zero-area GT: best IoU 0, so it adds no low-quality match
     gts = torch.cat((gts, torch.tensor([[50.0, 50.0, 50.0, 60.0]], dtype=gts.dtype)))
     labels = torch.cat((labels, torch.tensor([2])))
-    res = ATSSAssigner(positive_type="IoU")(levels, gts, labels)
+    a = build_positive_type_assigner("IoU")
+    assert isinstance(a, MaxIoUAssigner) and a.require_center_inside
+    res = a(levels, gts, labels)
     ref = iou_matcher_ref(*as_lists(levels, gts, labels), fg=0.5, bg=0.4)
     check(res, ref, sum(len(lvl) for lvl in levels))
     assert (res.labels == -1).any()
@@ -327,12 +335,12 @@ def test_iou_matcher_matches_reference(num_gt, seed):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="positive_type"):
-        ATSSAssigner(positive_type="atss")
+        build_positive_type_assigner("atss")
     levels = make_anchors()
     with pytest.raises(ValueError, match="gt_labels"):
         ATSSAssigner()(levels, torch.zeros(2, 4, dtype=torch.float64), torch.ones(3))
     with pytest.raises(ValueError, match="scale ranges"):
-        ATSSAssigner(positive_type="SSC", ssc_scale_ranges=((0, 64),))(
+        build_positive_type_assigner("SSC", ssc_scale_ranges=((0, 64),))(
             levels, *make_gts(2, 0, special=False))
 
 

@@ -105,7 +105,7 @@ def test_dynamic_atss_matches_reference(num_gt, seed):
     anchors = torch.cat(levels)
     preds = perturb(anchors, seed + 100)
     gts, labels = make_gts(num_gt, seed)
-    res = DynamicATSSAssigner(topk=9)(levels, gts, labels, pred_boxes=preds)
+    res = DynamicATSSAssigner(topk=9)(levels, gts, labels, predictions=preds)
     ref = dynamic_atss_ref([lvl.tolist() for lvl in levels], preds.tolist(), gts.tolist(),
                            labels.tolist(), k=9)
     check(res, ref)
@@ -122,7 +122,7 @@ def test_identical_gts_lowest_index_wins():
     gts, _ = make_gts(3, 9)
     gts = torch.cat((gts, gts[1:2]))
     labels = torch.arange(1, gts.shape[0] + 1)
-    res = DynamicATSSAssigner()(levels, gts, labels, pred_boxes=preds)
+    res = DynamicATSSAssigner()(levels, gts, labels, predictions=preds)
     check(res, dynamic_atss_ref([lvl.tolist() for lvl in levels], preds.tolist(), gts.tolist(),
                                 labels.tolist(), k=9))
     assert (res.gt_inds == 1).any() and not (res.gt_inds == gts.shape[0] - 1).any()
@@ -132,7 +132,7 @@ def test_identical_gts_lowest_index_wins():
 def test_predictions_equal_to_anchors_reduce_to_atss(num_gt, seed):
     levels = make_anchors()
     gts, labels = make_gts(num_gt, seed)
-    dyn = DynamicATSSAssigner()(levels, gts, labels, pred_boxes=torch.cat(levels))
+    dyn = DynamicATSSAssigner()(levels, gts, labels, predictions=torch.cat(levels))
     atss = ATSSAssigner()(levels, gts, labels)
     assert torch.equal(dyn.gt_inds, atss.gt_inds)
     assert torch.equal(dyn.labels, atss.labels)
@@ -143,7 +143,7 @@ def test_float32_agrees_with_reference():
     levels = make_anchors(dtype=torch.float32)
     preds = perturb(torch.cat(levels), 21)
     gts, labels = make_gts(5, 22, dtype=torch.float32)
-    res = DynamicATSSAssigner()(levels, gts, labels, pred_boxes=preds)
+    res = DynamicATSSAssigner()(levels, gts, labels, predictions=preds)
     lab, gt_inds, q = dynamic_atss_ref([lvl.tolist() for lvl in levels], preds.tolist(),
                                        gts.tolist(), labels.tolist(), k=9)
     assert res.gt_inds.tolist() == gt_inds and res.labels.tolist() == lab
@@ -154,7 +154,7 @@ def test_empty_gt_all_background():
     levels = make_anchors(dtype=torch.float32)
     n = sum(len(lvl) for lvl in levels)
     res = DynamicATSSAssigner()(levels, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
-                                pred_boxes=torch.cat(levels))
+                                predictions=torch.cat(levels))
     assert res.labels.tolist() == [0] * n and res.gt_inds.tolist() == [-1] * n
     assert res.quality.tolist() == [0.0] * n
 
@@ -165,12 +165,12 @@ def test_missing_or_bad_pred_boxes_raise():
     with pytest.raises(ValueError, match="pred_boxes"):
         DynamicATSSAssigner()(levels, gts, labels)
     with pytest.raises(ValueError, match="pred_boxes"):
-        DynamicATSSAssigner()(levels, gts, labels, pred_boxes=torch.zeros(3, 4))
+        DynamicATSSAssigner()(levels, gts, labels, predictions=torch.zeros(3, 4))
 
 
 def test_pred_boxes_detached_and_no_grad():
     levels = make_anchors()
     preds = perturb(torch.cat(levels), 1).requires_grad_(True)
     gts, labels = make_gts(4, 1)
-    res = DynamicATSSAssigner()(levels, gts, labels, pred_boxes=preds)
+    res = DynamicATSSAssigner()(levels, gts, labels, predictions=preds)
     assert not res.quality.requires_grad and res.num_pos > 0

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.modeling.assigners import FCOSAssigner
-from maskrcnn_benchmark.modeling.assigners.fcos import fcos_centerness, scale_ranges_from_sizes
+from maskrcnn_benchmark.modeling.assigners.fcos import scale_ranges_from_sizes
+from maskrcnn_benchmark.structures.box_ops import centerness as fcos_centerness
 from maskrcnn_benchmark.modeling.point_generator import PointGenerator, points_as_boxes
 
 STRIDES = (8, 16)

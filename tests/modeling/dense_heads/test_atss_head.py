@@ -8,9 +8,9 @@ from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.assigners import ATSSAssigner
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder, PointCoder
 from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS
-from maskrcnn_benchmark.modeling.dense_heads.atss import (ATSSHead, ATSSLoss, ATSSModule,
-                                                          centerness_targets)
-from maskrcnn_benchmark.modeling.dense_heads.base import DensePostProcessor, permute_and_flatten
+from maskrcnn_benchmark.modeling.dense_heads.atss import ATSSHead, ATSSLoss, centerness_targets
+from maskrcnn_benchmark.modeling.dense_heads.base import (DenseHead, DensePostProcessor, DensePrediction,
+                                                          ScoreRule, permute_and_flatten)
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList
 
@@ -25,9 +25,10 @@ def _module(regression_type="BOX", topk=3, num_classes=NUM_CLASSES):
                     regression_type=regression_type, num_groups=4)
     gen = AnchorGenerator(sizes=(32, 64), strides=STRIDES)
     coder = BoxCoder() if regression_type == "BOX" else PointCoder(4.0)
-    loss = ATSSLoss(ATSSAssigner(topk=topk), coder, gamma=2.0, alpha=0.25, reg_loss_weight=2.0)
-    post = DensePostProcessor(coder.decode, 0.05, 1000, 0.6, 100, score_transform=torch.sqrt)
-    return ATSSModule(head, gen, loss, post)
+    loss = ATSSLoss(coder, gamma=2.0, alpha=0.25, reg_loss_weight=2.0)
+    post = DensePostProcessor(1000, 0.6, 100)
+    return DenseHead(head, gen, ATSSAssigner(topk=topk), loss, post, coder.decode,
+                     ScoreRule(0.05, use_quality=True, transform=torch.sqrt))
 
 
 def _inputs(batch=2, seed=1):
@@ -113,7 +114,7 @@ def test_loss_matches_plain_recomputation():
     losses = module(images, feats, targets)[1]
 
     logits, reg, ctr = module.head(feats)
-    anchors_lvl = module.anchor_generator(images, feats)[0]
+    anchors_lvl = module.prior_generator(feats)
     anchors = torch.cat(anchors_lvl)
     coder, alpha, gamma = module.loss_evaluator.box_coder, 0.25, 2.0
     cls_sum = reg_sum = ctr_sum = w_sum = 0.0
@@ -223,8 +224,11 @@ def test_post_processor_matches_loop_reference():
     scores = [torch.rand(1, a.shape[0], 3, generator=g) for a in anchors]
     deltas = [torch.randn(1, a.shape[0], 4, generator=g) for a in anchors]
     mask = [s > 0.3 for s in scores]
-    post = DensePostProcessor(coder.decode, 0.3, 20, 0.5, 15, score_transform=torch.sqrt)
-    (det,) = post(scores, deltas, [anchors], [(60, 62)], candidate_mask=mask)
+    post = DensePostProcessor(20, 0.5, 15)
+    boxes = coder.decode(torch.cat(deltas, dim=1), torch.cat(anchors)[None])
+    pred = DensePrediction(torch.cat(scores, dim=1).sqrt(), boxes, torch.cat(mask, dim=1),
+                           tuple(a.shape[0] for a in anchors))
+    (det,) = post(pred, [(60, 62)])
     rb, rs, rl = _post_reference([s[0] for s in scores], [d[0] for d in deltas], anchors,
                                  [m[0] for m in mask], (62, 60), coder.decode, 20, 0.5, 15)
     assert len(det) == 15

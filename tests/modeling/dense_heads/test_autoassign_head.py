@@ -9,8 +9,8 @@ from maskrcnn_benchmark.modeling.backbone import build_backbone
 from maskrcnn_benchmark.modeling.dense_heads import set_num_classes
 from maskrcnn_benchmark.modeling.dense_heads.autoassign import (AutoAssignLoss, AutoAssignModule,
                                                                 CenterPrior)
-from maskrcnn_benchmark.modeling.dense_heads.base import DensePostProcessor
-from maskrcnn_benchmark.modeling.dense_heads.fcos import FCOSHead, _decode_point_boxes
+from maskrcnn_benchmark.modeling.dense_heads.base import DenseOutputs, DensePostProcessor, ScoreRule
+from maskrcnn_benchmark.modeling.dense_heads.fcos import FCOSHead
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.modeling.point_generator import PointGenerator
 from maskrcnn_benchmark.structures.bounding_box import BoxList
@@ -98,7 +98,8 @@ def test_loss_matches_loop_reference(seed):
     with torch.no_grad():
         prior.mean.copy_(torch.randn(NUM_CLASSES, 2, generator=g) * 0.3)
         prior.sigma.copy_(torch.rand(NUM_CLASSES, 2, generator=g) + 0.5)
-    out = AutoAssignLoss(prior)(logits, dist, obj, points, [_target(gts.tolist(), labels.tolist())])
+    out = AutoAssignLoss(prior)(DenseOutputs(logits, dist, obj), points,
+                                [_target(gts.tolist(), labels.tolist())])
     ref = _reference(logits[0], dist[0], obj[0], torch.cat(points), gts, labels,
                      prior.mean.tolist(), prior.sigma.tolist())
     assert out["loss_pos"].item() == pytest.approx(ref[0], rel=1e-4)
@@ -125,9 +126,10 @@ def _module():
     torch.manual_seed(0)
     head = FCOSHead(16, NUM_CLASSES, strides=STRIDES, num_convs=1, prior_prob=0.02, num_groups=4,
                     centerness_on_reg=True, norm_reg_targets=True, reg_bias_init=4.0)
-    post = DensePostProcessor(_decode_point_boxes, 0.05, 1000, 0.6, 100)
+    post = DensePostProcessor(1000, 0.6, 100)
     return AutoAssignModule(head, PointGenerator(STRIDES, offset=0.0),
-                            AutoAssignLoss(CenterPrior(NUM_CLASSES, STRIDES)), post)
+                            AutoAssignLoss(CenterPrior(NUM_CLASSES, STRIDES)), post,
+                            ScoreRule(0.05, use_quality=True))
 
 
 def test_empty_gt_tiny_gt_and_saturated_logits_give_finite_gradients():
@@ -148,7 +150,7 @@ def test_empty_gt_tiny_gt_and_saturated_logits_give_finite_gradients():
     sat = (torch.randint(0, 2, (2, 20, NUM_CLASSES)).float() * 200 - 100).requires_grad_()
     obj = (torch.randint(0, 2, (2, 20)).float() * 200 - 100).requires_grad_()
     dist = (torch.rand(2, 20, 4) * 1e4).requires_grad_()
-    out = m.loss_evaluator(sat, dist, obj, points, [tiny, empty])
+    out = m.loss_evaluator(DenseOutputs(sat, dist, obj), points, [tiny, empty])
     sum(out.values()).backward()
     assert all(torch.isfinite(v) for v in out.values())
     for t in (sat, obj, dist, m.center_prior.mean, m.center_prior.sigma):
@@ -195,7 +197,7 @@ def test_r50_config_builds():
     assert cfg.INPUT.TO_BGR255 and list(cfg.INPUT.PIXEL_STD) == [1.0, 1.0, 1.0]
     model = build_detection_model(cfg)
     assert model.rpn.head.num_classes == 80 and model.rpn.center_prior.mean.shape == (80, 2)
-    assert model.rpn.point_generator.offset == 0.0
+    assert model.rpn.prior_generator.offset == 0.0
     assert model.backbone.fpn.top_blocks.relu_before_p6
 
 

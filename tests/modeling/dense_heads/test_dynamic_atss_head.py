@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
-from maskrcnn_benchmark.modeling.assigners import ATSSAssigner, DynamicATSSAssigner
+from maskrcnn_benchmark.modeling.assigners import (ATSSAssigner, DynamicATSSAssigner, Predictions,
+                                                   assign_batch)
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS
-from maskrcnn_benchmark.modeling.dense_heads.atss import ATSSHead, ATSSModule
-from maskrcnn_benchmark.modeling.dense_heads.base import DensePostProcessor, permute_and_flatten
+from maskrcnn_benchmark.modeling.dense_heads.atss import ATSSHead
+from maskrcnn_benchmark.modeling.dense_heads.base import (DenseHead, DensePostProcessor, ScoreRule,
+                                                          permute_and_flatten)
 from maskrcnn_benchmark.modeling.dense_heads.dynamic_atss import DynamicATSSLoss
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList
@@ -25,9 +27,10 @@ def _dyn_module(seed=0):
     torch.nn.init.normal_(head.bbox_pred.weight, std=0.05)
     gen = AnchorGenerator(sizes=(32, 64), strides=STRIDES)
     coder = BoxCoder()
-    loss = DynamicATSSLoss(DynamicATSSAssigner(topk=3), coder, gamma=2.0, reg_loss_weight=2.0)
-    post = DensePostProcessor(coder.decode, 0.05, 1000, 0.6, 100, score_transform=torch.sqrt)
-    return ATSSModule(head, gen, loss, post)
+    loss = DynamicATSSLoss(coder, gamma=2.0, reg_loss_weight=2.0)
+    post = DensePostProcessor(1000, 0.6, 100)
+    return DenseHead(head, gen, DynamicATSSAssigner(topk=3), loss, post, coder.decode,
+                     ScoreRule(0.05, use_quality=True, transform=torch.sqrt))
 
 
 def _feats(batch=2, seed=1):
@@ -68,7 +71,7 @@ def test_loss_matches_plain_recomputation():
     assert set(losses) == {"loss_cls", "loss_reg", "loss_iou"}
 
     logits, reg, iou = module.head(feats)
-    anchors_lvl = module.anchor_generator(images, feats)[0]
+    anchors_lvl = module.prior_generator(feats)
     anchors = torch.cat(anchors_lvl)
     coder = BoxCoder()
     cls_sum = reg_sum = iou_sum = q_sum = 0.0
@@ -111,9 +114,10 @@ def test_reduces_to_atss_positives_when_predictions_equal_anchors():
     torch.nn.init.zeros_(module.head.bbox_pred.weight)  # deltas 0 -> predicted boxes == anchors
     images, feats = _feats(batch=1)
     t = _tgt([[4, 6, 40, 44], [20, 18, 62, 60]], [1, 3])
-    anchors_lvl = module.anchor_generator(images, feats)[0]
-    _, _, quality, pos = module.loss_evaluator.label_anchors(
-        anchors_lvl, [t], torch.cat(anchors_lvl)[None])
+    anchors_lvl = module.prior_generator(feats)
+    res = assign_batch(module.assigner, anchors_lvl, [t],
+                       Predictions(boxes=torch.cat(anchors_lvl)[None]))
+    quality, pos = res.quality, res.pos
     ref = ATSSAssigner(topk=3)(anchors_lvl, t.bbox, t.get_field("labels"))
     assert torch.equal(pos[0], ref.pos_mask)
     torch.testing.assert_close(quality[0], ref.quality)

@@ -7,9 +7,11 @@ import torch
 from maskrcnn_benchmark.config import cfg as _default_cfg
 from maskrcnn_benchmark.modeling.assigners import FCOSAssigner
 from maskrcnn_benchmark.modeling.dense_heads import set_num_classes
-from maskrcnn_benchmark.modeling.dense_heads.base import DensePostProcessor
-from maskrcnn_benchmark.modeling.dense_heads.fcos import (FCOSHead, FCOSLoss, FCOSModule,
-                                                          _decode_point_boxes)
+from maskrcnn_benchmark.modeling.assigners import assign_batch
+from maskrcnn_benchmark.modeling.dense_heads.base import (DenseHead, DenseOutputs, DensePostProcessor,
+                                                          ScoreRule)
+from maskrcnn_benchmark.modeling.dense_heads.fcos import FCOSHead, FCOSLoss
+from maskrcnn_benchmark.modeling.point_generator import distances_to_boxes, points_as_boxes
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.modeling.point_generator import PointGenerator
 from maskrcnn_benchmark.structures.bounding_box import BoxList
@@ -96,8 +98,8 @@ def test_loss_matches_loop_reference(loss_type):
     ctr = torch.randn(1, n, generator=g)
     gts = torch.tensor([[1.0, 2.0, 14.0, 13.0], [3.0, 1.0, 31.0, 30.0]])
     labels = torch.tensor([2, 1])
-    loss = FCOSLoss(FCOSAssigner(STRIDES, RANGES), iou_loss_type=loss_type)(
-        logits, dist, ctr, points, [_target(gts.tolist(), labels.tolist())])
+    loss = _fcos_loss(FCOSAssigner(STRIDES, RANGES), FCOSLoss(iou_loss_type=loss_type),
+                      logits, dist, ctr, points, [_target(gts.tolist(), labels.tolist())])
     ref = _reference(logits[0], dist[0], ctr[0], torch.cat(points), gts, labels, loss_type)
     assert ref[3] > 0
     assert loss["loss_cls"].item() == pytest.approx(ref[0], rel=1e-4)
@@ -105,12 +107,19 @@ def test_loss_matches_loop_reference(loss_type):
     assert loss["loss_centerness"].item() == pytest.approx(ref[2], rel=1e-4)
 
 
+def _fcos_loss(assigner, loss, logits, dist, ctr, points, targets):
+    """The loss of an FCOS batch, assigned as the dense head does."""
+    assignment = assign_batch(assigner, [points_as_boxes(p) for p in points], targets)
+    return loss(DenseOutputs(logits, dist, ctr), points, targets, assignment)
+
+
 def _module():
     torch.manual_seed(0)
     head = FCOSHead(16, NUM_CLASSES, strides=STRIDES, num_convs=1, num_groups=4, norm_reg_targets=True)
-    post = DensePostProcessor(_decode_point_boxes, 0.05, 1000, 0.6, 100, score_transform=torch.sqrt)
-    return FCOSModule(head, PointGenerator(STRIDES), FCOSLoss(FCOSAssigner(STRIDES, RANGES, 1.5),
-                                                              iou_loss_type="giou"), post)
+    post = DensePostProcessor(1000, 0.6, 100)
+    return DenseHead(head, PointGenerator(STRIDES), FCOSAssigner(STRIDES, RANGES, 1.5),
+                     FCOSLoss(iou_loss_type="giou"), post, distances_to_boxes,
+                     ScoreRule(0.05, use_quality=True, transform=torch.sqrt))
 
 
 def test_empty_gt_and_saturated_logits_give_finite_gradients():
@@ -127,8 +136,8 @@ def test_empty_gt_and_saturated_logits_give_finite_gradients():
     ctr = (torch.randint(0, 2, (2, 20)).float() * 200 - 100).requires_grad_()
     dist = (torch.rand(2, 20, 4) * 1e4).requires_grad_()
     for loss_type in ("iou", "linear_iou", "giou"):
-        out = FCOSLoss(FCOSAssigner(STRIDES, RANGES), iou_loss_type=loss_type)(
-            logits, dist, ctr, points, [_target([[1.0, 2.0, 14.0, 13.0]], [1]), empty])
+        out = _fcos_loss(FCOSAssigner(STRIDES, RANGES), FCOSLoss(iou_loss_type=loss_type),
+                         logits, dist, ctr, points, [_target([[1.0, 2.0, 14.0, 13.0]], [1]), empty])
         sum(out.values()).backward()
         assert all(torch.isfinite(v) for v in out.values())
     assert torch.isfinite(logits.grad).all() and torch.isfinite(dist.grad).all()
@@ -162,8 +171,8 @@ def _config(path, num_classes=None):
 def test_r50_config_builds():
     model = build_detection_model(_config("configs/fcos/fcos_R_50_FPN_1x.yaml"))
     assert model.rpn.head.num_classes == 80 and model.rpn.head.centerness_on_reg
-    assert model.rpn.loss_evaluator.assigner.center_sampling_radius == 1.5
-    assert model.rpn.point_generator.offset == 0.5
+    assert model.rpn.assigner.center_sampling_radius == 1.5
+    assert model.rpn.prior_generator.offset == 0.5
 
 
 def test_synthetic_config_train_and_eval_step():

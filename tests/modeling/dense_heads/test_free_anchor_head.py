@@ -9,7 +9,7 @@ from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.dense_heads import num_classes_key, set_num_classes
 from maskrcnn_benchmark.modeling.dense_heads.free_anchor import FreeAnchorLoss
-from maskrcnn_benchmark.modeling.dense_heads.retinanet import RetinaNetModule
+from maskrcnn_benchmark.modeling.dense_heads.base import DenseHead, DenseOutputs
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
@@ -97,7 +97,7 @@ def test_loss_matches_loop_reference(seed):
     gts = torch.tensor([[2.0, 3.0, 14.0, 12.0], [10.0, 6.0, 30.0, 29.0]])
     labels = torch.tensor([1, 1]) if seed else torch.tensor([1, 2])
     # make some predictions overlap a GT well so the saturated linear part is exercised
-    loss = FreeAnchorLoss(BoxCoder(), bag_size=BAG)(logits, reg, anchors,
+    loss = FreeAnchorLoss(BoxCoder(), bag_size=BAG)(DenseOutputs(logits, reg), anchors,
                                                     [_target(gts.tolist(), labels.tolist())])
     ref_pos, ref_neg = _reference(logits[0], reg[0], torch.cat(anchors), gts, labels)
     assert loss["loss_pos"].item() == pytest.approx(ref_pos, rel=1e-4)
@@ -121,14 +121,14 @@ def test_empty_gt_and_saturated_logits_give_finite_gradients():
     empty = _target([], [])
     logits = torch.randn(2, n, NUM_CLASSES, requires_grad=True)
     reg = torch.randn(2, n, 4, requires_grad=True)
-    out = FreeAnchorLoss(BoxCoder(), bag_size=BAG)(logits, reg, anchors, [empty, empty])
+    out = FreeAnchorLoss(BoxCoder(), bag_size=BAG)(DenseOutputs(logits, reg), anchors, [empty, empty])
     assert out["loss_pos"].item() == 0.0 and torch.isfinite(out["loss_neg"])
     sum(out.values()).backward()
     assert torch.isfinite(logits.grad).all() and torch.isfinite(reg.grad).all()
     sat = (torch.randint(0, 2, (2, n, NUM_CLASSES)).float() * 200 - 100).requires_grad_()
     reg = (torch.randn(2, n, 4) * 50).requires_grad_()
     out = FreeAnchorLoss(BoxCoder(), bag_size=BAG)(
-        sat, reg, anchors, [_target([[2.0, 3.0, 14.0, 12.0], [10.0, 6.0, 30.0, 29.0]], [1, 2]), empty])
+        DenseOutputs(sat, reg), anchors, [_target([[2.0, 3.0, 14.0, 12.0], [10.0, 6.0, 30.0, 29.0]], [1, 2]), empty])
     sum(out.values()).backward()
     assert all(torch.isfinite(v) for v in out.values())
     assert torch.isfinite(sat.grad).all() and torch.isfinite(reg.grad).all()
@@ -148,11 +148,12 @@ def test_r50_config_builds():
     assert num_classes_key(cfg) == "MODEL.RETINANET.NUM_CLASSES"
     assert cfg.SOLVER.CLIP_GRAD_NORM == 35.0
     model = build_detection_model(cfg)
-    assert isinstance(model.rpn, RetinaNetModule) and model.rpn.head.num_anchors == 9
+    assert isinstance(model.rpn, DenseHead) and model.rpn.head.num_anchors == 9
+    assert model.rpn.assigner is None
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.rpn.modules())
     assert model.rpn.post_processor.nms_thresh == 0.5
     assert model.rpn.loss_evaluator.bag_size == 50
-    sizes = model.rpn.anchor_generator.grid_anchors([(1, 1)] * 5)
+    sizes = model.rpn.prior_generator.grid_anchors([(1, 1)] * 5)
     side = sizes[0][:, 2] - sizes[0][:, 0]
     assert side.max() <= 32 * 2 ** (2 / 3) * 2 ** 0.5 + 1e-3  # octave base scale 4 x stride 8
 

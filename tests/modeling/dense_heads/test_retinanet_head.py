@@ -9,9 +9,10 @@ from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.assigners import MaxIoUAssigner
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS, set_num_classes
-from maskrcnn_benchmark.modeling.dense_heads.base import DensePostProcessor
-from maskrcnn_benchmark.modeling.dense_heads.retinanet import (RetinaNetHead, RetinaNetLoss,
-                                                               RetinaNetModule)
+from maskrcnn_benchmark.modeling.assigners import assign_batch
+from maskrcnn_benchmark.modeling.dense_heads.base import (DenseHead, DenseOutputs, DensePostProcessor,
+                                                          ScoreRule)
+from maskrcnn_benchmark.modeling.dense_heads.retinanet import RetinaNetHead, RetinaNetLoss
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList
@@ -120,12 +121,17 @@ def test_loss_matches_loop_reference(seed):
     reg = torch.randn(1, n, 4, generator=g) * 0.5
     gts = torch.tensor([[2.0, 3.0, 14.0, 12.0], [10.0, 6.0, 30.0, 29.0]])
     labels = torch.tensor([1, 2])
-    loss = RetinaNetLoss(MaxIoUAssigner(0.5, 0.4), BoxCoder())(logits, reg, anchors,
-                                                               [_target(gts.tolist(), labels.tolist())])
+    loss = _retina_loss(MaxIoUAssigner(0.5, 0.4), RetinaNetLoss(BoxCoder()), logits, reg, anchors,
+                        [_target(gts.tolist(), labels.tolist())])
     ref_cls, ref_reg, num_pos = _reference_loss(logits[0], reg[0], torch.cat(anchors), gts, labels)
     assert num_pos > 0
     assert loss["loss_cls"].item() == pytest.approx(ref_cls, rel=1e-4)
     assert loss["loss_reg"].item() == pytest.approx(ref_reg, rel=1e-4)
+
+
+def _retina_loss(assigner, loss, logits, reg, anchors, targets):
+    """The loss of a RetinaNet batch, assigned as the dense head does."""
+    return loss(DenseOutputs(logits, reg), anchors, targets, assign_batch(assigner, anchors, targets))
 
 
 def _module():
@@ -133,8 +139,9 @@ def _module():
     head = RetinaNetHead(16, NUM_CLASSES, num_anchors=3, num_convs=1)
     gen = AnchorGenerator(sizes=(16, 32), aspect_ratios=(0.5, 1.0, 2.0), strides=STRIDES)
     coder = BoxCoder()
-    post = DensePostProcessor(coder.decode, 0.05, 1000, 0.5, 100)
-    return RetinaNetModule(head, gen, RetinaNetLoss(MaxIoUAssigner(), coder), post)
+    post = DensePostProcessor(1000, 0.5, 100)
+    return DenseHead(head, gen, MaxIoUAssigner(), RetinaNetLoss(coder), post, coder.decode,
+                     ScoreRule(0.05))
 
 
 def test_empty_gt_and_saturated_logits_give_finite_gradients():
@@ -152,7 +159,7 @@ def test_empty_gt_and_saturated_logits_give_finite_gradients():
     logits = (torch.randint(0, 2, (2, n, NUM_CLASSES)).float() * 200 - 100).requires_grad_()
     reg = (torch.randn(2, n, 4) * 50).requires_grad_()
     t = _target([[2.0, 3.0, 14.0, 12.0]], [1])
-    out = RetinaNetLoss(MaxIoUAssigner(), BoxCoder())(logits, reg, anchors, [t, empty])
+    out = _retina_loss(MaxIoUAssigner(), RetinaNetLoss(BoxCoder()), logits, reg, anchors, [t, empty])
     sum(out.values()).backward()
     assert all(torch.isfinite(v) for v in out.values())
     assert torch.isfinite(logits.grad).all() and torch.isfinite(reg.grad).all()

@@ -1,0 +1,120 @@
+"""The dense-head registry and the ``NUM_CLASSES`` helpers built on it.
+
+A head registers its builder with the config node that holds its keys::
+
+    @DENSE_HEADS.register("FREEANCHOR", config_node="RETINANET")
+    def build_free_anchor(cfg, in_channels): ...
+
+(``config_node`` defaults to the head name, i.e. ``cfg.MODEL.<NAME>``.)
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+from maskrcnn_benchmark.utils.registry import Registry
+
+__all__ = ["HeadRegistry", "DENSE_HEADS", "head_name", "build_dense_head", "config_node",
+           "num_classes_key", "get_num_classes", "set_num_classes", "resolve_num_classes",
+           "fill_num_classes_from_data"]
+
+
+class HeadRegistry(Registry):
+    """A :class:`Registry` whose entries also declare their config node (``cfg.MODEL.<node>``)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.config_nodes: Dict[str, str] = {}
+
+    def register(self, key: str, config_node: Optional[str] = None) -> Callable:
+        deco = super().register(key)
+
+        def register_with_node(fn):
+            fn = deco(fn)
+            self.config_nodes[key] = config_node or key
+            return fn
+        return register_with_node
+
+
+DENSE_HEADS = HeadRegistry("DENSE_HEADS")
+
+_LEGACY_FLAGS = (("ATSS_ON", "ATSS"), ("FCOS_ON", "FCOS"), ("RETINANET_ON", "RETINANET"))
+
+
+def head_name(cfg) -> str:
+    """``cfg.MODEL.HEAD`` if set, else the head named by the legacy ``*_ON`` flag."""
+    if cfg.MODEL.HEAD:
+        return cfg.MODEL.HEAD
+    on = [name for flag, name in _LEGACY_FLAGS if getattr(cfg.MODEL, flag, False)]
+    if len(on) == 1:
+        return on[0]
+    if not on:
+        raise ValueError("no dense head selected: set MODEL.HEAD (one of "
+                         f"{sorted(DENSE_HEADS.keys())}) or one legacy flag MODEL.ATSS_ON / "
+                         "MODEL.FCOS_ON / MODEL.RETINANET_ON")
+    raise ValueError(f"several legacy head flags are on ({on}); set exactly one or use MODEL.HEAD")
+
+
+def build_dense_head(cfg, in_channels: int):
+    """The dense head selected by :func:`head_name`, built for ``in_channels``-channel features."""
+    return DENSE_HEADS[head_name(cfg)](cfg, in_channels)
+
+
+def config_node(cfg) -> str:
+    """Name of the ``cfg.MODEL`` node of the selected head (declared at registration)."""
+    name = head_name(cfg)
+    DENSE_HEADS[name]  # noqa: B018  (a clear error for an unknown head)
+    return DENSE_HEADS.config_nodes[name]
+
+
+def num_classes_key(cfg) -> str:
+    """Dotted name of the ``NUM_CLASSES`` key the selected head reads, e.g. ``MODEL.ATSS.NUM_CLASSES``."""
+    return f"MODEL.{config_node(cfg)}.NUM_CLASSES"
+
+
+def _head_node(cfg):
+    node = config_node(cfg)
+    if node not in cfg.MODEL or "NUM_CLASSES" not in cfg.MODEL[node]:
+        raise KeyError(f"head {head_name(cfg)!r}: config key MODEL.{node}.NUM_CLASSES does not exist")
+    return cfg.MODEL[node]
+
+
+def get_num_classes(cfg) -> int:
+    """Value of :func:`num_classes_key` (foreground classes + 1; 0 = take it from the dataset)."""
+    return int(_head_node(cfg).NUM_CLASSES)
+
+
+def set_num_classes(cfg, value: int) -> None:
+    """Sets :func:`num_classes_key` (``cfg`` must not be frozen)."""
+    _head_node(cfg).NUM_CLASSES = int(value)
+
+
+def resolve_num_classes(cfg, num_foreground: int, dataset_desc: str):
+    """Check (or fill in) the head's NUM_CLASSES against the training data's ``num_foreground`` classes.
+
+    NUM_CLASSES == 0 -> set to ``num_foreground + 1`` (returns a new frozen cfg); a different value
+    -> ``ValueError`` naming both numbers and ``dataset_desc``.
+    """
+    key = num_classes_key(cfg)
+    value = get_num_classes(cfg)
+    expected = int(num_foreground) + 1
+    if value == 0:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.merge_from_list([key, expected])
+        cfg.freeze()
+        return cfg
+    if value != expected:
+        raise ValueError(f"{key} = {value}, but the training data {dataset_desc} has {num_foreground} foreground "
+                         f"classes, so it must be {expected} (foreground + 1 for background); set {key} "
+                         f"{expected}, or 0 to take it from the data")
+    return cfg
+
+
+def fill_num_classes_from_data(cfg):
+    """At test time: replace a NUM_CLASSES of 0 by the training data's count (other values are kept)."""
+    from maskrcnn_benchmark.data import get_dataset_num_classes
+
+    if get_num_classes(cfg) != 0:
+        return cfg
+    return resolve_num_classes(cfg, get_dataset_num_classes(cfg, is_train=True),
+                               f"DATASETS.TRAIN={list(cfg.DATASETS.TRAIN)}")
