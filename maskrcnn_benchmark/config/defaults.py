@@ -36,6 +36,11 @@ _C.MODEL.ATSS_ON = False  # legacy: same as MODEL.HEAD "ATSS".
 # "catalog://..." name resolved under $MASKRCNN_BENCHMARK_MODELS (no download is attempted).
 # Loads model weights only (fine-tuning); solver state is restored only when resuming OUTPUT_DIR.
 _C.MODEL.WEIGHT = ""
+# Least share (0..1) of MODEL.WEIGHT's tensors that must load into the model (matched by name
+# and shape); fewer is an error listing what did not match (a wrong file would otherwise train
+# from scratch / test at AP 0 silently). 0: accept any weights, even none matching (fine-tuning
+# from an unrelated checkpoint on purpose). Resuming OUTPUT_DIR is always strict.
+_C.MODEL.WEIGHT_MIN_MATCH = 0.5
 
 # ---------------------------------------------------------------------------------------------
 # Input
@@ -86,6 +91,10 @@ _C.DATALOADER.NUM_WORKERS = 4
 _C.DATALOADER.SIZE_DIVISIBILITY = 0
 # Group images of similar aspect ratio (w/h >= 1 or < 1) in a batch (less padding).
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# An image file that cannot be decoded completely (corrupt, or a truncated JPEG/PNG that libjpeg
+# would fill with grey) is an error naming it (False, default), or (True) is skipped: the next
+# readable image takes its place and a warning names it with the count skipped so far.
+_C.DATALOADER.SKIP_CORRUPT_IMAGES = False
 
 # ---------------------------------------------------------------------------------------------
 # Backbone
@@ -350,6 +359,9 @@ _C.SOLVER.WARMUP_ITERS = 500
 _C.SOLVER.WARMUP_METHOD = "linear"
 # Save a checkpoint every this many iterations (and at the end).
 _C.SOLVER.CHECKPOINT_PERIOD = 2500
+# Periodic checkpoints (model_XXXXXXX.pth) kept in OUTPUT_DIR: older ones are deleted after each
+# save; model_final.pth and the one last_checkpoint names are never deleted. 0: keep all.
+_C.SOLVER.CHECKPOINT_KEEP = 3
 # Images per batch over all processes (global batch); must be divisible by the world size.
 _C.SOLVER.IMS_PER_BATCH = 16
 # Gradient clipping: max total L2 norm (0: off).
@@ -393,3 +405,7 @@ _C.OUTPUT_DIR = "."
 _C.PATHS_CATALOG = "maskrcnn_benchmark.config.paths_catalog"
 # Random seed (-1: do not seed).
 _C.SEED = 0
+# Timeout in seconds of every collective operation between processes (distributed training /
+# testing): a rank that waits longer for a stalled or dead process stops with an error naming
+# itself and the operation, instead of hanging (torch's default is 30 minutes).
+_C.DIST_TIMEOUT_S = 600
