@@ -48,7 +48,8 @@ def test(cfg, distributed: bool = False) -> Dict[str, Dict[str, float]]:
     model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
     if cfg.MODEL.WEIGHT:
-        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
+        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
     elif checkpointer.has_checkpoint():
         checkpointer.resume()
     else:

@@ -109,7 +109,8 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     model = build_detection_model(cfg)
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False)
     if cfg.MODEL.WEIGHT:
-        checkpointer.load_weights(cfg.MODEL.WEIGHT)
+        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
     elif checkpointer.has_checkpoint():
         checkpointer.resume()
     else:

@@ -22,6 +22,7 @@ The converted names (``stem.conv1.weight``, ``layer1.0.bn1.weight``, ``fpn.fpn_i
 are suffixes of the model's, so ``load_state_dict_flexible`` puts them in place.
 """
 import logging
+import os
 import pickle
 import re
 from collections import OrderedDict
@@ -261,13 +262,24 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
     """
     if path.endswith(".pkl"):
         return convert_c2_weights(load_c2_pickled_weights(path), stage_with_dcn)
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated, not a torch file, or objects weights_only refuses
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = "empty file" if os.path.getsize(path) == 0 else first
+        raise ValueError(f"cannot read weight file {path} ({detail}): "
+                         f"expected a checkpoint / state dict saved with torch.save, or a Detectron .pkl") from None
     for key in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
+    if not isinstance(data, Mapping) or not any(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"weight file {path} holds {type(data).__name__}"
+                         f"{' without tensors' if isinstance(data, Mapping) else ''}, not a state dict "
+                         f"(a dict of parameter name -> tensor, possibly under 'model' / 'state_dict')")
+    data = OrderedDict((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
     if is_torchvision_resnet_state_dict(data):
         return convert_torchvision_resnet_weights(data, stage_with_dcn=stage_with_dcn)
-    return OrderedDict(data)
+    return data
 
 
 def load_c2_format(cfg, path: str) -> Dict[str, "OrderedDict[str, torch.Tensor]"]:

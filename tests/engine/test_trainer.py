@@ -385,3 +385,37 @@ def test_loader_batches_do_not_depend_on_workers_or_start(tmp_path, tiny_dataset
                 continue
             assert a[2] == b[2] and torch.equal(a[0], b[0]), t
             assert all(torch.equal(x, y) for x, y in zip(a[1], b[1])), t
+
+
+def test_max_iter_must_be_positive(tmp_path, tiny_dataset):
+    from maskrcnn_benchmark.engine.trainer import train
+
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=f"SOLVER.MAX_ITER must be positive.*got {bad}"):
+            train(_cfg(tiny_dataset, tmp_path, **{"SOLVER.MAX_ITER": bad}), skip_test=True)
+    assert not os.path.exists(tmp_path / "model_final.pth")
+
+
+def test_training_holds_output_dir_lock_and_keeps_last_checkpoints(tmp_path, tiny_dataset, monkeypatch):
+    """While training, OUTPUT_DIR is locked (a second run stops naming this process); at the end the lock
+    is gone and only the newest SOLVER.CHECKPOINT_KEEP periodic checkpoints remain (plus model_final)."""
+    from maskrcnn_benchmark.engine.trainer import train
+    from maskrcnn_benchmark.utils.run_lock import LOCK_NAME, OutputDirLockedError
+
+    second_run_errors = []
+    real_save = Checkpointer.save
+
+    def save_and_try_second_run(self, name, **extra):
+        try:
+            train(_cfg(tiny_dataset, tmp_path), skip_test=True)
+        except OutputDirLockedError as e:
+            second_run_errors.append(str(e))
+        return real_save(self, name, **extra)
+
+    monkeypatch.setattr(Checkpointer, "save", save_and_try_second_run)
+    train(_cfg(tiny_dataset, tmp_path, **{"SOLVER.CHECKPOINT_PERIOD": 1, "SOLVER.CHECKPOINT_KEEP": 2}),
+          skip_test=True)
+    assert len(second_run_errors) == 4 and all(f"pid {os.getpid()}" in e for e in second_run_errors)
+    assert not (tmp_path / LOCK_NAME).exists()
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
+        "model_0000002.pth", "model_0000003.pth", "model_final.pth"]
