@@ -42,7 +42,7 @@ def main(argv: Optional[List[str]] = None):
         cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
     except (KeyError, ValueError, FileNotFoundError) as e:
         parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
-    distributed, local_rank = init_distributed(args.local_rank, cfg.MODEL.DEVICE)
+    distributed, local_rank = init_distributed(args.local_rank, cfg.MODEL.DEVICE, timeout_s=cfg.DIST_TIMEOUT_S)
     if cfg.OUTPUT_DIR:
         mkdir(cfg.OUTPUT_DIR)
     logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, get_rank())
