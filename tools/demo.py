@@ -29,7 +29,9 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs/dynamic_atss/dynamic_atss_R_18_FPN_
 
 def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description="Synthetic-data demo: train, evaluate, draw detections")
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG)
+    from maskrcnn_benchmark.utils.miscellaneous import add_config_args
+
+    add_config_args(parser, default=DEFAULT_CONFIG)
     parser.add_argument("--num-images", type=int, default=6, help="validation images to draw")
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
@@ -42,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from maskrcnn_benchmark.utils.miscellaneous import mkdir, setup_cfg
     from tools.visualize_detections import visualize_images
 
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
     mkdir(cfg.OUTPUT_DIR)
     logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, 0)
     start = time.time()

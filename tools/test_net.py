@@ -27,12 +27,12 @@ from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size  # noqa: E402
 from maskrcnn_benchmark.utils.launch import add_distributed_args, init_distributed  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
-from maskrcnn_benchmark.utils.miscellaneous import mkdir, setup_cfg  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import add_config_args, mkdir, setup_cfg  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a dense object detector")
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a yaml config")
+    add_config_args(parser)
     add_distributed_args(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHT model_final.pth")
@@ -51,7 +51,8 @@ def test(cfg, distributed: bool = False) -> Dict[str, Dict[str, float]]:
     model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
     if cfg.MODEL.WEIGHT:
-        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
+        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
     elif checkpointer.has_checkpoint():
         checkpointer.resume()
     else:
@@ -64,11 +65,11 @@ def main(argv: Optional[List[str]] = None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        cfg = setup_cfg(args.config_file, args.opts)
+        cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
         build_bbox_augmentor(cfg)  # bad TEST.BBOX_AUG keys: a clear error before any work
     except (KeyError, ValueError, FileNotFoundError) as e:
         parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
-    distributed, _ = init_distributed(args.local_rank, cfg.MODEL.DEVICE)
+    distributed, _ = init_distributed(args.local_rank, cfg.MODEL.DEVICE, timeout_s=cfg.DIST_TIMEOUT_S)
     if cfg.OUTPUT_DIR:
         mkdir(cfg.OUTPUT_DIR)
     logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, get_rank(), filename="test_log.txt")

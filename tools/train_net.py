@@ -21,12 +21,12 @@ from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size  # noqa: E402
 from maskrcnn_benchmark.utils.launch import add_distributed_args, init_distributed  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
-from maskrcnn_benchmark.utils.miscellaneous import mkdir, setup_cfg  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import add_config_args, mkdir, setup_cfg  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a dense object detector")
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a yaml config")
+    add_config_args(parser)
     parser.add_argument("--skip-test", dest="skip_test", action="store_true",
                         help="do not evaluate the final model")
     add_distributed_args(parser)
@@ -39,10 +39,10 @@ def main(argv: Optional[List[str]] = None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        cfg = setup_cfg(args.config_file, args.opts)
+        cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
     except (KeyError, ValueError, FileNotFoundError) as e:
         parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
-    distributed, local_rank = init_distributed(args.local_rank, cfg.MODEL.DEVICE)
+    distributed, local_rank = init_distributed(args.local_rank, cfg.MODEL.DEVICE, timeout_s=cfg.DIST_TIMEOUT_S)
     if cfg.OUTPUT_DIR:
         mkdir(cfg.OUTPUT_DIR)
     logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, get_rank())

@@ -95,17 +95,17 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg
 
     parser = argparse.ArgumentParser(description="Draw detections on images")
-    parser.add_argument("--config-file", default="", metavar="FILE")
+    add_config_args(parser)
     parser.add_argument("--images", nargs="+", required=True, help="image files or folders")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--score-threshold", type=float, default=0.3)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args(argv)
     try:
-        cfg = setup_cfg(args.config_file, args.opts)
+        cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
     except (KeyError, ValueError, FileNotFoundError) as e:
         parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
     setup_logger("maskrcnn_benchmark", None, 0)
@@ -113,7 +113,8 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     model = build_detection_model(cfg)
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False)
     if cfg.MODEL.WEIGHT:
-        checkpointer.load_weights(cfg.MODEL.WEIGHT)
+        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
     elif checkpointer.has_checkpoint():
         checkpointer.resume()
     else:

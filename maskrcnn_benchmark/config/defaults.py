@@ -42,6 +42,11 @@ _C.MODEL.WEIGHT = ""
 # no-op for the shipped configs. torch's SyncBatchNorm needs CUDA: on the CPU (gloo) the layers stay
 # per-process BatchNorm, with a warning.
 _C.MODEL.USE_SYNCBN = False
+# Least share (0..1) of MODEL.WEIGHT's tensors that must load into the model (matched by name
+# and shape); fewer is an error listing what did not match (a wrong file would otherwise train
+# from scratch / test at AP 0 silently). 0: accept any weights, even none matching (fine-tuning
+# from an unrelated checkpoint on purpose). Resuming OUTPUT_DIR is always strict.
+_C.MODEL.WEIGHT_MIN_MATCH = 0.5
 
 # ---------------------------------------------------------------------------------------------
 # Input
@@ -96,6 +101,10 @@ _C.DATALOADER.ASPECT_RATIO_GROUPING = True
 # they join training as pure negatives (every anchor / point is background). False = the original
 # behaviour (they are dropped from training). Test datasets always keep every image.
 _C.DATALOADER.KEEP_EMPTY_IMAGES = False
+# An image file that cannot be decoded completely (corrupt, or a truncated JPEG/PNG that libjpeg
+# would fill with grey) is an error naming it (False, default), or (True) is skipped: the next
+# readable image takes its place and a warning names it with the count skipped so far.
+_C.DATALOADER.SKIP_CORRUPT_IMAGES = False
 
 # ---------------------------------------------------------------------------------------------
 # Backbone
@@ -360,6 +369,9 @@ _C.SOLVER.WARMUP_ITERS = 500
 _C.SOLVER.WARMUP_METHOD = "linear"
 # Save a checkpoint every this many iterations (and at the end).
 _C.SOLVER.CHECKPOINT_PERIOD = 2500
+# Periodic checkpoints (model_XXXXXXX.pth) kept in OUTPUT_DIR: older ones are deleted after each
+# save; model_final.pth and the one last_checkpoint names are never deleted. 0: keep all.
+_C.SOLVER.CHECKPOINT_KEEP = 3
 # Images per batch over all processes (global batch); must be divisible by the world size.
 _C.SOLVER.IMS_PER_BATCH = 16
 # Linear lr scaling rule: the global batch BASE_LR was tuned for (0: off, the default). When > 0
@@ -423,3 +435,7 @@ _C.OUTPUT_DIR = "."
 _C.PATHS_CATALOG = "maskrcnn_benchmark.config.paths_catalog"
 # Random seed (-1: do not seed).
 _C.SEED = 0
+# Timeout in seconds of every collective operation between processes (distributed training /
+# testing): a rank that waits longer for a stalled or dead process stops with an error naming
+# itself and the operation, instead of hanging (torch's default is 30 minutes).
+_C.DIST_TIMEOUT_S = 600

@@ -28,13 +28,30 @@ def _catalog(cfg):
     return importlib.import_module(name).DatasetCatalog
 
 
+class KeyedConcatDataset(ConcatDataset):
+    """``ConcatDataset`` that also takes the training sampler's ``(index, seed)`` keys: the index is
+    mapped to its dataset and the seed passed along with the local index."""
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return super().__getitem__(key)
+        index, seed = key
+        if index < 0:
+            index += len(self)
+        d = bisect.bisect_right(self.cumulative_sizes, index)
+        local = index - (self.cumulative_sizes[d - 1] if d > 0 else 0)
+        image, target, _ = self.datasets[d][(local, seed)]
+        return image, target, index
+
+
 def build_dataset(dataset_list: Sequence[str], transforms, dataset_catalog, is_train: bool = True,
-                  keep_empty_images: bool = False) -> list:
+                  keep_empty_images: bool = False, skip_corrupt_images: bool = False) -> list:
     """Build one dataset per name in ``dataset_list``.
 
     Training concatenates them into one (a one-element list); testing returns them separately.
     Training datasets drop images without annotations unless ``keep_empty_images``
     (DATALOADER.KEEP_EMPTY_IMAGES: they then train as pure negatives); test datasets keep every image.
+    ``skip_corrupt_images`` (DATALOADER.SKIP_CORRUPT_IMAGES) goes to every COCO / VOC dataset.
     """
     if isinstance(dataset_list, str) or not isinstance(dataset_list, (list, tuple)):
         raise ValueError(f"dataset_list should be a list of dataset names, got {dataset_list!r}")
@@ -48,13 +65,14 @@ def build_dataset(dataset_list: Sequence[str], transforms, dataset_catalog, is_t
         args = dict(data["args"])
         if data["factory"] in ("COCODataset", "PascalVOCDataset"):
             args["remove_images_without_annotations"] = is_train and not keep_empty_images
+            args["skip_corrupt_images"] = bool(skip_corrupt_images)
         args["transforms"] = transforms
         dataset = factory(**args)
         dataset.name = name
         built.append(dataset)
     if is_train and len(built) > 1:
         num_foreground_classes(built)  # all must share one label space
-        return [ConcatDataset(built)]
+        return [KeyedConcatDataset(built)]
     return built
 
 
@@ -129,8 +147,9 @@ def _per_process_batch(total: int, key: str, world: int) -> int:
 def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, start_iter: int = 0,
                      transforms=None):
     """Training: one ``DataLoader`` yielding ``cfg.SOLVER.MAX_ITER - start_iter`` batches
-    ``(ImageList, list[BoxList], tuple[int])``; the batch at iteration ``t`` depends only on
-    ``(cfg.SEED, t)``, so resuming at ``start_iter`` continues the same order.
+    ``(ImageList, list[BoxList], tuple[int])``; the batch at iteration ``t`` (its images and every
+    random transform draw) depends only on ``(cfg.SEED, t, rank)``, not on DATALOADER.NUM_WORKERS
+    nor on ``start_iter``, so a resumed run continues exactly.
     ``SOLVER.IMS_PER_BATCH`` is the global batch (divided over processes).
 
     Testing: a list of ``DataLoader``, one per ``cfg.DATASETS.TEST``, each going through its
@@ -154,7 +173,8 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, s
         transforms = build_transforms(cfg, is_train)
     names = list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
     datasets = build_dataset(names, transforms, _catalog(cfg), is_train,
-                             keep_empty_images=bool(cfg.DATALOADER.KEEP_EMPTY_IMAGES))
+                             keep_empty_images=bool(cfg.DATALOADER.KEEP_EMPTY_IMAGES),
+                             skip_corrupt_images=cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
     num_fg = num_foreground_classes(datasets)
 
     collator = BatchCollator(cfg.DATALOADER.SIZE_DIVISIBILITY)
@@ -169,7 +189,8 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, s
         else:
             batch_sampler = BatchSampler(sampler, images_per_batch, drop_last=False)
         if is_train:
-            batch_sampler = samplers.IterationBasedBatchSampler(batch_sampler, cfg.SOLVER.MAX_ITER, start_iter)
+            batch_sampler = samplers.IterationBasedBatchSampler(batch_sampler, cfg.SOLVER.MAX_ITER, start_iter,
+                                                                seed=seed, rank=rank)
         generator = torch.Generator()
         generator.manual_seed(seed + 1000003 * rank + start_iter)
         loader = DataLoader(dataset, num_workers=cfg.DATALOADER.NUM_WORKERS, batch_sampler=batch_sampler,

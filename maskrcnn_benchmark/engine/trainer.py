@@ -106,8 +106,20 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
     """Train the model of ``cfg`` (resuming from ``cfg.OUTPUT_DIR`` when it has a checkpoint); evaluate on
     DATASETS.TEST at the end (and every SOLVER.TEST_PERIOD iterations) unless ``skip_test``.
 
-    Returns the trained model (unwrapped from DDP).
+    The run holds a lock on OUTPUT_DIR (:func:`~maskrcnn_benchmark.utils.run_lock.training_lock`: a
+    second run on the folder stops at once naming the holder) and first removes the temp files of
+    writes an earlier, killed run left. Returns the trained model (unwrapped from DDP).
     """
+    from maskrcnn_benchmark.utils.run_lock import training_lock
+
+    if cfg.SOLVER.MAX_ITER <= 0:
+        raise ValueError(f"SOLVER.MAX_ITER must be positive (the number of training iterations), got "
+                         f"{cfg.SOLVER.MAX_ITER}")
+    with training_lock(cfg.OUTPUT_DIR, distributed):
+        return _train(cfg, local_rank, distributed, skip_test)
+
+
+def _train(cfg, local_rank: int, distributed: bool, skip_test: bool) -> nn.Module:
     from maskrcnn_benchmark.data import make_data_loader
     from maskrcnn_benchmark.engine.inference import run_test
     from maskrcnn_benchmark.modeling.detector import build_detection_model
@@ -118,7 +130,8 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
     logger = logging.getLogger("maskrcnn_benchmark.trainer")
     seed_all(cfg.SEED + get_rank() if cfg.SEED >= 0 else -1)
     # The last checkpoint of OUTPUT_DIR (resume) takes precedence over MODEL.WEIGHT (weights only).
-    checkpointer = Checkpointer(nn.Identity(), save_dir=cfg.OUTPUT_DIR, save_to_disk=is_main_process(), logger=logger)
+    checkpointer = Checkpointer(nn.Identity(), save_dir=cfg.OUTPUT_DIR, save_to_disk=is_main_process(), logger=logger,
+                                keep=cfg.SOLVER.CHECKPOINT_KEEP)
     resume_data = checkpointer.read_last()
     start_iter = int(resume_data.get("iteration", 0)) if resume_data else 0
     data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed, start_iter=start_iter)
@@ -142,7 +155,8 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
         del resume_data
     else:
         extra = {}
-        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
+        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
     arguments = {"iteration": start_iter, "class_names": list(data_loader.class_names)}  # saved in checkpoints
     if distributed:
         model = nn.parallel.DistributedDataParallel(

@@ -14,10 +14,15 @@ Two source formats, both read from a local file (nothing is downloaded):
   RGB 0-1 input normalised with the ImageNet mean/std (INPUT.TO_BGR255 False) and
   STRIDE_IN_1X1 False.
 
+A ``.pkl`` is read with a restricted unpickler (:func:`load_c2_pickled_weights`) that builds only
+dicts, lists, tuples, strings, bytes, numbers, booleans, None and numpy arrays / scalars / dtypes:
+a plain ``pickle.load`` would run whatever code a crafted file names.
+
 The converted names (``stem.conv1.weight``, ``layer1.0.bn1.weight``, ``fpn.fpn_inner4.weight``)
 are suffixes of the model's, so ``load_state_dict_flexible`` puts them in place.
 """
 import logging
+import os
 import pickle
 import re
 from collections import OrderedDict
@@ -117,11 +122,85 @@ def rename_conv_weights_for_deformable_conv_layers(
     return out
 
 
+class UnsafePickleError(pickle.UnpicklingError):
+    """A weight pickle names a global that a Detectron/caffe2 weight file never holds."""
+
+
+def _numpy_multiarray():
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
+
+
+# (module, name) -> object: everything a Detectron/caffe2 ``.pkl`` of numpy blobs refers to.
+# Python 2 pickles (the original MSRA / FAIR files) name ``numpy.core.multiarray``, numpy 2
+# writes ``numpy._core.multiarray``; python 3 protocol-2 pickles encode ``bytes`` with
+# ``_codecs.encode``. Anything else (``os.system``, ``builtins.eval``, a user class) is refused.
+def _allowed_globals() -> Dict[tuple, object]:
+    multiarray = _numpy_multiarray()
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode, ("collections", "OrderedDict"): OrderedDict}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    return allowed
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` restricted to what pickle uses it for (str -> bytes)."""
+    if not isinstance(text, str) or not isinstance(encoding, str):
+        raise UnsafePickleError("_codecs.encode called with non-string arguments")
+    import codecs
+
+    return codecs.encode(text, encoding)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler whose ``find_class`` admits only :func:`_allowed_globals`."""
+
+    def __init__(self, file, path: str):
+        super().__init__(file, encoding="latin1")
+        self.path = path
+        self.allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str):
+        obj = self.allowed.get((module, name))
+        if obj is None:
+            raise UnsafePickleError(
+                f"refusing to load {self.path}: it contains a pickled '{module}.{name}', which a "
+                f"Detectron/caffe2 weight file does not hold (only dicts, lists, tuples, strings, numbers "
+                f"and numpy arrays are allowed). The file may be malicious; it was not executed.")
+        return obj
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"refusing to load {self.path}: it uses pickle persistent ids, which a "
+                                f"Detectron/caffe2 weight file does not")
+
+
 def load_c2_pickled_weights(path: str) -> Dict[str, np.ndarray]:
-    """Read a Detectron/caffe2 ``.pkl`` (latin1 pickle of numpy blobs, possibly under "blobs")."""
+    """Read a Detectron/caffe2 ``.pkl`` (latin1 pickle of numpy blobs, possibly under "blobs").
+
+    The pickle is read with a restricted unpickler (dicts, lists, tuples, str, bytes, numbers,
+    None/bool, numpy arrays, scalars and dtypes only), so a crafted file cannot run code.
+
+    Raises:
+        UnsafePickleError: the file names any other global (the message names the file and it).
+        ValueError: the file is not a pickle, or not a dict of arrays.
+    """
     with open(path, "rb") as f:
-        data = pickle.load(f, encoding="latin1")
-    return data["blobs"] if "blobs" in data else data
+        try:
+            data = _RestrictedUnpickler(f, path).load()
+        except UnsafePickleError:
+            raise
+        except Exception as e:  # truncated / not a pickle
+            raise ValueError(f"cannot read Detectron/caffe2 weight file {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"Detectron/caffe2 weight file {path} holds a {type(data).__name__}, "
+                         f"expected a dict of numpy blobs")
+    blobs = data["blobs"] if isinstance(data.get("blobs"), dict) else data
+    return {k: v for k, v in blobs.items() if isinstance(v, (np.ndarray, np.generic))}
 
 
 def convert_c2_weights(blobs: Mapping[str, np.ndarray],
@@ -183,13 +262,24 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
     """
     if path.endswith(".pkl"):
         return convert_c2_weights(load_c2_pickled_weights(path), stage_with_dcn)
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated, not a torch file, or objects weights_only refuses
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = "empty file" if os.path.getsize(path) == 0 else first
+        raise ValueError(f"cannot read weight file {path} ({detail}): "
+                         f"expected a checkpoint / state dict saved with torch.save, or a Detectron .pkl") from None
     for key in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
+    if not isinstance(data, Mapping) or not any(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"weight file {path} holds {type(data).__name__}"
+                         f"{' without tensors' if isinstance(data, Mapping) else ''}, not a state dict "
+                         f"(a dict of parameter name -> tensor, possibly under 'model' / 'state_dict')")
+    data = OrderedDict((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
     if is_torchvision_resnet_state_dict(data):
         return convert_torchvision_resnet_weights(data, stage_with_dcn=stage_with_dcn)
-    return OrderedDict(data)
+    return data
 
 
 def load_c2_format(cfg, path: str) -> Dict[str, "OrderedDict[str, torch.Tensor]"]:

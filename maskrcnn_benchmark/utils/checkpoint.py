@@ -4,13 +4,21 @@ Files in ``save_dir``: ``model_0002500.pth``..., ``model_final.pth`` and ``last_
 naming the newest checkpoint, relative to ``save_dir``). Every file is written atomically
 (:mod:`maskrcnn_benchmark.utils.io`), so a crash while saving leaves the previous checkpoint and
 ``last_checkpoint`` intact.
+
+Nothing is lost on a bad state: a checkpoint whose model holds NaN / inf is refused (not written);
+only the newest ``keep`` periodic checkpoints are kept (``model_final`` and the one
+``last_checkpoint`` names never go). On resume, an empty / garbage ``last_checkpoint``, or one
+naming a missing or unreadable (e.g. truncated) file, falls back to the newest readable
+checkpoint of ``save_dir`` with a warning naming what was wrong; when checkpoints exist but none
+is readable, resuming stops with an error instead of starting over (and overwriting them).
 """
 from __future__ import annotations
 
 import logging
 import os
 import random
-from typing import Any, Dict, Optional, Sequence
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,6 +28,7 @@ from .comm import all_gather, get_rank, is_main_process
 from .io import atomic_torch_save, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
+_PERIODIC = re.compile(r"^model_(\d+)\.pth$")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -80,12 +89,57 @@ def load_weight_file(path: str, stage_with_dcn: Optional[Sequence[bool]] = None)
     return load_pretrained_weights(resolve_weight_path(path), stage_with_dcn)
 
 
-def load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
+def load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], min_match: float = 0.0,
+                       source: str = "the weights") -> None:
     """Load ``state_dict`` into ``model`` by name suffix (``load_state_dict_flexible``: maps the original
-    maskrcnn-benchmark names, errors on shape mismatches, logs what was skipped)."""
+    maskrcnn-benchmark names, errors on shape mismatches, logs what was skipped).
+
+    ``min_match`` (MODEL.WEIGHT_MIN_MATCH): least share of ``state_dict``'s tensors that must load;
+    fewer (or none at all, when ``min_match`` > 0) raises ``ValueError`` naming ``source`` and listing
+    the tensors that matched nothing. 0 accepts anything.
+    """
     from .model_serialization import load_state_dict_flexible
 
-    load_state_dict_flexible(unwrap_model(model), state_dict)
+    report = load_state_dict_flexible(unwrap_model(model), state_dict)
+    used = len(set(report.matched.values()))
+    total = len(state_dict)
+    share = used / total if total else 0.0
+    if min_match > 0 and (used == 0 or share < min_match):
+        unused = report.unused
+        listed = ", ".join(unused[:20]) + (f", ... ({len(unused) - 20} more)" if len(unused) > 20 else "")
+        raise ValueError(
+            f"{source}: only {used} of its {total} tensors ({share:.0%}) match the model's parameter names, "
+            f"below MODEL.WEIGHT_MIN_MATCH {min_match:g}: is it the right file for this model? Not matched: "
+            f"{listed}. Model keys look like: {', '.join(report.missing[:3])}. To fine-tune from it anyway, "
+            f"set MODEL.WEIGHT_MIN_MATCH 0")
+    if used == 0:
+        logging.getLogger("maskrcnn_benchmark.checkpoint").warning(
+            "%s: none of its %d tensors matched the model (MODEL.WEIGHT_MIN_MATCH 0): the model keeps its "
+            "initialisation", source, total)
+
+
+def check_finite_state(state_dict: Dict[str, torch.Tensor], what: str) -> None:
+    """Raise ``FloatingPointError`` naming the floating-point tensors of ``state_dict`` that hold NaN/inf."""
+    floats = [(k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not floats or bool(torch.stack([torch.isfinite(v).all() for _, v in floats]).all()):
+        return
+    bad = [k for k, v in floats if not bool(torch.isfinite(v).all())]
+    raise FloatingPointError(f"refusing to write {what}: {len(bad)} model tensor(s) hold NaN or inf "
+                             f"({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}); the previous "
+                             f"checkpoint is kept")
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of one of our checkpoints; ``ValueError`` naming the file
+    when it is unreadable (empty, truncated) or not a checkpoint (no ``"model"`` entry)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        detail = "empty file" if os.path.getsize(path) == 0 else (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {detail})") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise ValueError(f"{path} is not a training checkpoint (no 'model' entry; holds {type(data).__name__})")
+    return data
 
 
 class Checkpointer:
@@ -97,10 +151,13 @@ class Checkpointer:
         save_dir: folder of the checkpoints ("" disables saving).
         save_to_disk: write files (default: only on the main process).
         logger: where to report; defaults to ``maskrcnn_benchmark.checkpoint``.
+        keep: periodic checkpoints (``model_<iteration>.pth``) to keep, newest first (SOLVER.CHECKPOINT_KEEP);
+            0 keeps all. ``model_final`` and the file ``last_checkpoint`` names are never deleted.
     """
 
     def __init__(self, model: nn.Module, optimizer=None, scheduler=None, save_dir: str = "",
-                 save_to_disk: Optional[bool] = None, logger: Optional[logging.Logger] = None, scaler=None):
+                 save_to_disk: Optional[bool] = None, logger: Optional[logging.Logger] = None, scaler=None,
+                 keep: int = 0):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -108,17 +165,25 @@ class Checkpointer:
         self.save_dir = save_dir
         self.save_to_disk = is_main_process() if save_to_disk is None else save_to_disk
         self.logger = logger or logging.getLogger("maskrcnn_benchmark.checkpoint")
+        self.keep = int(keep)
 
     # ---- saving -------------------------------------------------------------------------
     def save(self, name: str, **extra: Any) -> Optional[str]:
         """Atomically write ``save_dir/name.pth`` (model, solver state, RNG state and ``extra``),
-        then point ``last_checkpoint`` at it. Returns the path (None when not saving)."""
+        then point ``last_checkpoint`` at it and delete periodic checkpoints beyond ``keep``.
+        Returns the path (None when not saving).
+
+        Raises:
+            FloatingPointError: the model holds NaN/inf (checked on every rank; nothing is written).
+        """
         if not self.save_dir:
             return None
+        model_state = unwrap_model(self.model).state_dict()
+        check_finite_state(model_state, f"checkpoint {name}.pth")  # same verdict on every (replica) rank
         rng_states = all_gather(get_rng_state())  # collective: every rank calls save()
         if not self.save_to_disk:
             return None
-        data: Dict[str, Any] = {"model": unwrap_model(self.model).state_dict()}
+        data: Dict[str, Any] = {"model": model_state}
         for key in ("optimizer", "scheduler", "scaler"):
             obj = getattr(self, key)
             if obj is not None:
@@ -129,35 +194,118 @@ class Checkpointer:
         self.logger.info("Saving checkpoint to %s", path)
         atomic_torch_save(data, path)
         self.tag_last_checkpoint(path)
+        self.prune(keep_name=os.path.basename(path))
         return path
+
+    def prune(self, keep_name: str = "") -> List[str]:
+        """Delete the periodic checkpoints older than the newest ``self.keep`` (never ``keep_name``,
+        the file ``last_checkpoint`` names, nor ``model_final``); returns the deleted paths."""
+        if self.keep <= 0 or not self.save_dir or not self.save_to_disk:
+            return []
+        protected = {keep_name, os.path.basename(self.get_checkpoint_file() or "")}
+        periodic = [p for p in self.checkpoint_files() if _PERIODIC.match(os.path.basename(p))]
+        deleted = []
+        for path in periodic[self.keep:]:  # newest first
+            if os.path.basename(path) in protected:
+                continue
+            try:
+                os.remove(path)
+            except OSError as e:
+                self.logger.warning("could not delete old checkpoint %s: %s", path, e)
+                continue
+            deleted.append(path)
+        if deleted:
+            self.logger.info("Deleted %d old checkpoint(s) (SOLVER.CHECKPOINT_KEEP %d): %s", len(deleted),
+                             self.keep, ", ".join(os.path.basename(p) for p in deleted))
+        return deleted
 
     def tag_last_checkpoint(self, path: str) -> None:
         atomic_write_text(os.path.join(self.save_dir, LAST_CHECKPOINT), os.path.basename(path) + "\n")
 
     # ---- resuming -----------------------------------------------------------------------
+    def checkpoint_files(self) -> List[str]:
+        """Checkpoints in ``save_dir``, newest first: ``model_final.pth``, then ``model_<iteration>.pth``
+        by decreasing iteration."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        names = os.listdir(self.save_dir)
+        periodic = sorted((n for n in names if _PERIODIC.match(n)), key=lambda n: int(_PERIODIC.match(n).group(1)),
+                          reverse=True)
+        final = ["model_final.pth"] if "model_final.pth" in names else []
+        return [os.path.join(self.save_dir, n) for n in final + periodic]
+
     def has_checkpoint(self) -> bool:
-        return bool(self.save_dir) and os.path.exists(os.path.join(self.save_dir, LAST_CHECKPOINT))
+        """``save_dir`` has a ``last_checkpoint`` file or any ``model_*.pth`` checkpoint."""
+        return bool(self.save_dir) and (os.path.exists(os.path.join(self.save_dir, LAST_CHECKPOINT))
+                                        or bool(self.checkpoint_files()))
+
+    def _read_last_checkpoint_file(self) -> Tuple[str, Optional[str]]:
+        """``(path named by last_checkpoint or "", what is wrong with it or None)``."""
+        tag = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        if not self.save_dir or not os.path.exists(tag):
+            return "", None
+        try:
+            with open(tag, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            return "", f"{tag} cannot be read ({type(e).__name__}: {e})"
+        name = text.strip()
+        if not name:
+            return "", f"{tag} is empty"
+        if "\n" in name or "\x00" in name or not name.endswith(".pth"):
+            return "", f"{tag} does not name a checkpoint file (it holds {text[:60]!r})"
+        path = name if os.path.isabs(name) else os.path.join(self.save_dir, name)
+        if not os.path.isfile(path):
+            return path, f"{tag} names {path!r}, which does not exist"
+        return path, None
 
     def get_checkpoint_file(self) -> str:
-        """Path of the newest checkpoint named by ``last_checkpoint`` ("" if there is none)."""
-        if not self.has_checkpoint():
-            return ""
-        with open(os.path.join(self.save_dir, LAST_CHECKPOINT), encoding="utf-8") as f:
-            name = f.read().strip()
-        if not name:
-            return ""
-        return name if os.path.isabs(name) else os.path.join(self.save_dir, name)
+        """Path of the newest checkpoint named by ``last_checkpoint`` ("" if there is none or it is unreadable)."""
+        return self._read_last_checkpoint_file()[0]
 
     def read_last(self) -> Optional[Dict[str, Any]]:
-        """The raw content of the last checkpoint of ``save_dir`` (None if there is none)."""
-        path = self.get_checkpoint_file()
-        if not path:
+        """The content of the newest readable checkpoint of ``save_dir`` (None if there is none).
+
+        Tried in order: the file ``last_checkpoint`` names, then :meth:`checkpoint_files` (newest
+        first). Each problem (bad ``last_checkpoint``, a missing / truncated / non-checkpoint file)
+        is logged as a warning naming the file before falling back to the next one.
+
+        Raises:
+            FileNotFoundError: ``last_checkpoint`` names a missing file and there is no other checkpoint.
+            RuntimeError: checkpoints exist but none is readable (listing them); training does not
+                start from iteration 0 over them.
+        """
+        if not self.save_dir:
             return None
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{os.path.join(self.save_dir, LAST_CHECKPOINT)} names {path!r}, "
-                                    f"which does not exist")
-        self.logger.info("Resuming from checkpoint %s", path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        named, problem = self._read_last_checkpoint_file()
+        if problem:
+            self.logger.warning("%s; looking for the newest readable checkpoint in %s", problem, self.save_dir)
+        candidates = [named] if named else []
+        candidates += [p for p in self.checkpoint_files() if os.path.abspath(p) not in map(os.path.abspath, candidates)]
+        failures = []
+        for path in candidates:
+            if not os.path.isfile(path):
+                failures.append(f"{path} (does not exist)")
+                continue
+            try:
+                data = read_checkpoint(path)
+            except ValueError as e:
+                self.logger.warning("%s; falling back to the next newest checkpoint", e)
+                failures.append(str(e))
+                continue
+            if problem or failures:
+                self.logger.warning("Resuming from %s, the newest readable checkpoint", path)
+            else:
+                self.logger.info("Resuming from checkpoint %s", path)
+            return data
+        if failures and all(f.endswith("(does not exist)") for f in failures):
+            raise FileNotFoundError(f"{problem}, and {self.save_dir} holds no other checkpoint; delete "
+                                    f"{os.path.join(self.save_dir, LAST_CHECKPOINT)} to start afresh")
+        if failures:
+            raise RuntimeError(f"{self.save_dir} has checkpoints but none is readable, so training cannot "
+                               f"resume (and will not start over them):\n  " + "\n  ".join(failures) +
+                               "\nMove them away (or use another OUTPUT_DIR) to start from iteration 0.")
+        return None
 
     def restore(self, data: Dict[str, Any]) -> Dict[str, Any]:
         """Load model / optimizer / scheduler / scaler state from checkpoint content ``data``;
@@ -180,23 +328,27 @@ class Checkpointer:
         data = self.read_last()
         return {} if data is None else self.restore(data)
 
-    def load_weights(self, path: str, stage_with_dcn: Optional[Sequence[bool]] = None) -> None:
+    def load_weights(self, path: str, stage_with_dcn: Optional[Sequence[bool]] = None,
+                     min_match: float = 0.5) -> None:
         """Load model weights only (fine-tuning / testing); the solver state is not touched.
 
         ``stage_with_dcn``: MODEL.RESNETS.STAGE_WITH_DCN, to map ImageNet conv2 weights into DCN layers.
-        Raises FileNotFoundError naming ``path`` when it does not exist."""
+        ``min_match``: MODEL.WEIGHT_MIN_MATCH (see :func:`load_model_weights`).
+        Raises FileNotFoundError naming ``path`` when it does not exist, ValueError when it is not a
+        weight file or too few of its tensors match the model."""
         if not path:
             return
         self.logger.info("Loading weights from %s", path)
-        load_model_weights(self.model, load_weight_file(path, stage_with_dcn))
+        load_model_weights(self.model, load_weight_file(path, stage_with_dcn), min_match,
+                           source=f"MODEL.WEIGHT {path}")
 
     def load(self, weight: str = "", use_latest: bool = True,
-             stage_with_dcn: Optional[Sequence[bool]] = None) -> Dict[str, Any]:
+             stage_with_dcn: Optional[Sequence[bool]] = None, min_match: float = 0.5) -> Dict[str, Any]:
         """Resume from ``save_dir`` when it has a checkpoint (and ``use_latest``), else load ``weight``."""
         if use_latest and self.has_checkpoint():
             return self.resume()
         if weight:
-            self.load_weights(weight, stage_with_dcn)
+            self.load_weights(weight, stage_with_dcn, min_match)
         else:
             self.logger.info("No checkpoint found and MODEL.WEIGHT is empty: training from initialisation")
         return {}

@@ -18,7 +18,10 @@ __all__ = [
     "atomic_write_json",
     "atomic_torch_save",
     "fsync_dir",
+    "remove_stale_temp_files",
 ]
+
+_TEMP_SUFFIX = ".tmp"
 
 
 def fsync_dir(path: PathLike) -> None:
@@ -50,7 +53,7 @@ def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=_TEMP_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -90,3 +93,36 @@ def atomic_torch_save(obj: Any, path: PathLike, save_fn: Callable[[Any, IO], Non
         save_fn = torch.save
     with atomic_open(path, "wb") as f:
         save_fn(obj, f)
+
+
+def is_atomic_temp_name(name: str) -> bool:
+    """True for the names :func:`atomic_open` gives its temp files: ``.<final name>.<random>.tmp``."""
+    if not (name.startswith(".") and name.endswith(_TEMP_SUFFIX)):
+        return False
+    inner = name[1:-len(_TEMP_SUFFIX)]
+    final, dot, rand = inner.rpartition(".")
+    return bool(dot and final and rand)
+
+
+def remove_stale_temp_files(directory: PathLike, recursive: bool = True) -> list:
+    """Delete the temp files of atomic writes that never finished (a killed process leaves
+    ``.model_0005000.pth.x1y2.tmp``, ``.bbox.json.x1y2.tmp``, ...) under ``directory``.
+
+    Only call it while no other process writes there (e.g. holding the run lock). Returns the
+    removed paths.
+    """
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for root, dirs, files in os.walk(directory):
+        for name in files:
+            if is_atomic_temp_name(name):
+                path = os.path.join(root, name)
+                try:
+                    os.remove(path)
+                except OSError:
+                    continue
+                removed.append(path)
+        if not recursive:
+            break
+    return sorted(removed)

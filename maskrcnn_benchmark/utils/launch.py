@@ -13,7 +13,9 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .comm import synchronize
+from .comm import set_timeout, synchronize
+
+DEFAULT_TIMEOUT_S = 600.0  # the default of the DIST_TIMEOUT_S config key
 
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -31,12 +33,14 @@ def get_local_rank(arg_local_rank: Optional[int] = None) -> int:
 
 
 def init_distributed(local_rank: Optional[int] = None, device: str = "cpu",
-                     timeout_s: float = 1800.0) -> Tuple[bool, int]:
+                     timeout_s: float = DEFAULT_TIMEOUT_S) -> Tuple[bool, int]:
     """Initialise ``torch.distributed`` from the environment when ``WORLD_SIZE`` > 1.
 
     Backend: NCCL for ``device`` "cuda" (after ``torch.cuda.set_device(local_rank)``), gloo for "cpu".
     Rendezvous: ``init_process_group("env://")`` (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``;
     ``RANK`` defaults to ``local_rank`` for single-node launchers that do not set it).
+    ``timeout_s`` (DIST_TIMEOUT_S): timeout of every collective; a rank that waits longer for a
+    stalled or dead peer raises an error naming itself (see :mod:`maskrcnn_benchmark.utils.comm`).
 
     Returns: ``(distributed, local_rank)``.
     """
@@ -53,6 +57,9 @@ def init_distributed(local_rank: Optional[int] = None, device: str = "cpu",
                 raise RuntimeError(f"WORLD_SIZE={world_size} but ${var} is not set; launch with torchrun "
                                    f"or python -m torch.distributed.launch")
         backend = "nccl" if is_cuda else "gloo"
+        if timeout_s <= 0:
+            raise ValueError(f"DIST_TIMEOUT_S must be positive, got {timeout_s}")
+        set_timeout(timeout_s)
         dist.init_process_group(backend=backend, init_method="env://",
                                 timeout=datetime.timedelta(seconds=timeout_s))
         synchronize()

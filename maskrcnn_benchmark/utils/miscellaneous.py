@@ -1,6 +1,7 @@
-"""Small file-system helpers: mkdir and saving the merged config."""
+"""Small helpers: mkdir, the ``--config-file`` command-line arguments, merging and saving the config."""
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 
@@ -37,15 +38,51 @@ def check_config_keys(cfg, opts) -> None:
             node = node[part]
 
 
-def setup_cfg(config_file: str = "", opts=None, base_cfg=None):
-    """A merged copy of the default config: ``config_file`` (yaml), then ``KEY VALUE`` ``opts``; frozen."""
+YAML_EXTENSIONS = (".yaml", ".yml")
+CONFIG_FILE_HELP = ("path to a yaml config (.yaml/.yml). A .py config file is Python code that runs when "
+                    "it is read, so it is refused unless --allow-python-config is given")
+
+
+def add_config_args(parser: argparse.ArgumentParser, default: str = "") -> argparse.ArgumentParser:
+    """Add ``--config-file FILE`` and ``--allow-python-config`` (the shared arguments of every tool)."""
+    parser.add_argument("--config-file", default=default, metavar="FILE", help=CONFIG_FILE_HELP)
+    parser.add_argument("--allow-python-config", action="store_true",
+                        help="accept a .py --config-file (yacs runs its code: only for files you trust)")
+    return parser
+
+
+def _merge_config_file(cfg, config_file: str, allow_python: bool) -> None:
+    """``cfg.merge_from_file`` with checks: only .yaml/.yml (or .py when ``allow_python``), and yaml
+    syntax errors reported as ``ValueError`` naming the file and line."""
+    import yaml
+
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file not found: {config_file!r}")
+    ext = os.path.splitext(config_file)[1].lower()
+    if ext == ".py" and not allow_python:
+        raise ValueError(f"config file {config_file} is a Python file, which would run its code when read; "
+                         f"use a .yaml config, or pass --allow-python-config if you trust it")
+    if ext not in YAML_EXTENSIONS + ((".py",) if allow_python else ()):
+        raise ValueError(f"config file {config_file} must be a .yaml or .yml file (got {ext or 'no extension'!r})")
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ValueError(f"config file {config_file}: invalid YAML{where}: {problem}") from None
+
+
+def setup_cfg(config_file: str = "", opts=None, base_cfg=None, allow_python: bool = False):
+    """A merged copy of the default config: ``config_file`` (yaml), then ``KEY VALUE`` ``opts``; frozen.
+
+    ``allow_python``: accept a ``.py`` config file (yacs executes it; ``--allow-python-config``).
+    Raises ValueError for another extension or a yaml syntax error (naming the file and line)."""
     if base_cfg is None:
         from maskrcnn_benchmark.config import cfg as base_cfg
     cfg = base_cfg.clone()
     if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"config file not found: {config_file!r}")
-        cfg.merge_from_file(config_file)
+        _merge_config_file(cfg, config_file, allow_python)
     check_config_keys(cfg, opts)
     cfg.merge_from_list(list(opts or []))
     cfg.freeze()

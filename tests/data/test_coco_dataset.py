@@ -38,7 +38,7 @@ def _write_dataset(tmp_path, annotations=None, images=None, categories=CATS):
 
 def test_contiguous_ids_crowd_and_filtering(tmp_path, caplog):
     ann, root = _write_dataset(tmp_path)
-    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.data.datasets.coco"):
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.data.datasets.base"):
         ds = COCODataset(ann, root, remove_images_without_annotations=True)
     assert ds.json_category_id_to_contiguous_id == {1: 1, 5: 2, 90: 3}
     assert ds.contiguous_category_id_to_json_id == {1: 1, 2: 5, 3: 90}
@@ -188,3 +188,86 @@ def test_build_dataset_concat_and_class_agreement(tmp_path):
     assert [len(d) for d in test] == [3, 3]
     with pytest.raises(ValueError, match=r"a has 3 foreground classes.*b has 4"):
         build_dataset(["a", "b"], None, cat, is_train=True)
+
+
+# ---- silent wrong input ---------------------------------------------------------------------------
+def test_duplicate_image_id_is_error_naming_it(tmp_path):
+    images = [{"id": 7, "file_name": "im7.png", "height": 30, "width": 40},
+              {"id": 7, "file_name": "other.png", "height": 30, "width": 40}]
+    ann, root = _write_dataset(tmp_path, images=images,
+                               annotations=[{"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 1, 5, 5]}])
+    with pytest.raises(ValueError, match=r"image id 7 appears more than once"):
+        COCODataset(ann, root, True)
+
+
+@pytest.mark.parametrize("field, value", [("height", "30"), ("width", 40.5), ("height", 0), ("width", True)])
+def test_image_size_must_be_positive_int(tmp_path, field, value):
+    ann, root = _write_dataset(tmp_path)
+    data = json.loads(open(ann).read())
+    data["images"][1][field] = value
+    open(ann, "w").write(json.dumps(data))
+    with pytest.raises(ValueError) as e:
+        COCODataset(ann, root, True)
+    msg = str(e.value)
+    assert "image id 8" in msg and "im8.png" in msg and f"{field} {value!r}" in msg and ann in msg
+
+
+def test_inf_bbox_dropped_and_counted_like_nan(tmp_path, caplog):
+    anns = [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 2, 10, 5]},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [1, 2, float("inf"), 5]},
+            {"id": 3, "image_id": 7, "category_id": 1, "bbox": [1, 2, 4, float("nan")]},
+            {"id": 4, "image_id": 8, "category_id": 1, "bbox": [float("-inf"), 2, 4, 4]}]
+    ann, root = _write_dataset(tmp_path, annotations=anns)
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.data.datasets.base"):
+        ds = COCODataset(ann, root, True)
+    assert ds.ids == [7]
+    torch.testing.assert_close(ds[0][1].bbox, torch.tensor([[1.0, 2.0, 11.0, 7.0]]))
+    assert "dropped 3 boxes with zero or negative width/height or a non-finite" in caplog.text
+
+
+def test_test_set_without_annotations_warns(tmp_path, caplog):
+    ann, root = _write_dataset(tmp_path, annotations=[])
+    with caplog.at_level(logging.WARNING, logger="maskrcnn_benchmark.data.datasets.base"):
+        ds = COCODataset(ann, root, remove_images_without_annotations=False)
+    assert len(ds) == 3
+    assert "has no annotations" in caplog.text and "AP -1" in caplog.text and ann in caplog.text
+
+
+def _jpeg_dataset(tmp_path):
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 8, 8]} for i in (1, 2, 3)]
+    images = [{"id": i, "file_name": f"im{i}.jpg", "height": 30, "width": 40} for i in (1, 2, 3)]
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for i in (1, 2, 3):
+        cv2.imwrite(str(img_dir / f"im{i}.jpg"), np.full((30, 40, 3), 50 * i, np.uint8))
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATS}))
+    data = (img_dir / "im2.jpg").read_bytes()
+    (img_dir / "im2.jpg").write_bytes(data[: len(data) * 2 // 3])  # truncated: libjpeg fills grey
+    return str(ann), str(img_dir)
+
+
+def test_truncated_jpeg_is_error_naming_file(tmp_path):
+    ann, root = _jpeg_dataset(tmp_path)
+    ds = COCODataset(ann, root, True)
+    assert ds[0][0][0, 0, 0] == 50
+    with pytest.raises(OSError, match=r"im2\.jpg: truncated JPEG.*image id 2.*SKIP_CORRUPT_IMAGES"):
+        ds[1]
+    png = tmp_path / "images" / "p.png"
+    cv2.imwrite(str(png), np.zeros((30, 40, 3), np.uint8))
+    png.write_bytes(png.read_bytes()[:-20])
+    from maskrcnn_benchmark.data.datasets.coco import decode_image_file
+
+    with pytest.raises(OSError, match=r"p\.png: truncated PNG"):
+        decode_image_file(str(png))
+
+
+def test_truncated_jpeg_skipped_with_counted_warning(tmp_path, caplog):
+    ann, root = _jpeg_dataset(tmp_path)
+    ds = COCODataset(ann, root, True, skip_corrupt_images=True)
+    with caplog.at_level(logging.WARNING, logger="maskrcnn_benchmark.data.datasets.base"):
+        image, target, index = ds[1]
+        ds[(1, 5)]
+    assert index == 2 and image[0, 0, 0] == 150  # the next readable image
+    assert ds.num_skipped_images == 2
+    assert "im2.jpg" in caplog.text and "2 image(s) skipped so far" in caplog.text

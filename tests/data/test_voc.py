@@ -216,3 +216,19 @@ def test_synthetic_voc_end_to_end(tmp_path):
          os.path.join(out, "JPEGImages", "val_000001.jpg"), "--output-dir", str(tmp_path / "vis"),
          "--score-threshold", "0.0", *opts, *extra, "MODEL.WEIGHT", weights])
     assert len(written) == 1 and os.path.isfile(written[0])
+
+
+def test_truncated_voc_image_is_an_error_or_skipped(tmp_path):
+    from maskrcnn_benchmark.data.datasets.base import CorruptImageError
+
+    root = _write_voc(tmp_path / "voc", HAND)
+    path = os.path.join(root, "JPEGImages", "A.jpg")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])  # no end-of-image marker: libjpeg would fill it with grey
+    with pytest.raises(CorruptImageError, match=r"A\.jpg.*truncated JPEG.*SKIP_CORRUPT_IMAGES"):
+        PascalVOCDataset(root, "test", class_names=["a", "b", "c"])[0]
+    ds = PascalVOCDataset(root, "test", class_names=["a", "b", "c"], skip_corrupt_images=True)
+    image, target, index = ds[(0, 3)]
+    assert index == 1 and image.shape == (60, 70, 3) and ds.num_skipped_images == 1
+    assert target.get_field("labels").tolist() == [1, 2]

@@ -390,3 +390,91 @@ def test_local_rank_spellings():
     tool = _load_tool("train_net")
     for argv in (["--local-rank=1"], ["--local_rank", "1"], ["--local-rank", "1"]):
         assert tool.build_parser().parse_args(argv).local_rank == 1
+
+
+def _kill_after_checkpoint(monkeypatch, name):
+    real_save = Checkpointer.save
+
+    def save_then_die(self, ckpt_name, **extra):
+        path = real_save(self, ckpt_name, **extra)
+        if ckpt_name == name:
+            raise KeyboardInterrupt("killed after the checkpoint")
+        return path
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    return real_save
+
+
+@pytest.mark.slow
+def test_exact_resume_with_loader_workers(tmp_path, tiny_dataset, monkeypatch):
+    """0, 1 and 2 loader workers, the latter two killed after iteration 2 and resumed: all three end
+    with bit-identical weights (multi-scale sizes and flips are drawn per sample from its seed)."""
+    from maskrcnn_benchmark.engine.trainer import train
+
+    torch.set_num_threads(1)
+    train(_cfg(tiny_dataset, tmp_path / "w0", **{"DATALOADER.NUM_WORKERS": 0}), skip_test=True)
+    reference = _state(tmp_path / "w0" / "model_final.pth")["model"]
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        real_save = _kill_after_checkpoint(monkeypatch, "model_0000002")
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(tiny_dataset, out, **{"DATALOADER.NUM_WORKERS": workers}), skip_test=True)
+        monkeypatch.setattr(Checkpointer, "save", real_save)
+        train(_cfg(tiny_dataset, out, **{"DATALOADER.NUM_WORKERS": workers}), skip_test=True)
+        final = _state(out / "model_final.pth")["model"]
+        differ = [k for k in reference if not torch.equal(reference[k], final[k])]
+        assert not differ, f"{workers} workers: {len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def test_loader_batches_do_not_depend_on_workers_or_start(tmp_path, tiny_dataset):
+    """The produced batches (image sizes, pixels = flips) for 0/1/2 workers and a loader started at
+    iteration 3 are the same, and the random transforms do matter (sizes vary)."""
+    from maskrcnn_benchmark.data import make_data_loader
+
+    def batches(workers, start_iter=0):
+        cfg = _cfg(tiny_dataset, tmp_path, **{"DATALOADER.NUM_WORKERS": workers, "SOLVER.MAX_ITER": 6})
+        return [(images.tensors, [t.bbox for t in targets], idx)
+                for images, targets, idx in make_data_loader(cfg, is_train=True, start_iter=start_iter)]
+
+    ref = batches(0)
+    assert len({b[0].shape for b in ref}) > 1  # multi-scale sizes were drawn
+    for got in (batches(1), batches(2), [None] * 3 + batches(2, start_iter=3)):
+        for t, (a, b) in enumerate(zip(ref, got)):
+            if b is None:
+                continue
+            assert a[2] == b[2] and torch.equal(a[0], b[0]), t
+            assert all(torch.equal(x, y) for x, y in zip(a[1], b[1])), t
+
+
+def test_max_iter_must_be_positive(tmp_path, tiny_dataset):
+    from maskrcnn_benchmark.engine.trainer import train
+
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=f"SOLVER.MAX_ITER must be positive.*got {bad}"):
+            train(_cfg(tiny_dataset, tmp_path, **{"SOLVER.MAX_ITER": bad}), skip_test=True)
+    assert not os.path.exists(tmp_path / "model_final.pth")
+
+
+def test_training_holds_output_dir_lock_and_keeps_last_checkpoints(tmp_path, tiny_dataset, monkeypatch):
+    """While training, OUTPUT_DIR is locked (a second run stops naming this process); at the end the lock
+    is gone and only the newest SOLVER.CHECKPOINT_KEEP periodic checkpoints remain (plus model_final)."""
+    from maskrcnn_benchmark.engine.trainer import train
+    from maskrcnn_benchmark.utils.run_lock import LOCK_NAME, OutputDirLockedError
+
+    second_run_errors = []
+    real_save = Checkpointer.save
+
+    def save_and_try_second_run(self, name, **extra):
+        try:
+            train(_cfg(tiny_dataset, tmp_path), skip_test=True)
+        except OutputDirLockedError as e:
+            second_run_errors.append(str(e))
+        return real_save(self, name, **extra)
+
+    monkeypatch.setattr(Checkpointer, "save", save_and_try_second_run)
+    train(_cfg(tiny_dataset, tmp_path, **{"SOLVER.CHECKPOINT_PERIOD": 1, "SOLVER.CHECKPOINT_KEEP": 2}),
+          skip_test=True)
+    assert len(second_run_errors) == 4 and all(f"pid {os.getpid()}" in e for e in second_run_errors)
+    assert not (tmp_path / LOCK_NAME).exists()
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
+        "model_0000002.pth", "model_0000003.pth", "model_final.pth"]

@@ -262,3 +262,62 @@ def test_shape_mismatch_error_names_key_and_shapes():
         load_state_dict_flexible(model, {"module.body.weight": torch.zeros(4, 3, 5, 5)})
     msg = str(info.value)
     assert "body.weight" in msg and "(4, 3, 3, 3)" in msg and "(4, 3, 5, 5)" in msg
+
+
+# ---- restricted unpickling of .pkl weights -----------------------------------------------------------
+class _RunsCode:
+    """Pickles as a call of os.system (what a crafted weight file does)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+class _CustomClass:
+    pass
+
+
+def test_pkl_with_code_is_refused_and_not_run(tmp_path):
+    from maskrcnn_benchmark.utils.c2_model_loading import UnsafePickleError, load_c2_pickled_weights
+
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": np.zeros((1,), np.float32), "x": _RunsCode(marker)}}, f, protocol=2)
+    with pytest.raises(UnsafePickleError) as e:
+        load_pretrained_weights(str(path))
+    assert "evil.pkl" in str(e.value) and "system" in str(e.value)
+    assert not marker.exists()
+    with open(path, "wb") as f:
+        pickle.dump({"conv1_w": _CustomClass()}, f)
+    with pytest.raises(UnsafePickleError, match=r"evil\.pkl.*_CustomClass"):
+        load_c2_pickled_weights(str(path))
+
+
+def test_pkl_python2_numpy1_layout_loads(tmp_path):
+    """Original Detectron files are python-2 pickles naming numpy.core.multiarray (numpy 1.x), with a
+    "blobs" dict and other entries next to it; numpy scalars and bytes may appear too."""
+    from maskrcnn_benchmark.utils.c2_model_loading import load_c2_pickled_weights
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    raw = pickle.dumps({"blobs": OrderedDict([("conv1_w", w), ("conv1_b", np.float32(2.5))]),
+                        "cfg": "MODEL: {}", "raw": b"\x00\xff"}, protocol=2)
+    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in raw
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(raw)
+    blobs = load_c2_pickled_weights(str(path))
+    assert sorted(blobs) == ["conv1_b", "conv1_w"]
+    np.testing.assert_array_equal(blobs["conv1_w"], w)
+    assert float(blobs["conv1_b"]) == 2.5
+
+
+def test_pkl_not_a_pickle_is_clear_error(tmp_path):
+    path = tmp_path / "empty.pkl"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pkl"):
+        load_pretrained_weights(str(path))

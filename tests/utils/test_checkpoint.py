@@ -147,3 +147,118 @@ def test_resume_takes_precedence_over_weight(tmp_path):
     Checkpointer(model, opt, sched, str(tmp_path), save_to_disk=True).save("model_0000004", iteration=4)
     extra = Checkpointer(_setup(1)[0], save_dir=str(tmp_path)).load(weight=str(tmp_path / "does_not_exist.pth"))
     assert extra["iteration"] == 4
+
+
+# ---- nothing lost: bad last_checkpoint, truncated files, non-finite weights, pruning -------------------
+def _saved_run(tmp_path, iterations=(2, 4), keep=0):
+    model, opt, sched = _setup(0)
+    ck = Checkpointer(model, opt, sched, str(tmp_path), save_to_disk=True, keep=keep)
+    for it in iterations:
+        _train_step(model, opt, sched)
+        ck.save(f"model_{it:07d}", iteration=it)
+    return model
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n", b"\x00\xff\xfe garbage", b"not a file name"])
+def test_bad_last_checkpoint_falls_back_to_newest_readable(tmp_path, caplog, content):
+    _saved_run(tmp_path)
+    (tmp_path / "last_checkpoint").write_bytes(content)
+    ck = Checkpointer(_setup(1)[0], save_dir=str(tmp_path))
+    assert ck.has_checkpoint()
+    with caplog.at_level("WARNING"):
+        assert ck.resume()["iteration"] == 4
+    assert "last_checkpoint" in caplog.text and "model_0000004.pth" in caplog.text
+
+
+def test_missing_last_checkpoint_with_checkpoints_resumes(tmp_path):
+    _saved_run(tmp_path)
+    (tmp_path / "last_checkpoint").unlink()
+    ck = Checkpointer(_setup(1)[0], save_dir=str(tmp_path))
+    assert ck.has_checkpoint() and ck.resume()["iteration"] == 4
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "not_a_checkpoint"])
+def test_broken_newest_checkpoint_falls_back_with_warning(tmp_path, caplog, damage):
+    _saved_run(tmp_path)
+    newest = tmp_path / "model_0000004.pth"
+    data = newest.read_bytes()
+    if damage == "truncate":
+        newest.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        newest.write_bytes(b"")
+    else:
+        torch.save({"weights": torch.zeros(2)}, newest)
+    with caplog.at_level("WARNING"):
+        extra = Checkpointer(_setup(1)[0], save_dir=str(tmp_path)).resume()
+    assert extra["iteration"] == 2
+    assert "model_0000004.pth" in caplog.text and "Resuming from" in caplog.text
+
+
+def test_no_readable_checkpoint_stops_instead_of_restarting(tmp_path):
+    _saved_run(tmp_path)
+    for name in ("model_0000002.pth", "model_0000004.pth"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(RuntimeError) as e:
+        Checkpointer(_setup(1)[0], save_dir=str(tmp_path)).resume()
+    assert "model_0000002.pth" in str(e.value) and "model_0000004.pth" in str(e.value)
+
+
+def test_non_finite_model_is_not_saved(tmp_path):
+    model = _saved_run(tmp_path, iterations=(2,))
+    before = (tmp_path / "model_0000002.pth").read_bytes()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+        model[2].bias[1] = float("inf")
+    ck = Checkpointer(model, save_dir=str(tmp_path), save_to_disk=True)
+    with pytest.raises(FloatingPointError, match=r"model_0000004\.pth.*2 model tensor\(s\).*0\.weight, 2\.bias"):
+        ck.save("model_0000004", iteration=4)
+    assert _files(tmp_path) == ["last_checkpoint", "model_0000002.pth"]
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000002.pth"
+    assert (tmp_path / "model_0000002.pth").read_bytes() == before
+
+
+def test_keep_last_periodic_checkpoints(tmp_path):
+    model = _saved_run(tmp_path, iterations=(1, 2), keep=2)
+    ck = Checkpointer(model, save_dir=str(tmp_path), save_to_disk=True, keep=2)
+    ck.save("model_final", iteration=2)
+    for it in (3, 4, 5):
+        ck.save(f"model_{it:07d}", iteration=it)
+    assert _files(tmp_path) == ["last_checkpoint", "model_0000004.pth", "model_0000005.pth", "model_final.pth"]
+    # the file last_checkpoint names is never deleted, even when older than the kept ones
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth\n")
+    Checkpointer(model, save_dir=str(tmp_path), save_to_disk=True, keep=1).prune()
+    assert _files(tmp_path) == ["last_checkpoint", "model_0000004.pth", "model_0000005.pth", "model_final.pth"]
+    ck0 = Checkpointer(model, save_dir=str(tmp_path), save_to_disk=True, keep=0)
+    ck0.save("model_0000006", iteration=6)
+    assert "model_0000004.pth" in _files(tmp_path)  # keep 0: keep all
+
+
+def test_weight_file_empty_or_not_a_state_dict(tmp_path):
+    model = nn.Linear(3, 2)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pth \(empty file\)"):
+        Checkpointer(model).load_weights(str(empty))
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(ValueError, match=r"tensor\.pth holds Tensor, not a state dict"):
+        Checkpointer(model).load_weights(str(tensor))
+
+
+def test_weight_matching_too_little_is_error_unless_allowed(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"encoder.proj.weight": torch.ones(4, 3), "encoder.proj.bias": torch.ones(4),
+                "1.bias": torch.full((2,), 7.0)}, foreign)
+    with pytest.raises(ValueError) as e:
+        Checkpointer(model).load_weights(str(foreign), min_match=0.5)
+    msg = str(e.value)
+    assert "foreign.pth" in msg and "only 1 of its 3 tensors" in msg and "encoder.proj.weight" in msg
+    assert "MODEL.WEIGHT_MIN_MATCH 0" in msg
+    Checkpointer(model).load_weights(str(foreign), min_match=0.3)
+    assert torch.equal(model[1].bias, torch.full((2,), 7.0))
+    none = tmp_path / "none.pth"
+    torch.save({"other.weight": torch.ones(1)}, none)
+    with pytest.raises(ValueError, match="only 0 of its 1 tensors"):
+        Checkpointer(model).load_weights(str(none), min_match=0.01)
+    Checkpointer(model).load_weights(str(none), min_match=0)  # explicitly allowed

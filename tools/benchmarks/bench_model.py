@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
-from maskrcnn_benchmark.config import cfg as default_cfg  # noqa: E402
 from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
 from maskrcnn_benchmark.structures import BoxList  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg  # noqa: E402
 
 
 def random_target(h: int, w: int, n: int, num_fg: int, gen: torch.Generator) -> BoxList:
@@ -34,7 +34,7 @@ def random_target(h: int, w: int, n: int, num_fg: int, gen: torch.Generator) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config-file", default="configs/dynamic_atss/dynamic_atss_R_50_FPN_1x.yaml")
+    add_config_args(p, default="configs/dynamic_atss/dynamic_atss_R_50_FPN_1x.yaml")
     p.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"))
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -42,9 +42,8 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = default_cfg.clone()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""] + args.opts)
+    cfg = setup_cfg(args.config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""] + args.opts,
+                    allow_python=args.allow_python_config)
     torch.manual_seed(0)
     model = build_detection_model(cfg)
     h, w = args.size

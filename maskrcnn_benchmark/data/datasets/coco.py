@@ -4,15 +4,19 @@ Annotation handling (decided once, at construction, and logged):
 
 * category ids: the json ids sorted ascending map to contiguous labels ``1..K`` (0 is background);
 * ``iscrowd=1`` boxes are never training targets;
-* boxes with width or height <= 0 are dropped (count logged);
+* boxes with width or height <= 0, or a non-finite (NaN / inf) coordinate, are dropped (count logged);
 * boxes partly outside the image are clipped to it (count logged); boxes entirely outside the
   image (nothing left after clipping) are dropped (count logged);
 * with ``remove_images_without_annotations=True`` (training) images left with no box are dropped;
   otherwise (testing) every image in the json is kept, in json order.
 
 Bad input raises errors that name the culprit: a malformed json (with line and column), a
-missing key (with the key and the json), a missing image file (with the file and the json), an
-image OpenCV cannot decode, or an image whose size differs from the json's.
+missing key (with the key and the json), a duplicate image id, an image ``height`` / ``width``
+that is not a positive integer (with the image and the field), a missing image file (with the
+file and the json), an image OpenCV cannot decode or a truncated JPEG / PNG (:class:`CorruptImageError`;
+with ``skip_corrupt_images`` such images are skipped with a counted warning instead), or an
+image whose size differs from the json's. A json without any annotation gets a warning (COCO
+evaluation then reports AP -1).
 """
 from __future__ import annotations
 
@@ -23,16 +27,17 @@ import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import cv2
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
+from .base import CorruptImageError, DetectionDataset, decode_image_file
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCODataset", "load_coco_json"]
+__all__ = ["COCODataset", "CorruptImageError", "load_coco_json", "decode_image_file"]
 
 _REQUIRED_KEYS = {
     "images": ("id", "file_name", "height", "width"),
@@ -77,8 +82,23 @@ def load_coco_json(ann_file: str) -> COCO:
             if missing:
                 raise ValueError(f"annotation file {ann_file}: {section}[{n}] is missing key "
                                  f"{missing[0]!r} (required keys: {', '.join(keys)})")
+    img_ids = set()
+    for im in data["images"]:
+        if im["id"] in img_ids:
+            raise ValueError(f"annotation file {ann_file}: image id {im['id']!r} appears more than once in "
+                             f"'images' (file {im['file_name']!r} and another); image ids must be unique")
+        img_ids.add(im["id"])
+        for field in ("height", "width"):
+            value = im[field]
+            integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if isinstance(value, bool) or not integral or value <= 0:
+                raise ValueError(f"annotation file {ann_file}: image id {im['id']!r} ({im['file_name']!r}) has "
+                                 f"{field} {value!r} ({type(value).__name__}); expected a positive integer")
+            im[field] = int(value)
+    if not data["annotations"]:
+        logger.warning("annotation file %s has no annotations: it cannot be used for training, and COCO "
+                       "evaluation on it reports AP -1", ann_file)
     cat_ids = {c["id"] for c in data["categories"]}
-    img_ids = {im["id"] for im in data["images"]}
     for a in data["annotations"]:
         if a["category_id"] not in cat_ids:
             raise ValueError(f"annotation file {ann_file}: annotation id {a['id']} has category_id "
@@ -96,7 +116,7 @@ def load_coco_json(ann_file: str) -> COCO:
     return coco
 
 
-class COCODataset(torch.utils.data.Dataset):
+class COCODataset(DetectionDataset):
     """Boxes of a COCO-format json.
 
     Args:
@@ -105,6 +125,9 @@ class COCODataset(torch.utils.data.Dataset):
         remove_images_without_annotations: drop images with no usable box (True for training).
         transforms: ``callable(image np.ndarray[H,W,3] uint8 BGR, target BoxList) -> (image, target)``;
             ``None`` returns the raw BGR uint8 array.
+        skip_corrupt_images: an image that cannot be decoded completely is replaced by the next
+            readable one (index + 1, ...) with a warning naming it and counting the skips of this
+            process (DATALOADER.SKIP_CORRUPT_IMAGES); False (default): raise ``CorruptImageError``.
 
     ``dataset[i]`` is ``(image, target, i)``: the transformed image (``Tensor[3, H, W]`` with the
     usual transforms), a :class:`BoxList` in the transformed image's pixels with field
@@ -112,10 +135,10 @@ class COCODataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, ann_file: str, root: str, remove_images_without_annotations: bool = True,
-                 transforms: Optional[Callable] = None):
+                 transforms: Optional[Callable] = None, skip_corrupt_images: bool = False):
+        super().__init__(transforms, skip_corrupt_images)
         self.ann_file = str(ann_file)
         self.root = str(root)
-        self.transforms = transforms
         self.coco = load_coco_json(self.ann_file)
 
         json_ids = sorted(self.coco.cats.keys())
@@ -155,14 +178,16 @@ class COCODataset(torch.utils.data.Dataset):
         wh = np.array([[self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]] for i in img_ids],
                       dtype=np.float64).reshape(-1, 2)
 
-        degenerate = ~((xywh[:, 2] > 0) & (xywh[:, 3] > 0))  # also catches NaN
+        # width/height <= 0 or any non-finite value (NaN fails every comparison, inf is caught by isfinite)
+        degenerate = ~((xywh[:, 2] > 0) & (xywh[:, 3] > 0) & np.isfinite(xywh).all(axis=1))
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         clipped = np.concatenate([np.clip(xyxy[:, :2], 0, wh), np.clip(xyxy[:, 2:], 0, wh)], axis=1)
         outside = ~degenerate & ~((clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1]))
         was_clipped = ~degenerate & ~outside & np.any(clipped != xyxy, axis=1)
         keep = ~degenerate & ~outside
         if degenerate.any():
-            logger.warning("%s: dropped %d boxes with zero or negative width/height",
+            logger.warning("%s: dropped %d boxes with zero or negative width/height or a non-finite (NaN/inf) "
+                           "coordinate",
                            self.ann_file, int(degenerate.sum()))
         if outside.any():
             logger.warning("%s: dropped %d boxes entirely outside their image",
@@ -208,21 +233,15 @@ class COCODataset(torch.utils.data.Dataset):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file {path} (image id {info['id']}) listed in {self.ann_file} "
                                     f"does not exist")
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise OSError(f"cannot decode image file {path} (image id {info['id']}, listed in "
-                          f"{self.ann_file}): corrupt or not an image")
+        try:
+            image = decode_image_file(path)
+        except CorruptImageError as e:
+            raise CorruptImageError(f"{e} (image id {info['id']}, listed in {self.ann_file}); set "
+                                    f"DATALOADER.SKIP_CORRUPT_IMAGES True to skip such images") from None
         if image.shape[:2] != (info["height"], info["width"]):
             raise ValueError(f"image file {path} is {image.shape[1]}x{image.shape[0]} (w x h) but "
                              f"{self.ann_file} says {info['width']}x{info['height']}")
         return image
-
-    def __getitem__(self, index: int):
-        image = self.load_image(index)
-        target = self.get_groundtruth(index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target, index
 
     def aspect_ratios(self) -> List[float]:
         """Height / width of every image (from the json, no image reading)."""

@@ -21,11 +21,12 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
+
+from .base import CorruptImageError, DetectionDataset, decode_image_file
 
 __all__ = ["PascalVOCDataset", "VOC_CLASSES", "parse_voc_xml", "is_voc_root"]
 
@@ -95,7 +96,7 @@ def parse_voc_xml(path: str) -> Dict[str, Any]:
             "difficult": np.asarray(difficult, dtype=bool)}
 
 
-class PascalVOCDataset(torch.utils.data.Dataset):
+class PascalVOCDataset(DetectionDataset):
     """A split of a Pascal VOC folder.
 
     Args:
@@ -103,6 +104,7 @@ class PascalVOCDataset(torch.utils.data.Dataset):
         split: the image list ``ImageSets/Main/<split>.txt`` (one image id per line).
         use_difficult: keep ``difficult`` objects in the training targets (default: no).
         transforms: as :class:`COCODataset` (``None``: raw BGR uint8 image).
+        skip_corrupt_images: as :class:`~.base.DetectionDataset` (DATALOADER.SKIP_CORRUPT_IMAGES).
         remove_images_without_annotations: drop images with no (non-difficult) object (training).
         class_names: the foreground classes in label order; default: the 20 VOC classes when every
             name in ``Annotations/`` is one of them, else the sorted names found there.
@@ -112,10 +114,10 @@ class PascalVOCDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: str, split: str, use_difficult: bool = False,
                  transforms: Optional[Callable] = None, remove_images_without_annotations: bool = False,
-                 class_names: Optional[Sequence[str]] = None):
+                 class_names: Optional[Sequence[str]] = None, skip_corrupt_images: bool = False):
+        super().__init__(transforms, skip_corrupt_images)
         self.root = str(data_dir)
         self.split = str(split)
-        self.transforms = transforms
         self.use_difficult = bool(use_difficult)
         self.ann_dir = os.path.join(self.root, "Annotations")
         self.img_dir = os.path.join(self.root, "JPEGImages")
@@ -191,21 +193,18 @@ class PascalVOCDataset(torch.utils.data.Dataset):
         """``np.ndarray[H, W, 3]`` uint8 BGR of image ``index``."""
         img_id = self.ids[index]
         path = os.path.join(self.img_dir, self._file_name(img_id))
-        image = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
-        if image is None:
-            raise FileNotFoundError(f"VOC image {path} (image {img_id!r}) is missing or cannot be decoded")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"VOC image {path} (image {img_id!r}) does not exist")
+        try:
+            image = decode_image_file(path)
+        except CorruptImageError as e:
+            raise CorruptImageError(f"{e} (VOC image {img_id!r}); set DATALOADER.SKIP_CORRUPT_IMAGES True to "
+                                    f"skip such images") from None
         info = self.annotations[img_id]
         if image.shape[:2] != (info["height"], info["width"]):
             raise ValueError(f"VOC image {path} is {image.shape[1]}x{image.shape[0]} (w x h) but its annotation "
                              f"says {info['width']}x{info['height']}")
         return image
-
-    def __getitem__(self, index: int):
-        image = self.load_image(index)
-        target = self.get_groundtruth(index)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target, index
 
     def aspect_ratios(self) -> List[float]:
         """Height / width of every image (from the annotations)."""

@@ -3,11 +3,13 @@
 Every transform is called as ``image, target = t(image, target)`` where ``image`` is either an
 ``np.ndarray[H, W, 3]`` uint8 in OpenCV's BGR order (before :class:`ToTensor`) or a
 ``Tensor[3, H, W]`` float (after it), and ``target`` is a :class:`BoxList` in the image's pixel
-coordinates (or ``None``). Random transforms draw from torch's global generator, which the data
-loader seeds per worker.
+coordinates (or ``None``). Random transforms take an optional ``generator`` (a ``torch.Generator``)
+and draw from it, else from torch's global generator. The training loader gives every sample
+its own seed (:func:`apply_transforms`), so a sample does not depend on the worker that made it.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence, Tuple, Union
 
 import cv2
@@ -20,7 +22,7 @@ from maskrcnn_benchmark.structures.bounding_box import FLIP_LEFT_RIGHT, BoxList
 Image = Union[np.ndarray, torch.Tensor]
 
 __all__ = ["Compose", "Resize", "RandomHorizontalFlip", "ToTensor", "Normalize", "get_size",
-           "image_size"]
+           "image_size", "apply_transforms"]
 
 
 def image_size(image: Image) -> Tuple[int, int]:
@@ -54,15 +56,51 @@ def get_size(image_size_wh: Tuple[int, int], min_size: int, max_size: Optional[i
     return oh, ow
 
 
+def apply_transforms(transforms, image: Image, target: Optional[BoxList] = None, seed: Optional[int] = None):
+    """``transforms(image, target)`` whose random draws depend only on ``seed`` (when given).
+
+    A :class:`Compose` gets a ``torch.Generator`` seeded with ``seed``; any other callable runs
+    with torch's global generator forked and seeded with ``seed`` (restored afterwards).
+    """
+    if seed is None:
+        return transforms(image, target)
+    if isinstance(transforms, Compose):
+        return transforms(image, target, generator=torch.Generator().manual_seed(int(seed)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return transforms(image, target)
+
+
+def _takes_generator(transform) -> bool:
+    try:
+        return "generator" in inspect.signature(transform).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class Compose:
-    """Apply transforms in order."""
+    """Apply transforms in order.
+
+    ``generator`` goes to each transform that takes a ``generator`` argument (all of this module's);
+    any other callable runs with torch's global generator forked and seeded from ``generator``.
+    """
 
     def __init__(self, transforms: Sequence):
         self.transforms = list(transforms)
+        self._takes_generator = [_takes_generator(t) for t in self.transforms]
 
-    def __call__(self, image: Image, target: Optional[BoxList] = None):
-        for t in self.transforms:
-            image, target = t(image, target)
+    def __call__(self, image: Image, target: Optional[BoxList] = None,
+                 generator: Optional[torch.Generator] = None):
+        for t, takes in zip(self.transforms, self._takes_generator):
+            if takes:
+                image, target = t(image, target, generator=generator)
+            elif generator is None:
+                image, target = t(image, target)
+            else:
+                seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image, target = t(image, target)
         return image, target
 
     def __repr__(self) -> str:
@@ -87,16 +125,19 @@ class Resize:
             raise ValueError(f"Resize: min_size must be positive sizes, got {min_size}")
         self.max_size = max_size
 
-    def get_size(self, image_size_wh: Tuple[int, int]) -> Tuple[int, int]:
-        """Draw a shorter side and return the output ``(height, width)``."""
+    def get_size(self, image_size_wh: Tuple[int, int],
+                 generator: Optional[torch.Generator] = None) -> Tuple[int, int]:
+        """Draw a shorter side (from ``generator``, else torch's global one) and return the output
+        ``(height, width)``."""
         if len(self.min_size) == 1:
             size = self.min_size[0]
         else:
-            size = self.min_size[int(torch.randint(len(self.min_size), (1,)).item())]
+            size = self.min_size[int(torch.randint(len(self.min_size), (1,), generator=generator).item())]
         return get_size(image_size_wh, size, self.max_size)
 
-    def __call__(self, image: Image, target: Optional[BoxList] = None):
-        oh, ow = self.get_size(image_size(image))
+    def __call__(self, image: Image, target: Optional[BoxList] = None,
+                 generator: Optional[torch.Generator] = None):
+        oh, ow = self.get_size(image_size(image), generator)
         if (ow, oh) != image_size(image):
             if isinstance(image, torch.Tensor):
                 image = F.interpolate(image[None], size=(oh, ow), mode="bilinear",
@@ -118,8 +159,9 @@ class RandomHorizontalFlip:
     def __init__(self, prob: float = 0.5):
         self.prob = float(prob)
 
-    def __call__(self, image: Image, target: Optional[BoxList] = None):
-        if self.prob > 0 and torch.rand(()).item() < self.prob:
+    def __call__(self, image: Image, target: Optional[BoxList] = None,
+                 generator: Optional[torch.Generator] = None):
+        if self.prob > 0 and torch.rand((), generator=generator).item() < self.prob:
             if isinstance(image, torch.Tensor):
                 image = image.flip(-1)
             else:
@@ -139,7 +181,8 @@ class ToTensor:
     channel order and scale.)
     """
 
-    def __call__(self, image: Image, target: Optional[BoxList] = None):
+    def __call__(self, image: Image, target: Optional[BoxList] = None,
+                 generator: Optional[torch.Generator] = None):
         if not isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"ToTensor: expected an HxWx3 image, got shape {image.shape}")
@@ -167,7 +210,8 @@ class Normalize:
         self.std = [float(s) for s in std]
         self.to_bgr255 = bool(to_bgr255)
 
-    def __call__(self, image: torch.Tensor, target: Optional[BoxList] = None):
+    def __call__(self, image: torch.Tensor, target: Optional[BoxList] = None,
+                 generator: Optional[torch.Generator] = None):
         if not isinstance(image, torch.Tensor):
             raise TypeError("Normalize expects a tensor; put ToTensor() before it")
         if not self.to_bgr255:
