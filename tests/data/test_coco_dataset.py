@@ -38,7 +38,7 @@ def _write_dataset(tmp_path, annotations=None, images=None, categories=CATS):
 
 def test_contiguous_ids_crowd_and_filtering(tmp_path, caplog):
     ann, root = _write_dataset(tmp_path)
-    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.data.datasets.base"):
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.data.datasets.coco"):
         ds = COCODataset(ann, root, remove_images_without_annotations=True)
     assert ds.json_category_id_to_contiguous_id == {1: 1, 5: 2, 90: 3}
     assert ds.contiguous_category_id_to_json_id == {1: 1, 2: 5, 3: 90}
@@ -218,7 +218,7 @@ def test_inf_bbox_dropped_and_counted_like_nan(tmp_path, caplog):
             {"id": 3, "image_id": 7, "category_id": 1, "bbox": [1, 2, 4, float("nan")]},
             {"id": 4, "image_id": 8, "category_id": 1, "bbox": [float("-inf"), 2, 4, 4]}]
     ann, root = _write_dataset(tmp_path, annotations=anns)
-    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.data.datasets.base"):
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.data.datasets.coco"):
         ds = COCODataset(ann, root, True)
     assert ds.ids == [7]
     torch.testing.assert_close(ds[0][1].bbox, torch.tensor([[1.0, 2.0, 11.0, 7.0]]))
@@ -227,7 +227,7 @@ def test_inf_bbox_dropped_and_counted_like_nan(tmp_path, caplog):
 
 def test_test_set_without_annotations_warns(tmp_path, caplog):
     ann, root = _write_dataset(tmp_path, annotations=[])
-    with caplog.at_level(logging.WARNING, logger="maskrcnn_benchmark.data.datasets.base"):
+    with caplog.at_level(logging.WARNING, logger="maskrcnn_benchmark.data.datasets.coco"):
         ds = COCODataset(ann, root, remove_images_without_annotations=False)
     assert len(ds) == 3
     assert "has no annotations" in caplog.text and "AP -1" in caplog.text and ann in caplog.text
