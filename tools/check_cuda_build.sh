@@ -32,7 +32,23 @@ if torch.version.cuda is None:
     sys.exit(f"{sys.executable}: torch {torch.__version__} has no CUDA; give a venv with a CUDA build of torch")
 print(f"== torch {torch.__version__} (CUDA {torch.version.cuda}) in {sys.prefix}")
 PYEOF
-command -v nvcc >/dev/null || [ -n "${CUDA_HOME:-}" ] || { echo "nvcc not found (set CUDA_HOME)"; exit 1; }
+# The CUDA toolkit: $CUDA_HOME, else the one nvcc on PATH runs (/usr/local/bin/nvcc may be a wrapper).
+if [ -z "${CUDA_HOME:-}" ]; then
+  for candidate in "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent/bin/nvcc)")")")" \
+                   /usr/local/cuda $(ls -d /usr/local/cuda-* 2>/dev/null | sort -rV); do
+    if [ -x "$candidate/bin/nvcc" ] && [ -f "$candidate/include/cuda_runtime.h" ]; then CUDA_HOME="$candidate"; break; fi
+  done
+  [ -n "${CUDA_HOME:-}" ] || { echo "no CUDA toolkit found (nvcc + include/cuda_runtime.h): set CUDA_HOME"; exit 1; }
+fi
+export CUDA_HOME
+# A minimal toolkit (nvcc and the runtime only) lacks the library headers that ATen's CUDA headers
+# include (cusparse.h, cublas_v2.h, ...); torch's CUDA wheels ship them under nvidia/cu*/include.
+if [ ! -f "$CUDA_HOME/include/cusparse.h" ]; then
+  NV_INCLUDE="$("$PY" -c "import glob, os, torch; print(next(iter(sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), '..', 'nvidia', 'cu*', 'include')))), ''))")"
+  [ -n "$NV_INCLUDE" ] || { echo "cusparse.h not found in $CUDA_HOME/include nor in the venv's nvidia packages"; exit 1; }
+  export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I$(cd "$NV_INCLUDE" && pwd)"
+fi
+echo "== CUDA_HOME=$CUDA_HOME ${NVCC_APPEND_FLAGS:+(NVCC_APPEND_FLAGS=$NVCC_APPEND_FLAGS)}"
 
 echo "== scratch copy: $SCRATCH"
 mkdir -p "$SCRATCH"
