@@ -6,8 +6,16 @@ Install torch first, then build in place:
     # or: python setup.py build develop   /   python setup.py build_develop
     # or: pip install -e . --no-build-isolation
 
-CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built. CUDA kernels (csrc/cuda/*.cu) are added,
-with -DWITH_CUDA, when torch was built with CUDA and nvcc is found (CUDA_HOME), or when FORCE_CUDA=1.
+CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) and the Autocast kernels (csrc/autocast/*.cpp) are always
+built. The CUDA kernels (csrc/cuda/*.cu) are built, for now, only on request: they are compiled and
+checked (tools/check_cuda_build.sh) but have not yet run on a GPU. Set, at build time,
+
+    MASKRCNN_BENCHMARK_CUDA_KERNELS=1   and either a CUDA build of torch with nvcc (CUDA_HOME)
+                                        or FORCE_CUDA=1 (e.g. a container without a GPU)
+
+(TORCH_CUDA_ARCH_LIST picks the GPU architectures, e.g. "8.0;9.0"). Without it a CUDA machine
+builds the CPU kernels only, and CUDA tensors use the portable PyTorch fallbacks
+(maskrcnn_benchmark/layers/_fallback.py).
 """
 import glob
 import os
@@ -30,9 +38,25 @@ def _rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
 
 
+def cuda_kernels_requested() -> bool:
+    """True when the CUDA kernels are to be compiled (opt-in, see the module docstring)."""
+    if os.getenv("MASKRCNN_BENCHMARK_CUDA_KERNELS", "0") != "1":
+        if torch.version.cuda is not None and CUDA_HOME is not None:
+            print("maskrcnn_benchmark: CUDA torch and nvcc found, but the CUDA kernels are opt-in until they "
+                  "have run on a GPU: set MASKRCNN_BENCHMARK_CUDA_KERNELS=1 to build them; building the CPU "
+                  "kernels only (CUDA tensors use the portable PyTorch fallbacks)")
+        return False
+    if (torch.version.cuda is not None and CUDA_HOME is not None) or os.getenv("FORCE_CUDA", "0") == "1":
+        return True
+    raise RuntimeError("MASKRCNN_BENCHMARK_CUDA_KERNELS=1 needs a CUDA build of torch and nvcc (CUDA_HOME), "
+                       f"or FORCE_CUDA=1; found torch {torch.__version__} (CUDA {torch.version.cuda}), "
+                       f"CUDA_HOME={CUDA_HOME}")
+
+
 def get_extensions():
     csrc = os.path.join(ROOT, "csrc")
-    sources = _rel(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    sources = _rel(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp"))
+                   + glob.glob(os.path.join(csrc, "autocast", "*.cpp")))
     cuda_sources = _rel(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
 
     # -fno-trapping-math lets GCC if-convert the branch-free min/max/select loops (IoU, focal loss)
@@ -41,11 +65,13 @@ def get_extensions():
     extra_link_args = ["-fopenmp"]
     define_macros = []
     extension = CppExtension
-    with_cuda = (torch.version.cuda is not None and CUDA_HOME is not None) or os.getenv("FORCE_CUDA", "0") == "1"
-    if with_cuda:
+    if cuda_kernels_requested():
         extension = CUDAExtension
         sources += cuda_sources
         define_macros.append(("WITH_CUDA", None))
+        # No --use_fast_math: it would change exp/log1p/division (focal loss, IoU at the NMS threshold)
+        # against the CPU kernels. The architectures come from TORCH_CUDA_ARCH_LIST (torch's
+        # cpp_extension reads it; default: the GPUs it sees).
         extra_compile_args["nvcc"] = [
             "-O3",
             "-DCUDA_HAS_FP16=1",

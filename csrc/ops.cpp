@@ -1,6 +1,8 @@
-// Operator schemas of the `maskrcnn_benchmark` library. Backends register kernels with
-// TORCH_LIBRARY_IMPL(maskrcnn_benchmark, CPU|CUDA, m) in csrc/cpu/ and csrc/cuda/; other files may
-// add operators with TORCH_LIBRARY_FRAGMENT(maskrcnn_benchmark, m).
+// Operator schemas of the `maskrcnn_benchmark` library: every op is declared here, once. Each
+// backend registers its kernels with TORCH_LIBRARY_IMPL(maskrcnn_benchmark, <key>, m), one file
+// per op and backend: csrc/cpu/*.cpp (CPU, always built), csrc/cuda/*.cu (CUDA, built only with
+// MASKRCNN_BENCHMARK_CUDA_KERNELS=1, see setup.py) and csrc/autocast/autocast_kernels.cpp
+// (Autocast / AutocastCPU: run the ops in float32 under mixed precision).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -25,4 +27,14 @@ TORCH_LIBRARY(maskrcnn_benchmark, m) {
   m.def(
       "sigmoid_focal_loss_backward(Tensor grad_output, Tensor logits, Tensor targets, float gamma, "
       "float alpha) -> Tensor");
+  // Modulated deformable convolution (DCNv2), see csrc/deform_conv_geometry.h for the layouts.
+  m.def(
+      "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor? bias, "
+      "int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, "
+      "int groups, int deformable_groups) -> Tensor");
+  // Gradients (input, weight, offset, mask, bias) of deform_conv2d given grad_out.
+  m.def(
+      "_deform_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor offset, "
+      "Tensor mask, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, "
+      "int groups, int deformable_groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -51,12 +51,7 @@ void box_iou_kernel(const T* b1, const T* b2, int64_t n, int64_t m, T* out) {
 }
 
 at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  check_boxes(boxes1, "box_iou", "boxes1");
-  check_boxes(boxes2, "box_iou", "boxes2");
-  TORCH_CHECK(boxes1.scalar_type() == boxes2.scalar_type(),
-              "box_iou: boxes1 and boxes2 must have the same dtype, got ", boxes1.scalar_type(),
-              " and ", boxes2.scalar_type());
-  check_same_device(boxes1, boxes2, "box_iou", "boxes1", "boxes2");
+  check_box_iou_inputs(boxes1, boxes2);
   TORCH_CHECK(boxes1.device().is_cpu(), "box_iou: expected CPU tensors, got ", boxes1.device());
   const int64_t n = boxes1.size(0), m = boxes2.size(0);
   at::Tensor out = at::empty({n, m}, boxes1.options());

@@ -61,19 +61,13 @@ void gather_soa(const T* boxes, const int64_t* perm, int64_t n, std::vector<T>& 
   }
 }
 
-void check_nms_inputs(const at::Tensor& boxes, const at::Tensor& scores, const char* op) {
-  check_boxes(boxes, op, "boxes");
-  TORCH_CHECK(scores.dim() == 1, op, ": scores must have shape [N], got ", scores.sizes());
-  TORCH_CHECK(scores.size(0) == boxes.size(0), op, ": scores must have shape [N] with N = ",
-              boxes.size(0), " (boxes.size(0)), got ", scores.sizes());
-  TORCH_CHECK(scores.is_floating_point(), op, ": scores must be a floating point tensor, got ",
-              scores.scalar_type());
-  check_same_device(boxes, scores, op, "boxes", "scores");
+void check_cpu(const at::Tensor& boxes, const char* op) {
   TORCH_CHECK(boxes.device().is_cpu(), op, ": expected CPU tensors, got ", boxes.device());
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
   check_nms_inputs(boxes, scores, "nms");
+  check_cpu(boxes, "nms");
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   const at::Tensor order =
@@ -96,12 +90,8 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
                            const at::Tensor& idxs, double iou_threshold) {
   check_nms_inputs(boxes, scores, "batched_nms");
-  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0),
-              "batched_nms: idxs must have shape [N] with N = ", boxes.size(0),
-              " (boxes.size(0)), got ", idxs.sizes());
-  TORCH_CHECK(idxs.scalar_type() == at::kLong, "batched_nms: idxs must be int64, got ",
-              idxs.scalar_type());
-  check_same_device(boxes, idxs, "batched_nms", "boxes", "idxs");
+  check_nms_idxs(boxes, idxs);
+  check_cpu(boxes, "batched_nms");
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
 

@@ -80,19 +80,8 @@ inline void focal_grad_row(const T* __restrict x, const T* __restrict e, const T
   }
 }
 
-void check_focal_inputs(const at::Tensor& logits, const at::Tensor& targets, double gamma,
-                        const char* op) {
-  TORCH_CHECK(logits.dim() == 2, op, ": logits must have shape [N, C], got ", logits.sizes());
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble, op,
-              ": logits must be float32 or float64, got ", logits.scalar_type());
-  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0), op,
-              ": targets must have shape [N] with N = ", logits.size(0),
-              " (logits.size(0)), got ", targets.sizes());
-  TORCH_CHECK(targets.scalar_type() == at::kLong || targets.scalar_type() == at::kInt, op,
-              ": targets must be int64 or int32, got ", targets.scalar_type());
-  check_same_device(logits, targets, op, "logits", "targets");
+void check_cpu(const at::Tensor& logits, const char* op) {
   TORCH_CHECK(logits.device().is_cpu(), op, ": expected CPU tensors, got ", logits.device());
-  TORCH_CHECK(gamma >= 0, op, ": gamma must be >= 0, got ", gamma);
 }
 
 int64_t row_grain(int64_t c) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)); }
@@ -100,6 +89,7 @@ int64_t row_grain(int64_t c) { return std::max<int64_t>(1, 16384 / std::max<int6
 at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& logits, const at::Tensor& targets,
                                   double gamma, double alpha) {
   check_focal_inputs(logits, targets, gamma, "sigmoid_focal_loss");
+  check_cpu(logits, "sigmoid_focal_loss");
   const int64_t n = logits.size(0), c = logits.size(1);
   at::Tensor out = at::empty({n, c}, logits.options());
   if (out.numel() == 0) return out;
@@ -130,13 +120,8 @@ at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad_output, const 
                                            double alpha) {
   const char* name = "sigmoid_focal_loss_backward";
   check_focal_inputs(logits, targets, gamma, name);
-  TORCH_CHECK(grad_output.sizes() == logits.sizes(), name,
-              ": grad_output must have the shape of logits ", logits.sizes(), ", got ",
-              grad_output.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == logits.scalar_type(), name,
-              ": grad_output must have the dtype of logits (", logits.scalar_type(), "), got ",
-              grad_output.scalar_type());
-  check_same_device(logits, grad_output, name, "logits", "grad_output");
+  check_focal_grad_output(grad_output, logits);
+  check_cpu(logits, name);
   const int64_t n = logits.size(0), c = logits.size(1);
   at::Tensor grad = at::empty({n, c}, logits.options());
   if (grad.numel() == 0) return grad;

@@ -1,25 +1,33 @@
-"""Lazy loading of the compiled operator library ``maskrcnn_benchmark._C``.
+"""Lazy loading of the compiled operator library ``maskrcnn_benchmark._C``: the one Python home
+of every operator's fake kernel and autograd formula.
 
 Importing this module never fails: if the extension is missing, the error is kept and raised by
-:func:`load_ops` with the command that builds it. Loading the extension registers the operators
-under ``torch.ops.maskrcnn_benchmark``; this module then adds their fake (meta) kernels, used by
-``torch.compile``/``opcheck``, and the autograd formula of ``sigmoid_focal_loss``.
+:func:`load_ops` with the command that builds it. Loading the extension registers the operators of
+:data:`OP_NAMES` under ``torch.ops.maskrcnn_benchmark`` (schemas in ``csrc/ops.cpp``); this module
+then adds their fake (meta) kernels, used by ``torch.compile``/``opcheck``, and the autograd
+formulas of ``sigmoid_focal_loss`` and ``deform_conv2d`` (which call the backward ops through the
+dispatcher). The Python wrappers (``nms.py``, ``box_iou.py``, ``sigmoid_focal_loss.py``,
+``dcn.py``) reach the ops through :func:`load_ops`.
 
-The extension has CPU kernels only. For every operator without a compiled kernel for a device
-type in :data:`FALLBACK_DEVICE_TYPES`, the portable PyTorch kernel of :mod:`._fallback` is
-registered for that device (slower; a warning names the op at its first use on the device). The
-autograd formulas call the backward ops through the dispatcher, so they use the fallbacks too.
+Compiled kernels: CPU (always), Autocast / AutocastCPU (always; run the ops in float32 under
+mixed precision) and CUDA (only when built with ``MASKRCNN_BENCHMARK_CUDA_KERNELS=1``, see
+setup.py). For every operator without a compiled kernel for a device type in
+:data:`FALLBACK_DEVICE_TYPES`, the portable PyTorch kernel of :mod:`._fallback` is registered for
+that device (slower; a warning names the op at its first use on the device).
+:func:`has_compiled_kernel` tells a compiled kernel from such a fallback.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import re
 import warnings
 from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["BUILD_COMMAND", "FALLBACK_DEVICE_TYPES", "load_ops", "registered_fallbacks"]
+__all__ = ["BUILD_COMMAND", "FALLBACK_DEVICE_TYPES", "OP_NAMES", "has_compiled_kernel", "load_ops",
+           "registered_fallbacks"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,10 @@ FALLBACK_DEVICE_TYPES = ("cuda", "xpu", "mps")
 _fallbacks: Dict[tuple, Callable] = {}
 
 BUILD_COMMAND = "MAX_JOBS=2 python setup.py build_ext --inplace"
+
+# Every operator of the library (schemas in csrc/ops.cpp), forward ops first.
+OP_NAMES = ("nms", "batched_nms", "box_iou", "sigmoid_focal_loss", "sigmoid_focal_loss_backward",
+            "deform_conv2d", "_deform_conv2d_backward")
 
 _loaded = False
 _load_error: Optional[BaseException] = None
@@ -53,8 +65,8 @@ def load_ops():
     """Returns ``torch.ops.maskrcnn_benchmark``; raises ImportError if the extension is not built."""
     if not _loaded and not _try_load():
         raise ImportError(
-            "maskrcnn_benchmark._C (the compiled operators nms, batched_nms, box_iou, "
-            "sigmoid_focal_loss) is not built or failed to load. Build it from the repository root "
+            f"maskrcnn_benchmark._C (the compiled operators {', '.join(OP_NAMES)}) is not built or "
+            "failed to load. Build it from the repository root "
             f"with `{BUILD_COMMAND}` (or `pip install -e . --no-build-isolation`). "
             f"Original error: {_load_error}"
         ) from _load_error
@@ -109,6 +121,49 @@ def _register_python_kernels() -> None:
     torch.library.register_autograd(
         ns + "sigmoid_focal_loss", focal_backward, setup_context=focal_setup_context
     )
+    _register_deform_conv2d(ns)
+
+
+def _conv_out_size(size, pad: int, dil: int, k: int, stride: int):
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def _register_deform_conv2d(ns: str) -> None:
+    def deform_fake(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, dg):
+        torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "deform_conv2d: input/weight must be 4-D")
+        out_h = _conv_out_size(input.shape[2], pad_h, dil_h, weight.shape[2], stride_h)
+        out_w = _conv_out_size(input.shape[3], pad_w, dil_w, weight.shape[3], stride_w)
+        return input.new_empty(input.shape[0], weight.shape[0], out_h, out_w)
+
+    def deform_backward_fake(grad_out, input, weight, offset, mask, *params):
+        return (
+            torch.empty_like(input),
+            torch.empty_like(weight),
+            torch.empty_like(offset),
+            torch.empty_like(mask),
+            grad_out.new_empty(weight.shape[0]),
+        )
+
+    torch.library.register_fake(ns + "deform_conv2d", deform_fake)
+    torch.library.register_fake(ns + "_deform_conv2d_backward", deform_backward_fake)
+
+    def deform_setup_context(ctx, inputs, output):
+        input, weight, offset, mask, bias, *params = inputs
+        ctx.save_for_backward(input, weight, offset, mask)
+        ctx.params = params
+        ctx.has_bias = bias is not None
+
+    def deform_backward(ctx, grad_out):
+        input, weight, offset, mask = ctx.saved_tensors
+        grad_input, grad_weight, grad_offset, grad_mask, grad_bias = (
+            torch.ops.maskrcnn_benchmark._deform_conv2d_backward(
+                grad_out, input, weight, offset, mask, *ctx.params
+            )
+        )
+        grads = (grad_input, grad_weight, grad_offset, grad_mask, grad_bias if ctx.has_bias else None)
+        return grads + (None,) * len(ctx.params)
+
+    torch.library.register_autograd(ns + "deform_conv2d", deform_backward, setup_context=deform_setup_context)
 
 
 def _warn_once(name: str, device_type: str, fn: Callable) -> Callable:
@@ -145,6 +200,28 @@ def _register_fallback_kernels() -> None:
                 logger.info("could not register the %s fallback of %s: %s", device_type, qualname, e)
                 continue
             _fallbacks[(name, device_type)] = fn
+
+
+# "CUDA: registered at /path/csrc/cuda/nms_kernel.cu:120 :: (...) [ boxed unboxed ]"
+_DUMP_LINE = re.compile(r"^(\w+): registered at (.+?):\d+(?: ::|\s*\[|$)")
+
+
+def has_compiled_kernel(op_name: str, dispatch_key: str) -> bool:
+    """True when ``maskrcnn_benchmark::<op_name>`` has a kernel compiled into ``_C`` for the key.
+
+    ``dispatch_key``: "CPU", "CUDA", "AutocastCPU", "AutocastCUDA" (or "Autocast", its alias).
+    Unlike ``torch._C._dispatch_has_kernel_for_dispatch_key``, a portable Python kernel registered
+    by this module (:mod:`._fallback`) does not count: the registration must come from a C++/CUDA
+    source file. False when the extension is not built.
+    """
+    if not _try_load() or not hasattr(torch.ops.maskrcnn_benchmark, op_name):
+        return False
+    key = "AutocastCUDA" if dispatch_key == "Autocast" else dispatch_key
+    for line in torch._C._dispatch_dump(f"maskrcnn_benchmark::{op_name}").splitlines():
+        match = _DUMP_LINE.match(line.strip())
+        if match and match.group(1) == key:
+            return not match.group(2).endswith(".py")
+    return False
 
 
 def registered_fallbacks() -> Dict[tuple, Callable]:

@@ -6,9 +6,11 @@ x_c(.) is bilinear interpolation with zeros outside the image, p_k the dilated
 kernel taps in row-major order, dp_k = (dy, dx) the learned offsets and m_k in
 [0, 1] the modulation mask, both per deformable group of input channels.
 
-The compiled op is ``torch.ops.maskrcnn_benchmark.deform_conv2d`` (CPU kernel in
-``csrc/cpu/deform_conv_kernel.cpp``); this module registers its autograd
-formula and fake (meta) implementation, so it works with ``torch.compile``.
+The compiled op is ``torch.ops.maskrcnn_benchmark.deform_conv2d`` (schema in
+``csrc/ops.cpp``, kernels in ``csrc/cpu/deform_conv_kernel.cpp`` and
+``csrc/cuda/deform_conv_kernel.cu``); its autograd formula and fake (meta)
+kernel are registered with the other ops' in :mod:`._ops`, so it works with
+``torch.compile``.
 """
 from __future__ import annotations
 
@@ -19,79 +21,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from ._ops import load_ops
+
 __all__ = ["deform_conv2d", "ModulatedDeformConv", "DFConv2d"]
 
 _IntPair = Union[int, Tuple[int, int]]
-_UNAVAILABLE = (
-    "deformable convolution is not available yet: the compiled op maskrcnn_benchmark::deform_conv2d "
-    "was not found; build it with `MAX_JOBS=2 python setup.py build_ext --inplace`"
-)
-_registered = False
-
-
-def _has_op() -> bool:
-    return hasattr(torch.ops.maskrcnn_benchmark, "deform_conv2d") and hasattr(
-        torch.ops.maskrcnn_benchmark, "_deform_conv2d_backward"
-    )
-
-
-def _ensure_op() -> None:
-    """Loads the extension and registers autograd/fake once; raises if the op is missing."""
-    global _registered
-    if _registered:
-        return
-    if not _has_op():
-        try:
-            import maskrcnn_benchmark._C  # noqa: F401
-        except (ImportError, OSError):
-            pass
-    if not _has_op():
-        raise RuntimeError(_UNAVAILABLE)
-    _register()
-    _registered = True
 
 
 def _out_size(size, pad: int, dil: int, k: int, stride: int):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-
-
-def _register() -> None:
-    @torch.library.register_fake("maskrcnn_benchmark::deform_conv2d")
-    def _fake(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, dg):
-        torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "deform_conv2d: input/weight must be 4-D")
-        out_h = _out_size(input.shape[2], pad_h, dil_h, weight.shape[2], stride_h)
-        out_w = _out_size(input.shape[3], pad_w, dil_w, weight.shape[3], stride_w)
-        return input.new_empty(input.shape[0], weight.shape[0], out_h, out_w)
-
-    @torch.library.register_fake("maskrcnn_benchmark::_deform_conv2d_backward")
-    def _fake_backward(grad_out, input, weight, offset, mask, *params):
-        return (
-            torch.empty_like(input),
-            torch.empty_like(weight),
-            torch.empty_like(offset),
-            torch.empty_like(mask),
-            grad_out.new_empty(weight.shape[0]),
-        )
-
-    def _setup_context(ctx, inputs, output):
-        input, weight, offset, mask, bias, *params = inputs
-        ctx.save_for_backward(input, weight, offset, mask)
-        ctx.params = params
-        ctx.has_bias = bias is not None
-
-    def _backward(ctx, grad_out):
-        input, weight, offset, mask = ctx.saved_tensors
-        grad_input, grad_weight, grad_offset, grad_mask, grad_bias = (
-            torch.ops.maskrcnn_benchmark._deform_conv2d_backward(
-                grad_out, input, weight, offset, mask, *ctx.params
-            )
-        )
-        grads = (grad_input, grad_weight, grad_offset, grad_mask, grad_bias if ctx.has_bias else None)
-        return grads + (None,) * len(ctx.params)
-
-    torch.library.register_autograd(
-        "maskrcnn_benchmark::deform_conv2d", _backward, setup_context=_setup_context
-    )
 
 
 def _check_args(input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor],
@@ -131,11 +69,15 @@ def _check_args(input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bia
                              f"(batch, channels, output size), got {list(t.shape)}")
     if bias is not None and tuple(bias.shape) != (out_channels,):
         raise ValueError(f"deform_conv2d: bias must have shape [{out_channels}], got {list(bias.shape)}")
+    if torch.is_autocast_enabled(input.device.type):
+        return  # the Autocast kernel casts every tensor to float32 (csrc/autocast/autocast_kernels.cpp)
     dtypes = {t.dtype for t in (input, offset, mask, weight) + ((bias,) if bias is not None else ())}
     if len(dtypes) != 1:
         raise TypeError(f"deform_conv2d: input, offset, mask, weight and bias must share one dtype, got {dtypes}")
-    if input.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"deform_conv2d: only float32 and float64 are supported, got {input.dtype}")
+    supported = (torch.float32, torch.float64) + ((torch.float16, torch.bfloat16) if input.is_cuda else ())
+    if input.dtype not in supported:
+        raise TypeError(f"deform_conv2d: on {input.device.type} only {', '.join(map(str, supported))} are "
+                        f"supported, got {input.dtype}")
 
 
 def deform_conv2d(
@@ -168,12 +110,7 @@ def deform_conv2d(
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     _check_args(input, offset, mask, weight, bias, stride, padding, dilation, groups, deformable_groups)
-    _ensure_op()
-    if input.device.type != "cpu" and not torch._C._dispatch_has_kernel_for_dispatch_key(
-        "maskrcnn_benchmark::deform_conv2d", input.device.type.upper()
-    ):
-        raise RuntimeError(f"deform_conv2d: no {input.device.type} kernel is registered (only CPU is implemented)")
-    return torch.ops.maskrcnn_benchmark.deform_conv2d(
+    return load_ops().deform_conv2d(
         input, weight, offset, mask, bias,
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         groups, deformable_groups,
@@ -288,9 +225,3 @@ class DFConv2d(nn.Module):
         offset = offset_mask[:, : self.offset_split]
         mask = offset_mask[:, self.offset_split:].sigmoid()
         return self.conv(x, offset, mask)
-
-
-try:  # register autograd/fake now if the extension is already built
-    _ensure_op()
-except RuntimeError:
-    pass

@@ -80,11 +80,9 @@ def register_flop_formulas() -> None:
         return
     from torch.utils.flop_counter import register_flop_formula
 
-    from maskrcnn_benchmark.layers import dcn
     from maskrcnn_benchmark.layers._ops import load_ops
 
-    ops = load_ops()
-    dcn._ensure_op()
+    ops = load_ops()  # registers every op, deform_conv2d included
 
     @register_flop_formula(ops.deform_conv2d)
     def _dcn(input_shape, weight_shape, offset_shape, mask_shape, bias_shape, stride_h, stride_w, pad_h, pad_w,

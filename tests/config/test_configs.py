@@ -11,7 +11,7 @@ from maskrcnn_benchmark.modeling.detector import build_detection_model
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
-DCN_MISSING = "deformable convolution is not available yet"
+DCN_MISSING = "is not built or failed to load"  # layers._ops.load_ops
 
 
 def _load(path):
@@ -46,7 +46,7 @@ def test_config_merges_and_builds(path):
     try:
         with torch.device("meta"):
             model = build_detection_model(cfg)
-    except RuntimeError as e:
+    except (RuntimeError, ImportError) as e:
         if "dcnv2" in path and DCN_MISSING in str(e):
             pytest.skip("DCN op not available yet")
         raise

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.layers import box_iou
+from maskrcnn_benchmark.layers._ops import has_compiled_kernel
 
 OPS = torch.ops.maskrcnn_benchmark
 
@@ -107,11 +108,29 @@ def test_opcheck():
     torch.library.opcheck(OPS.box_iou.default, (random_boxes(6, g, dtype=torch.float64), random_boxes(0, g, dtype=torch.float64)))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.skipif(not (torch.cuda.is_available() and has_compiled_kernel("box_iou", "CUDA")),
+                    reason="needs a GPU and the compiled CUDA kernel of box_iou (MASKRCNN_BENCHMARK_CUDA_KERNELS=1)")
 class TestBoxIouCudaMatchesCpu:
-    def test_box_iou(self):
-        if not torch._C._dispatch_has_kernel_for_dispatch_key("maskrcnn_benchmark::box_iou", "CUDA"):
-            pytest.skip("no CUDA kernel registered for box_iou")
-        g = torch.Generator().manual_seed(0)
-        b1, b2 = random_boxes(300, g), random_boxes(70, g)
-        torch.testing.assert_close(box_iou(b1.cuda(), b2.cuda()).cpu(), box_iou(b1, b2))
+    @pytest.mark.parametrize("n, m", [(1, 1), (300, 70), (5000, 33), (7, 4000)])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_box_iou(self, n, m, dtype):
+        g = torch.Generator().manual_seed(n + m)
+        b1, b2 = random_boxes(n, g, dtype=dtype), random_boxes(m, g, dtype=dtype)
+        b2[0] = torch.tensor([5.0, 5.0, 5.0, 9.0])  # zero area
+        out = box_iou(b1.cuda(), b2.cuda())
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.cpu(), box_iou(b1, b2), rtol=0, atol=0)  # same formula, same roundings
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_reduced_precision(self, dtype):
+        g = torch.Generator().manual_seed(3)
+        b1, b2 = random_boxes(200, g).to(dtype), random_boxes(90, g).to(dtype)
+        out = box_iou(b1.cuda(), b2.cuda())  # computed in float32, returned in the input dtype
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.cpu(), box_iou(b1.float(), b2.float()).to(dtype), rtol=0, atol=0)
+
+    def test_non_contiguous_and_empty(self):
+        g = torch.Generator().manual_seed(4)
+        b = random_boxes(50, g).cuda()
+        torch.testing.assert_close(box_iou(b[::2], b[1::3]).cpu(), box_iou(b[::2].cpu(), b[1::3].cpu()))
+        assert box_iou(b[:0], b).shape == (0, 50)

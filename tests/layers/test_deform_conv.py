@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskrcnn_benchmark.layers import dcn
+from maskrcnn_benchmark.layers import _ops
 from maskrcnn_benchmark.layers.dcn import DFConv2d, ModulatedDeformConv, deform_conv2d
 
 try:
-    dcn._ensure_op()
-except RuntimeError as e:  # pragma: no cover - only before the extension is built
+    _ops.load_ops()
+except ImportError as e:  # pragma: no cover - only before the extension is built
     pytest.skip(f"compiled deform_conv2d op not built: {e}", allow_module_level=True)
 
 
@@ -310,22 +310,51 @@ def test_kernel_checks_without_python_wrapper():
 
 
 # ----------------------------------------------------------------------------- CUDA
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and _ops.has_compiled_kernel("deform_conv2d", "CUDA")
+         and _ops.has_compiled_kernel("_deform_conv2d_backward", "CUDA")),
+    reason="needs a GPU and the compiled CUDA kernels of deform_conv2d (MASKRCNN_BENCHMARK_CUDA_KERNELS=1)")
 class TestCudaMatchesCpu:
-    @pytest.fixture(autouse=True)
-    def _needs_kernel(self):
-        if not torch._C._dispatch_has_kernel_for_dispatch_key("maskrcnn_benchmark::deform_conv2d", "CUDA"):
-            pytest.skip("no CUDA kernel registered for maskrcnn_benchmark::deform_conv2d")
+    CASES = [
+        dict(C=8, O=8, H=12, W=11, stride=2, groups=2, dg=2),
+        dict(C=16, O=8, H=9, W=10, stride=1, padding=2, dilation=2, dg=4),
+        dict(B=3, C=6, O=4, H=5, W=5, k=1, padding=0, bias=False, offset_scale=4.0),
+    ]
 
+    @pytest.mark.parametrize("case", range(len(CASES)))
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-    def test_forward_backward(self, dtype):
-        args, kw = random_case(12, C=8, O=8, H=12, W=11, stride=2, groups=2, dg=2, dtype=dtype)
-        cpu = [a.clone().requires_grad_() for a in args]
-        gpu = [a.cuda().requires_grad_() for a in args]
+    def test_forward_backward(self, dtype, case):
+        args, kw = random_case(12 + case, dtype=dtype, **self.CASES[case])
+        cpu = [a.clone().requires_grad_() if a is not None else None for a in args]
+        gpu = [a.cuda().requires_grad_() if a is not None else None for a in args]
         out_cpu, out_gpu = deform_conv2d(*cpu, **kw), deform_conv2d(*gpu, **kw)
-        torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-4, atol=1e-4)
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(out_gpu.detach().cpu(), out_cpu.detach(), **tol)
         grad = torch.randn_like(out_cpu)
         out_cpu.backward(grad)
         out_gpu.backward(grad.cuda())
-        for a, g in zip(cpu, gpu):
-            torch.testing.assert_close(g.grad.cpu(), a.grad, rtol=1e-3, atol=1e-3)
+        gtol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+        for name, a, g in zip(("input", "offset", "mask", "weight", "bias"), cpu, gpu):
+            if a is not None:
+                torch.testing.assert_close(g.grad.cpu(), a.grad, **gtol, msg=lambda m: f"grad of {name}: {m}")
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_reduced_precision(self, dtype):
+        """Inputs rounded to float16/bfloat16; the reference is the CPU kernel in float64 on the same values."""
+        args, kw = random_case(20, C=8, O=8, H=10, W=9, groups=2, dg=2, dtype=torch.float32)
+        low = [a.to(dtype) for a in args]
+        ref_in = [a.double().requires_grad_() for a in low]
+        gpu = [a.cuda().requires_grad_() for a in low]
+        ref, out = deform_conv2d(*ref_in, **kw), deform_conv2d(*gpu, **kw)
+        assert out.dtype == dtype
+        scale = ref.abs().max().item()
+        tol = dict(rtol=2e-2, atol=2e-2 * scale) if dtype == torch.bfloat16 else dict(rtol=5e-3, atol=5e-3 * scale)
+        torch.testing.assert_close(out.detach().cpu().double(), ref.detach(), **tol)
+        grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+        ref.backward(grad.double())
+        out.backward(grad.cuda())
+        for name, a, g in zip(("input", "offset", "mask", "weight", "bias"), ref_in, gpu):
+            gscale = a.grad.abs().max().item()
+            gtol = dict(rtol=5e-2, atol=5e-2 * gscale) if dtype == torch.bfloat16 else dict(rtol=1e-2, atol=1e-2 * gscale)
+            assert g.grad.dtype == dtype
+            torch.testing.assert_close(g.grad.cpu().double(), a.grad, **gtol, msg=lambda m: f"grad of {name}: {m}")

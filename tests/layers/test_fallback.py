@@ -15,7 +15,7 @@ try:
 except ImportError as e:  # pragma: no cover - only before the extension is built
     pytest.skip(f"compiled ops not built: {e}", allow_module_level=True)
 
-from maskrcnn_benchmark.layers import dcn  # noqa: E402  (registers the deform_conv2d autograd formula)
+from maskrcnn_benchmark.layers import dcn  # noqa: E402,F401  (the deform_conv2d Python wrapper)
 
 
 def random_boxes(n, seed, scale=100.0, dtype=torch.float32, gen=None):
@@ -222,11 +222,15 @@ ALL_OPS = ["nms", "batched_nms", "box_iou", "sigmoid_focal_loss", "sigmoid_focal
 
 
 def test_every_op_has_a_fallback_and_cuda_kernel_is_registered():
-    assert sorted(fb.FALLBACK_KERNELS) == sorted(ALL_OPS)
+    assert sorted(fb.FALLBACK_KERNELS) == sorted(ALL_OPS) == sorted(_ops.OP_NAMES)
     registered = _ops.registered_fallbacks()
     for name in ALL_OPS:
         assert hasattr(torch.ops.maskrcnn_benchmark, name)
         assert torch._C._dispatch_has_kernel_for_dispatch_key("maskrcnn_benchmark::" + name, "CUDA"), name
+        # the CUDA kernel is either compiled (MASKRCNN_BENCHMARK_CUDA_KERNELS=1) or the fallback, never both
+        assert _ops.has_compiled_kernel(name, "CUDA") != ((name, "cuda") in registered), name
+        assert _ops.has_compiled_kernel(name, "CPU"), name
+        assert _ops.has_compiled_kernel(name, "AutocastCPU") and _ops.has_compiled_kernel(name, "Autocast"), name
         # the CPU kernel stays the compiled one
         assert (name, "cpu") not in registered
         assert ("cuda" not in [d for (n, d) in registered if n == name]) or registered[(name, "cuda")] is \
@@ -301,6 +305,26 @@ def test_kernels_through_the_dispatcher_with_autograd():
                                     tuple(t.detach().requires_grad_() for t in small))
 
 
+def test_has_compiled_kernel_tells_python_kernels_apart():
+    """A kernel registered from Python (as the fallbacks are) is not a compiled one."""
+    ns = "mrcnn_has_compiled_test"
+    lib = torch.library.Library(ns, "FRAGMENT")
+    if not hasattr(getattr(torch.ops, ns), "box_iou"):
+        lib.define("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor")
+        torch.library.register_kernel(f"{ns}::box_iou", "cpu", fb.box_iou, lib=lib)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::box_iou", "CPU")
+    line = next(ln for ln in torch._C._dispatch_dump(f"{ns}::box_iou").splitlines() if ln.startswith("CPU:"))
+    match = _ops._DUMP_LINE.match(line)
+    assert match and match.group(2).endswith(".py")
+    assert not _ops.has_compiled_kernel("no_such_op", "CPU")
+    for name, device_type in registered_cuda_fallbacks():
+        assert not _ops.has_compiled_kernel(name, "CUDA")
+
+
+def registered_cuda_fallbacks():
+    return [key for key in _ops.registered_fallbacks() if key[1] == "cuda"]
+
+
 def test_warns_once_naming_the_op():
     calls = []
     kernel = _ops._warn_once("box_iou", "cuda", lambda *a: calls.append(a) or 1)
@@ -314,11 +338,21 @@ def test_warns_once_naming_the_op():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cuda_ops_run_and_match_cpu():  # pragma: no cover - no GPU in this project's CI
+def test_fallbacks_on_cuda_match_cpu_kernels():  # pragma: no cover - no GPU in this project's CI
+    """The portable fallbacks themselves (called directly, whatever kernel the dispatcher holds for
+    CUDA) on CUDA tensors against the compiled CPU kernels."""
     dev = torch.device("cuda")
     boxes, scores = random_boxes(300, 0), torch.rand(300, generator=torch.Generator().manual_seed(0))
     idxs = torch.randint(0, 5, (300,), generator=torch.Generator().manual_seed(1))
-    assert torch.equal(ops.nms(boxes.to(dev), scores.to(dev), 0.5).cpu(), ops.nms(boxes, scores, 0.5))
-    assert torch.equal(ops.batched_nms(boxes.to(dev), scores.to(dev), idxs.to(dev), 0.5).cpu(),
+    assert torch.equal(fb.nms(boxes.to(dev), scores.to(dev), 0.5).cpu(), ops.nms(boxes, scores, 0.5))
+    assert torch.equal(fb.batched_nms(boxes.to(dev), scores.to(dev), idxs.to(dev), 0.5).cpu(),
                        ops.batched_nms(boxes, scores, idxs, 0.5))
-    torch.testing.assert_close(ops.box_iou(boxes.to(dev), boxes[:7].to(dev)).cpu(), ops.box_iou(boxes, boxes[:7]))
+    torch.testing.assert_close(fb.box_iou(boxes.to(dev), boxes[:7].to(dev)).cpu(), ops.box_iou(boxes, boxes[:7]))
+    logits = torch.randn(50, 7, generator=torch.Generator().manual_seed(2)) * 4
+    targets = torch.randint(-1, 8, (50,), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(fb.sigmoid_focal_loss(logits.to(dev), targets.to(dev), 2.0, 0.25).cpu(),
+                               ops.sigmoid_focal_loss(logits, targets, 2.0, 0.25))
+    x, weight, offset, mask, bb, params = dcn_case(5, C=4)
+    torch.testing.assert_close(fb.deform_conv2d(x.to(dev), weight.to(dev), offset.to(dev), mask.to(dev), bb.to(dev),
+                                                *params).cpu(),
+                               ops.deform_conv2d(x, weight, offset, mask, bb, *params))

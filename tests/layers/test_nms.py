@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.layers import batched_nms, box_iou, nms
+from maskrcnn_benchmark.layers._ops import has_compiled_kernel
 
 OPS = torch.ops.maskrcnn_benchmark
 DTYPES = [torch.float32, torch.float64]
@@ -199,28 +200,56 @@ def test_torch_compile_smoke():
     torch.testing.assert_close(out_boxes, ref_boxes)
 
 
-def _has_cuda_kernel(op):
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"maskrcnn_benchmark::{op}", "CUDA")
+def _needs_compiled_cuda(*ops):
+    """Skips unless a GPU is there and the CUDA kernels of ``ops`` are the compiled ones (not the
+    portable fallbacks that layers._ops registers on a build without them)."""
+    ok = torch.cuda.is_available() and all(has_compiled_kernel(op, "CUDA") for op in ops)
+    return pytest.mark.skipif(not ok, reason=f"needs a GPU and the compiled CUDA kernels of {', '.join(ops)} "
+                                             "(build with MASKRCNN_BENCHMARK_CUDA_KERNELS=1)")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def assert_same_keep(got, expected, scores):
+    """Kept indices equal, or, where tied scores were ordered differently, the same kept scores."""
+    got, expected = got.cpu(), expected.cpu()
+    if torch.equal(got, expected):
+        return
+    assert got.shape == expected.shape, (got.tolist(), expected.tolist())
+    torch.testing.assert_close(scores[got], scores[expected], rtol=0, atol=0)
+
+
+@_needs_compiled_cuda("nms", "batched_nms")
 class TestNmsCudaMatchesCpu:
-    @pytest.fixture(autouse=True)
-    def _needs_kernels(self):
-        if not (_has_cuda_kernel("nms") and _has_cuda_kernel("batched_nms")):
-            pytest.skip("no CUDA kernel registered for nms/batched_nms")
-
+    @pytest.mark.parametrize("ties", [False, True])
+    @pytest.mark.parametrize("threshold", [0.0, 0.5, 0.8])
     @pytest.mark.parametrize("seed", range(3))
-    def test_nms(self, seed):
-        boxes, scores = random_boxes(500, seed), random_scores(500, seed)
-        cpu = nms(boxes, scores, 0.5)
-        cuda = nms(boxes.cuda(), scores.cuda(), 0.5).cpu()
-        assert cuda.tolist() == cpu.tolist()
+    def test_nms(self, seed, threshold, ties):
+        for n in (1, 63, 64, 65, 500, 3000):  # around the 64-box mask words
+            boxes, scores = random_boxes(n, seed), random_scores(n, seed, ties)
+            cpu = nms(boxes, scores, threshold)
+            assert_same_keep(nms(boxes.cuda(), scores.cuda(), threshold), cpu, scores)
 
+    @pytest.mark.parametrize("ties", [False, True])
     @pytest.mark.parametrize("seed", range(3))
-    def test_batched_nms(self, seed):
-        boxes, scores = random_boxes(500, seed), random_scores(500, seed)
-        idxs = torch.randint(10, (500,))
-        cpu = batched_nms(boxes, scores, idxs, 0.5)
-        cuda = batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu()
-        assert cuda.tolist() == cpu.tolist()
+    def test_batched_nms(self, seed, ties):
+        for n, num_classes in ((500, 10), (3000, 80)):
+            boxes, scores = random_boxes(n, seed), random_scores(n, seed, ties)
+            idxs = torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+            cpu = batched_nms(boxes, scores, idxs, 0.5)
+            assert_same_keep(batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5), cpu, scores)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+    def test_other_dtypes(self, dtype):
+        """Reduced-precision boxes are compared in float32 on the CPU (the kernel computes in float32)."""
+        boxes, scores = random_boxes(800, 4).to(dtype), random_scores(800, 4).to(dtype)
+        ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        cpu = nms(boxes.to(ref_dtype), scores.to(ref_dtype), 0.5)
+        assert_same_keep(nms(boxes.cuda(), scores.cuda(), 0.5), cpu, scores.to(ref_dtype))
+        idxs = torch.randint(5, (800,), generator=torch.Generator().manual_seed(4))
+        cpu = batched_nms(boxes.to(ref_dtype), scores.to(ref_dtype), idxs, 0.5)
+        assert_same_keep(batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5), cpu, scores.to(ref_dtype))
+
+    def test_empty_and_bad_input(self):
+        e = torch.zeros(0, 4, device="cuda")
+        assert nms(e, torch.zeros(0, device="cuda"), 0.5).shape == (0,)
+        with pytest.raises(RuntimeError, match=r"nms: boxes must have shape \[N, 4\]"):
+            nms(torch.zeros(3, 5, device="cuda"), torch.zeros(3, device="cuda"), 0.5)

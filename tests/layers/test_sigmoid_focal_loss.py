@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.layers import SigmoidFocalLoss, sigmoid_focal_loss
+from maskrcnn_benchmark.layers._ops import has_compiled_kernel
 
 OPS = torch.ops.maskrcnn_benchmark
 
@@ -138,17 +139,37 @@ def test_opcheck():
     torch.library.opcheck(OPS.sigmoid_focal_loss_backward.default, (grad, logits.detach(), random_case(10, 4, 0)[1], 2.0, 0.25))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and has_compiled_kernel("sigmoid_focal_loss", "CUDA")
+         and has_compiled_kernel("sigmoid_focal_loss_backward", "CUDA")),
+    reason="needs a GPU and the compiled CUDA kernels of sigmoid_focal_loss (MASKRCNN_BENCHMARK_CUDA_KERNELS=1)")
 class TestFocalLossCudaMatchesCpu:
-    def test_forward_backward(self):
-        if not torch._C._dispatch_has_kernel_for_dispatch_key("maskrcnn_benchmark::sigmoid_focal_loss", "CUDA"):
-            pytest.skip("no CUDA kernel registered for sigmoid_focal_loss")
-        logits, targets = random_case(200, 80, 0)
+    @pytest.mark.parametrize("gamma, alpha", [(2.0, 0.25), (0.0, 0.5), (1.5, 0.75)])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_forward_backward(self, dtype, gamma, alpha):
+        logits, targets = random_case(2000, 80, 0, dtype, scale=8.0)  # saturated logits included
+        targets = targets.to(torch.int32) if gamma == 0.0 else targets
         x_cpu = logits.clone().requires_grad_(True)
         x_cuda = logits.cuda().requires_grad_(True)
-        loss_cpu = sigmoid_focal_loss(x_cpu, targets, 2.0, 0.25)
-        loss_cuda = sigmoid_focal_loss(x_cuda, targets.cuda(), 2.0, 0.25)
-        loss_cpu.sum().backward()
-        loss_cuda.sum().backward()
-        torch.testing.assert_close(loss_cuda.cpu(), loss_cpu)
+        loss_cpu = sigmoid_focal_loss(x_cpu, targets, gamma, alpha)
+        loss_cuda = sigmoid_focal_loss(x_cuda, targets.cuda(), gamma, alpha)
+        grad = torch.rand(loss_cpu.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+        loss_cpu.backward(grad)
+        loss_cuda.backward(grad.cuda())
+        torch.testing.assert_close(loss_cuda.detach().cpu(), loss_cpu.detach())
         torch.testing.assert_close(x_cuda.grad.cpu(), x_cpu.grad)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_reduced_precision(self, dtype):
+        """Computed in float32 from the rounded logits, returned in their dtype."""
+        logits, targets = random_case(500, 80, 2, torch.float32)
+        x = logits.to(dtype)
+        x_cuda = x.cuda().requires_grad_(True)
+        x_ref = x.float().requires_grad_(True)
+        loss = sigmoid_focal_loss(x_cuda, targets.cuda(), 2.0, 0.25)
+        ref = sigmoid_focal_loss(x_ref, targets, 2.0, 0.25)
+        assert loss.dtype == dtype
+        loss.sum().backward()
+        ref.sum().backward()
+        torch.testing.assert_close(loss.detach().cpu(), ref.detach().to(dtype))
+        torch.testing.assert_close(x_cuda.grad.cpu(), x_ref.grad.to(dtype))
