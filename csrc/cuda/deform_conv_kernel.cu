@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "../deform_conv_geometry.h"
+#include "../ops.h"
 #include "cuda_helpers.cuh"
 
 namespace maskrcnn_benchmark {
@@ -211,7 +212,8 @@ at::Tensor deform_conv2d_forward_cuda(
               input[b].data_ptr<scalar_t>(), offset[b].data_ptr<scalar_t>(),
               mask[b].data_ptr<scalar_t>(), s, columns.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      at::bmm_out(output[b].view({groups, g.out_channels / groups, cols}), w,
+      at::Tensor out_b = output[b].view({groups, g.out_channels / groups, cols});  // bmm_out: lvalue
+      at::bmm_out(out_b, w,
                   columns.view({groups, -1, cols}));
     }
   });
