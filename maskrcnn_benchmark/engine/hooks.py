@@ -76,7 +76,7 @@ class TrainState:
     storage: Dict[str, Any] = field(default_factory=dict)
     _tic: float = 0.0
     _loss_values: Optional[Dict[str, float]] = None
-    _loss_values_iter: int = -1
+    _loss_values_of: Optional[Dict[str, torch.Tensor]] = None  # the loss_dict they were computed from
 
     def restart_timer(self) -> None:
         """Starts timing the next iteration now (a hook that paused training calls this)."""
@@ -85,11 +85,11 @@ class TrainState:
     def loss_values(self) -> Dict[str, float]:
         """The current iteration's losses as Python floats ``{name: value}``, with ``"loss"`` (their
         sum) first; one host transfer per iteration, shared by every hook that asks."""
-        if self._loss_values_iter != self.iteration or self._loss_values is None:
+        if self._loss_values is None or self._loss_values_of is not self.loss_dict:
             names = list(self.loss_dict)
             values = torch.stack([self.loss_dict[k].float() for k in names]).tolist() if names else []
             self._loss_values = {"loss": float(sum(values)), **dict(zip(names, values))}
-            self._loss_values_iter = self.iteration
+            self._loss_values_of = self.loss_dict
         return self._loss_values
 
 
@@ -132,6 +132,9 @@ class NonFiniteLossCheck(HookBase):
     is the same on every rank (it reads the all-reduced losses)."""
 
     def after_losses(self, loss_dict):
+        if loss_dict is self.state.loss_dict:  # the floats the logging hooks reuse: one host transfer
+            values = self.state.loss_values()
+            loss_dict = {k: values[k] for k in loss_dict}
         check_losses_finite(loss_dict, self.state.iteration)
 
 

@@ -122,7 +122,12 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
 # ---- entry point ------------------------------------------------------------------------------------
 def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool = False) -> nn.Module:
     """Train the model of ``cfg`` (resuming from ``cfg.OUTPUT_DIR`` when it has a checkpoint); evaluate on
-    DATASETS.TEST at the end (and every SOLVER.TEST_PERIOD iterations) unless ``skip_test``.
+    DATASETS.TEST at the end (and every SOLVER.TEST_PERIOD iterations) unless ``skip_test`` (with
+    SOLVER.EMA_DECAY > 0: the EMA weights); write OUTPUT_DIR/metrics.jsonl (and TensorBoard events).
+
+    Resuming with a changed config follows :data:`RESUME_RULE` and logs every changed key
+    (:func:`log_config_changes`). Fine-tuning from MODEL.WEIGHT with another class count skips the
+    class-dependent predictors (logged).
 
     The run holds a lock on OUTPUT_DIR (:func:`~maskrcnn_benchmark.utils.run_lock.training_lock`: a
     second run on the folder stops at once naming the holder) and first removes the temp files of
