@@ -35,6 +35,10 @@ _C.MODEL.ATSS_ON = False  # legacy: same as MODEL.HEAD "ATSS".
 # Path of weights to load before training / for testing: a local .pth/.pkl file, or a
 # "catalog://..." name resolved under $MASKRCNN_BENCHMARK_MODELS (no download is attempted).
 # Loads model weights only (fine-tuning); solver state is restored only when resuming OUTPUT_DIR.
+# Our checkpoints with EMA weights ("ema", SOLVER.EMA_DECAY) give the EMA weights. In training, the
+# class-dependent predictors (each head's cls_logits, AutoAssign's centre prior) of a checkpoint
+# with another number of classes are skipped (logged) and keep their initialisation; any other
+# shape mismatch is an error (tools/test_net.py and the Predictor accept no class change).
 _C.MODEL.WEIGHT = ""
 # Synchronised BatchNorm in distributed training (as maskrcnn-benchmark's FCOS configs): every
 # trainable nn.BatchNorm*d is converted to nn.SyncBatchNorm when there is more than one process.
@@ -346,6 +350,10 @@ _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
 # Solver
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
+# Resuming OUTPUT_DIR with a changed config: the config in force sets every SOLVER value (STEPS,
+# BASE_LR, GAMMA, WARMUP_*, MAX_ITER, WEIGHT_DECAY, MOMENTUM, the periods, EMA_DECAY); the checkpoint
+# gives the state (weights, momentum buffers, iteration, RNG, EMA weights). The log lists every key
+# that differs from the checkpoint's config.
 # Total training iterations.
 _C.SOLVER.MAX_ITER = 40000
 # Base learning rate for SOLVER.IMS_PER_BATCH images.
@@ -385,8 +393,14 @@ _C.SOLVER.CLIP_GRAD_NORM = 0.0
 _C.SOLVER.AMP = ""
 # Evaluate on DATASETS.TEST every this many iterations (0: only at the end).
 _C.SOLVER.TEST_PERIOD = 0
-# Log losses, lr, time, ETA and memory every this many iterations.
+# Log losses, lr, time, ETA and memory every this many iterations; also the period of the lines of
+# OUTPUT_DIR/metrics.jsonl (means over the period) and of the TensorBoard scalars.
 _C.SOLVER.LOG_PERIOD = 20
+# Exponential moving average of the weights (0: off, the default; e.g. 0.9998 as YOLOX): after every
+# update ema = EMA_DECAY * ema + (1 - EMA_DECAY) * w for every parameter and buffer. The average is
+# what the periodic and final evaluation use; checkpoints save it under "ema" (restored exactly on
+# resume), and MODEL.WEIGHT / test_net / the Predictor load it instead of the raw weights.
+_C.SOLVER.EMA_DECAY = 0.0
 
 # ---------------------------------------------------------------------------------------------
 # Test

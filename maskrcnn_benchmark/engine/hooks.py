@@ -11,18 +11,21 @@ each :class:`HookBase` at five points::
         after_step()
     after_train()                            # in reverse hook order; not after an exception
 
-A hook reads and writes the shared :class:`TrainState` (``self.state``). Later features (EMA,
-TensorBoard, metrics.jsonl) are one hook each, passed to ``do_train(..., hooks=[...])``.
-The default hooks: :class:`NonFiniteLossCheck`, :class:`LoggingHook`, :class:`PeriodicCheckpoint`,
-:class:`PeriodicEvaluation`.
+A hook reads and writes the shared :class:`TrainState` (``self.state``). The hooks of a run, in this
+order (``trainer.default_hooks``): :class:`NonFiniteLossCheck`, :class:`EMAHook` (SOLVER.EMA_DECAY),
+:class:`LoggingHook`, :class:`MetricsHook` (metrics.jsonl / TensorBoard), :class:`PeriodicEvaluation`,
+:class:`PeriodicCheckpoint`. The order makes the EMA current before an evaluation, and at the end
+(reverse order) saves ``model_final`` before the final evaluation, whose results the metrics hook
+writes before it closes its files.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -30,9 +33,11 @@ from torch import nn
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer, get_rng_state, set_rng_state
 from maskrcnn_benchmark.utils.comm import reduce_dict
 from maskrcnn_benchmark.utils.metric_logger import MetricLogger, ProgressBar, format_eta, memory_usage_mb
+from maskrcnn_benchmark.utils.metrics_io import METRICS_FILE, MetricsWriter, truncate_metrics
 
-__all__ = ["TrainState", "HookBase", "NonFiniteLossCheck", "LoggingHook", "PeriodicCheckpoint",
-           "PeriodicEvaluation", "train_step", "run_training", "check_losses_finite"]
+__all__ = ["TrainState", "HookBase", "NonFiniteLossCheck", "EMAHook", "LoggingHook", "MetricsHook",
+           "PeriodicCheckpoint", "PeriodicEvaluation", "train_step", "run_training", "check_losses_finite",
+           "evaluation_scalars"]
 
 
 @dataclass
@@ -70,10 +75,22 @@ class TrainState:
     step_time: float = 0.0
     storage: Dict[str, Any] = field(default_factory=dict)
     _tic: float = 0.0
+    _loss_values: Optional[Dict[str, float]] = None
+    _loss_values_of: Optional[Dict[str, torch.Tensor]] = None  # the loss_dict they were computed from
 
     def restart_timer(self) -> None:
         """Starts timing the next iteration now (a hook that paused training calls this)."""
         self._tic = time.perf_counter()
+
+    def loss_values(self) -> Dict[str, float]:
+        """The current iteration's losses as Python floats ``{name: value}``, with ``"loss"`` (their
+        sum) first; one host transfer per iteration, shared by every hook that asks."""
+        if self._loss_values is None or self._loss_values_of is not self.loss_dict:
+            names = list(self.loss_dict)
+            values = torch.stack([self.loss_dict[k].float() for k in names]).tolist() if names else []
+            self._loss_values = {"loss": float(sum(values)), **dict(zip(names, values))}
+            self._loss_values_of = self.loss_dict
+        return self._loss_values
 
 
 class HookBase:
@@ -115,6 +132,9 @@ class NonFiniteLossCheck(HookBase):
     is the same on every rank (it reads the all-reduced losses)."""
 
     def after_losses(self, loss_dict):
+        if loss_dict is self.state.loss_dict:  # the floats the logging hooks reuse: one host transfer
+            values = self.state.loss_values()
+            loss_dict = {k: values[k] for k in loss_dict}
         check_losses_finite(loss_dict, self.state.iteration)
 
 
@@ -132,11 +152,14 @@ class LoggingHook(HookBase):
         s.logger.info("Start training: iterations %d -> %d", s.start_iter, s.max_iter)
         self.progress = ProgressBar(s.max_iter, enabled=None if self.show_progress else False)
         self.start_time = time.perf_counter()
+        self.end_time = None
 
     def after_step(self):
         s = self.state
-        self.meters.update(loss=sum(s.loss_dict.values()), **s.loss_dict)
+        self.meters.update(**s.loss_values())
         self.meters.update(time=s.step_time, data=s.data_time)
+        if s.iteration == s.max_iter:
+            self.end_time = time.perf_counter()  # the total leaves out the final evaluation
         eta = format_eta(self.meters.time.global_avg * (s.max_iter - s.iteration))
         self.progress.update(s.iteration, f"loss {self.meters.loss.median:.4f}  lr {s.lr:.6f}  eta {eta}")
         if (self.log_period > 0 and s.iteration % self.log_period == 0) or s.iteration == s.max_iter:
@@ -152,7 +175,7 @@ class LoggingHook(HookBase):
     def after_train(self):
         self.progress.close()
         s = self.state
-        total = time.perf_counter() - self.start_time
+        total = (self.end_time or time.perf_counter()) - self.start_time
         done = max(s.max_iter - s.start_iter, 1)
         s.logger.info("Total training time: %s (%.4f s / it)", format_eta(total), total / done)
 
@@ -177,26 +200,145 @@ class PeriodicCheckpoint(HookBase):
 
 
 class PeriodicEvaluation(HookBase):
-    """Calls ``test_fn(iteration)`` every ``period`` iterations (not at the last one) with the
-    random generators saved and restored, so evaluation does not change training; the result is
-    kept in ``state.storage["eval"]``. The time it takes is not counted in the next iteration."""
+    """Calls ``test_fn(iteration)`` every ``period`` iterations (> 0; not at the last one) and, with
+    ``final``, once more at the end of training (``after_train``, at ``max_iter``), with the random
+    generators saved and restored, so evaluation does not change training; the result is kept in
+    ``state.storage["eval"]`` and passed to ``after_eval(iteration, result)`` (e.g.
+    :meth:`MetricsHook.write_evaluation`). The time it takes is not counted in the next iteration."""
 
     def __init__(self, test_fn: Callable[[int], Any], period: int,
-                 before_eval: Optional[Callable[[], None]] = None):
+                 before_eval: Optional[Callable[[], None]] = None, final: bool = False,
+                 after_eval: Optional[Callable[[int, Any], None]] = None):
         self.test_fn = test_fn
         self.period = int(period)
         self.before_eval = before_eval
+        self.final = bool(final)
+        self.after_eval = after_eval
+
+    def _evaluate(self, iteration: int) -> None:
+        s = self.state
+        if self.before_eval is not None:
+            self.before_eval()
+        rng = get_rng_state()
+        s.storage["eval"] = self.test_fn(iteration)
+        set_rng_state(rng)
+        if self.after_eval is not None:
+            self.after_eval(iteration, s.storage["eval"])
 
     def after_step(self):
         s = self.state
         if self.period > 0 and s.iteration % self.period == 0 and s.iteration != s.max_iter:
-            if self.before_eval is not None:
-                self.before_eval()
-            rng = get_rng_state()
-            s.storage["eval"] = self.test_fn(s.iteration)
-            set_rng_state(rng)
+            self._evaluate(s.iteration)
             s.model.train()
             s.restart_timer()
+
+    def after_train(self):
+        if self.final:
+            self._evaluate(self.state.max_iter)
+
+
+class EMAHook(HookBase):
+    """After every update: ``ema.update(model)`` (:class:`~maskrcnn_benchmark.solver.ema.ModelEMA`:
+    ``ema = decay * ema + (1 - decay) * w`` for every parameter and buffer). It runs before the
+    evaluation and checkpoint hooks, so both see the average of the same iteration."""
+
+    def __init__(self, ema):
+        self.ema = ema
+
+    def after_step(self):
+        self.ema.update(self.state.model)
+
+
+def evaluation_scalars(results: Mapping[str, Mapping[str, float]]) -> Dict[str, Dict[str, float]]:
+    """``{dataset: {"bbox/AP": ..., ...}}`` from ``run_test``'s ``{dataset: {"AP": ..., ...}}`` (the
+    metrics.jsonl names of the box metrics)."""
+    return {name: {f"bbox/{k}": float(v) for k, v in metrics.items()} for name, metrics in (results or {}).items()}
+
+
+class MetricsHook(HookBase):
+    """Writes ``output_dir/metrics.jsonl`` (format: :mod:`maskrcnn_benchmark.utils.metrics_io`) and,
+    when ``torch.utils.tensorboard`` can be imported (package ``tensorboard``), TensorBoard event
+    files in ``output_dir``. Use it on the main process only.
+
+    Every ``log_period`` iterations and at the last one, a line with ``lr`` (of that update), the
+    means since the previous line of ``time``, ``data_time``, ``loss`` and every loss term, and
+    ``memory_mb`` (peak allocated CUDA memory; absent on the CPU). The losses are the floats
+    :meth:`TrainState.loss_values` already moved to the host for the log, so it adds no device
+    synchronisation. :meth:`write_evaluation` adds the evaluation lines (``dataset`` and
+    ``bbox/AP``... at their iteration).
+
+    Resuming at iteration ``k``: the lines of iterations > ``k`` (written after the checkpoint by
+    the interrupted run) are dropped and the file is appended to; TensorBoard purges its events
+    after ``k`` too.
+    """
+
+    def __init__(self, output_dir: str, log_period: int = 20, tensorboard: bool = True):
+        self.output_dir = output_dir
+        self.log_period = int(log_period)
+        self.tensorboard = bool(tensorboard)
+        self.writer: Optional[MetricsWriter] = None
+        self.tb = None
+
+    def before_train(self):
+        s = self.state
+        path = os.path.join(self.output_dir, METRICS_FILE)
+        dropped = truncate_metrics(path, s.start_iter)
+        if dropped:
+            s.logger.info("%s: dropped %d line(s) after iteration %d (the resumed run writes them again)",
+                          path, dropped, s.start_iter)
+        self.writer = MetricsWriter(path)
+        self.tb = self._open_tensorboard(s.start_iter) if self.tensorboard else None
+        self._sums: Dict[str, float] = {}
+        self._count = 0
+
+    def _open_tensorboard(self, start_iter: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.state.logger.info("TensorBoard event files are not written: the 'tensorboard' package is not "
+                                   "installed (pip install tensorboard); metrics.jsonl is")
+            return None
+        return SummaryWriter(self.output_dir, purge_step=start_iter + 1 if start_iter > 0 else None)
+
+    def after_step(self):
+        s = self.state
+        values = dict(s.loss_values())
+        values.update(time=s.step_time, data_time=s.data_time)
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+        if (self.log_period > 0 and s.iteration % self.log_period == 0) or s.iteration == s.max_iter:
+            scalars: Dict[str, float] = {"lr": s.lr}
+            scalars.update({k: v / self._count for k, v in self._sums.items()})
+            if s.device.type == "cuda" and torch.cuda.is_available():
+                scalars["memory_mb"] = torch.cuda.max_memory_allocated(s.device) / 1024 ** 2
+            self._write(s.iteration, scalars, tag_prefix="train/")
+            self._sums, self._count = {}, 0
+
+    def write_evaluation(self, iteration: int, results: Optional[Mapping[str, Mapping[str, float]]]) -> None:
+        """One line per dataset of ``results`` (``run_test``'s ``{dataset: {"AP": ...}}``): ``dataset``
+        and ``bbox/AP``, ``bbox/AP50``, ... at ``iteration``."""
+        for name, scalars in evaluation_scalars(results).items():
+            self._write(iteration, scalars, dataset=name, tag_prefix=f"{name}/")
+
+    def _write(self, iteration: int, scalars: Dict[str, float], dataset: Optional[str] = None,
+               tag_prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        extra = {"dataset": dataset} if dataset is not None else {}
+        self.writer.write(iteration, **extra, **scalars)
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(tag_prefix + k, v, iteration)
+            self.tb.flush()
+
+    def after_train(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
 
 def train_step(state: TrainState, images, targets, hooks: Iterable[HookBase] = ()) -> None:

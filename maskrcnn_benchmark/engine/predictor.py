@@ -109,7 +109,7 @@ def checkpoint_metadata(path: str) -> Dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: v for k, v in data.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng_states")}
+    return {k: v for k, v in data.items() if k not in ("model", "optimizer", "scheduler", "scaler", "ema", "rng_states")}
 
 
 def _json_class_names(ann_file: str) -> Optional[List[str]]:

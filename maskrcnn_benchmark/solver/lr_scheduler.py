@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -34,6 +34,11 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
 
     ``last_epoch`` counts optimizer updates: call ``scheduler.step()`` after every
     ``optimizer.step()``; update ``i`` (0-based) uses ``base_lr * warmup_multistep_factor(i, ...)``.
+
+    Resuming: :meth:`load_state_dict` restores only the position (``last_epoch``); milestones, gamma,
+    warmup and base lrs stay those this scheduler was built with (the config in force), and every
+    param group's lr is re-derived from them, so a changed SOLVER.STEPS / BASE_LR takes effect from
+    the resume point.
 
     Args:
         optimizer: the wrapped optimizer (each param group keeps its own ``initial_lr``).
@@ -70,3 +75,16 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
 
     def _get_closed_form_lr(self) -> List[float]:
         return self.get_lr()
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Take the position (``last_epoch``, ``_step_count``) from a saved state and set every param
+        group's lr to ``base_lr * factor(last_epoch)`` of *this* schedule (see the class docstring);
+        the saved milestones / gamma / warmup / base lrs are ignored."""
+        if "last_epoch" not in state_dict:
+            raise ValueError(f"scheduler state has no 'last_epoch' (keys: {sorted(state_dict)})")
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs

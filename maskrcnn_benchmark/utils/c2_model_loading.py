@@ -257,7 +257,7 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
 
     ``.pkl``: caffe2/Detectron blobs (converted). Otherwise ``torch.load``: a torchvision-style
     ResNet state dict is converted; anything else (e.g. our own checkpoint, or a dict holding
-    it under "model" / "state_dict") is returned as is. ``stage_with_dcn`` (MODEL.RESNETS.
+    it under "model" / "state_dict"; the EMA weights under "ema" when present) is returned as is. ``stage_with_dcn`` (MODEL.RESNETS.
     STAGE_WITH_DCN) moves ImageNet conv2 weights into the DFConv2d ``conv`` submodule.
     """
     if path.endswith(".pkl"):
@@ -269,6 +269,11 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
         detail = "empty file" if os.path.getsize(path) == 0 else first
         raise ValueError(f"cannot read weight file {path} ({detail}): "
                          f"expected a checkpoint / state dict saved with torch.save, or a Detectron .pkl") from None
+    ema = data.get("ema") if isinstance(data, dict) else None
+    if isinstance(ema, dict) and isinstance(ema.get("model"), dict):  # our checkpoint, trained with EMA
+        logging.getLogger(__name__).info("%s holds EMA weights (SOLVER.EMA_DECAY %s, %s updates): loading "
+                                         "those, not the raw weights", path, ema.get("decay"), ema.get("updates"))
+        data = ema
     for key in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

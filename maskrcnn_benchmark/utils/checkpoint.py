@@ -28,6 +28,7 @@ from .comm import all_gather, get_rank, is_main_process
 from .io import atomic_torch_save, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
+_SOLVER_KEYS = ("optimizer", "scheduler", "scaler", "ema")  # restored in this order (scheduler after optimizer)
 _PERIODIC = re.compile(r"^model_(\d+)\.pth$")
 
 
@@ -82,17 +83,22 @@ def resolve_weight_path(path: str) -> str:
 
 
 def load_weight_file(path: str, stage_with_dcn: Optional[Sequence[bool]] = None) -> Dict[str, torch.Tensor]:
-    """State dict in our names from ``path``: our checkpoints (``{"model": ...}``), plain state dicts,
-    torchvision ResNets and Detectron ``.pkl`` files (see :mod:`c2_model_loading`)."""
+    """State dict in our names from ``path``: our checkpoints (``{"model": ...}``; the EMA weights
+    ``{"ema": {"model": ...}}`` when the checkpoint has them), plain state dicts, torchvision ResNets
+    and Detectron ``.pkl`` files (see :mod:`c2_model_loading`)."""
     from .c2_model_loading import load_pretrained_weights
 
     return load_pretrained_weights(resolve_weight_path(path), stage_with_dcn)
 
 
 def load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], min_match: float = 0.0,
-                       source: str = "the weights") -> None:
+                       source: str = "the weights", allow_class_change: bool = False) -> None:
     """Load ``state_dict`` into ``model`` by name suffix (``load_state_dict_flexible``: maps the original
     maskrcnn-benchmark names, errors on shape mismatches, logs what was skipped).
+
+    ``allow_class_change`` (training from MODEL.WEIGHT): the class-dependent predictors of a checkpoint
+    with another number of classes are not loaded (logged, they keep their initialisation); every other
+    shape mismatch stays an error. They count as matched for ``min_match``.
 
     ``min_match`` (MODEL.WEIGHT_MIN_MATCH): least share of ``state_dict``'s tensors that must load;
     fewer (or none at all, when ``min_match`` > 0) raises ``ValueError`` naming ``source`` and listing
@@ -100,8 +106,8 @@ def load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], mi
     """
     from .model_serialization import load_state_dict_flexible
 
-    report = load_state_dict_flexible(unwrap_model(model), state_dict)
-    used = len(set(report.matched.values()))
+    report = load_state_dict_flexible(unwrap_model(model), state_dict, allow_class_change=allow_class_change)
+    used = len(set(report.matched.values())) + len(report.skipped)
     total = len(state_dict)
     share = used / total if total else 0.0
     if min_match > 0 and (used == 0 or share < min_match):
@@ -116,6 +122,20 @@ def load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], mi
         logging.getLogger("maskrcnn_benchmark.checkpoint").warning(
             "%s: none of its %d tensors matched the model (MODEL.WEIGHT_MIN_MATCH 0): the model keeps its "
             "initialisation", source, total)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)`` keeping the current hyperparameters of every param group.
+
+    The per-parameter state (SGD momentum buffers) comes from ``state``; ``lr``, ``initial_lr``,
+    ``weight_decay``, ``momentum``, ... stay those the optimizer was built with (the config in force;
+    the scheduler then sets the lr of the resumed iteration). ``ValueError`` (from torch) when the
+    param groups do not correspond (another model or parameter grouping).
+    """
+    current = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, hyper in zip(optimizer.param_groups, current):
+        group.update(hyper)
 
 
 def check_finite_state(state_dict: Dict[str, torch.Tensor], what: str) -> None:
@@ -143,11 +163,12 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
 
 
 class Checkpointer:
-    """Save / resume the training state of ``model`` (and optimizer, scheduler, AMP grad scaler).
+    """Save / resume the training state of ``model`` (and optimizer, scheduler, AMP grad scaler, EMA).
 
     Args:
         model: the model (a DDP wrapper is unwrapped).
-        optimizer, scheduler, scaler: optional objects with ``state_dict`` / ``load_state_dict``.
+        optimizer, scheduler, scaler, ema: optional objects with ``state_dict`` / ``load_state_dict``
+            (``ema``: :class:`~maskrcnn_benchmark.solver.ema.ModelEMA`, saved under the key "ema").
         save_dir: folder of the checkpoints ("" disables saving).
         save_to_disk: write files (default: only on the main process).
         logger: where to report; defaults to ``maskrcnn_benchmark.checkpoint``.
@@ -157,11 +178,12 @@ class Checkpointer:
 
     def __init__(self, model: nn.Module, optimizer=None, scheduler=None, save_dir: str = "",
                  save_to_disk: Optional[bool] = None, logger: Optional[logging.Logger] = None, scaler=None,
-                 keep: int = 0):
+                 keep: int = 0, ema=None):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scaler = scaler
+        self.ema = ema
         self.save_dir = save_dir
         self.save_to_disk = is_main_process() if save_to_disk is None else save_to_disk
         self.logger = logger or logging.getLogger("maskrcnn_benchmark.checkpoint")
@@ -184,7 +206,7 @@ class Checkpointer:
         if not self.save_to_disk:
             return None
         data: Dict[str, Any] = {"model": model_state}
-        for key in ("optimizer", "scheduler", "scaler"):
+        for key in _SOLVER_KEYS:
             obj = getattr(self, key)
             if obj is not None:
                 data[key] = obj.state_dict()
@@ -308,13 +330,32 @@ class Checkpointer:
         return None
 
     def restore(self, data: Dict[str, Any]) -> Dict[str, Any]:
-        """Load model / optimizer / scheduler / scaler state from checkpoint content ``data``;
-        returns the other entries (``iteration``, ``rng_states``, ...)."""
+        """Load model / optimizer / scheduler / scaler / EMA state from checkpoint content ``data``;
+        returns the other entries (``iteration``, ``rng_states``, ``config``, ...; also "ema" when this
+        checkpointer has no ``ema``).
+
+        The rule for a changed config: the checkpoint gives the *state* (weights, optimizer momentum
+        buffers, the scheduler's position, grad-scaler scale, EMA weights), the objects built from the
+        config in force give the *hyperparameters*: every optimizer param group keeps its current lr,
+        weight decay, momentum, ... (:func:`load_optimizer_state`), and the scheduler keeps its
+        milestones / warmup / base lrs (``WarmupMultiStepLR.load_state_dict`` takes only the position).
+        """
         data = dict(data)
         unwrap_model(self.model).load_state_dict(data.pop("model"))
-        for key in ("optimizer", "scheduler", "scaler"):
-            obj, state = getattr(self, key), data.pop(key, None)
-            if obj is not None and state is not None:
+        for key in _SOLVER_KEYS:
+            obj = getattr(self, key)
+            if obj is None:
+                continue
+            state = data.pop(key, None)
+            if state is None:
+                if key == "ema":
+                    self.logger.warning("the checkpoint has no EMA weights (SOLVER.EMA_DECAY was 0 when it was "
+                                        "saved): the average starts from the restored weights")
+                    obj.load_state_dict({"model": unwrap_model(self.model).state_dict(), "updates": 0})
+                continue
+            if key == "optimizer":
+                load_optimizer_state(obj, state)
+            else:
                 obj.load_state_dict(state)
         return data
 
@@ -329,18 +370,20 @@ class Checkpointer:
         return {} if data is None else self.restore(data)
 
     def load_weights(self, path: str, stage_with_dcn: Optional[Sequence[bool]] = None,
-                     min_match: float = 0.5) -> None:
+                     min_match: float = 0.5, allow_class_change: bool = False) -> None:
         """Load model weights only (fine-tuning / testing); the solver state is not touched.
 
+        One of our checkpoints with EMA weights (an "ema" entry) gives those (:func:`load_weight_file`).
         ``stage_with_dcn``: MODEL.RESNETS.STAGE_WITH_DCN, to map ImageNet conv2 weights into DCN layers.
         ``min_match``: MODEL.WEIGHT_MIN_MATCH (see :func:`load_model_weights`).
+        ``allow_class_change``: fine-tuning to another class count (see :func:`load_model_weights`).
         Raises FileNotFoundError naming ``path`` when it does not exist, ValueError when it is not a
         weight file or too few of its tensors match the model."""
         if not path:
             return
         self.logger.info("Loading weights from %s", path)
         load_model_weights(self.model, load_weight_file(path, stage_with_dcn), min_match,
-                           source=f"MODEL.WEIGHT {path}")
+                           source=f"MODEL.WEIGHT {path}", allow_class_change=allow_class_change)
 
     def load(self, weight: str = "", use_latest: bool = True,
              stage_with_dcn: Optional[Sequence[bool]] = None, min_match: float = 0.5) -> Dict[str, Any]:

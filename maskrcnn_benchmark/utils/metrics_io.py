@@ -23,7 +23,7 @@ import os
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["METRICS_FILE", "MetricsWriter", "read_metrics", "metric_series", "scalar_keys"]
+__all__ = ["METRICS_FILE", "MetricsWriter", "read_metrics", "metric_series", "scalar_keys", "truncate_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -114,6 +114,30 @@ def read_metrics(path: str) -> List[Dict[str, Any]]:
             raise ValueError(f"{path}, line {number}: not a metrics record ({e}): {line[:120]!r}") from None
         records.append(record)
     return records
+
+
+def truncate_metrics(path: str, max_iteration: int) -> int:
+    """Drop the records with ``"iteration" > max_iteration`` (and a truncated last line) from a metrics
+    file, so a run resumed at ``max_iteration`` appends without doubling its curves. The file is
+    rewritten atomically, and only when something is dropped. Returns the number of lines dropped
+    (0 when the file does not exist)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, METRICS_FILE)
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a truncated last line is dropped here, no need to warn
+        records = read_metrics(path)
+    kept = [r for r in records if r["iteration"] <= max_iteration]
+    lines = [line for line in text.split("\n") if line.strip()]
+    if len(kept) == len(lines) and (not text or text.endswith("\n")):
+        return 0
+    from .io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+    return len(lines) - len(kept)
 
 
 def scalar_keys(records: List[Dict[str, Any]]) -> List[str]:

@@ -478,3 +478,26 @@ def test_training_holds_output_dir_lock_and_keeps_last_checkpoints(tmp_path, tin
     assert not (tmp_path / LOCK_NAME).exists()
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
         "model_0000002.pth", "model_0000003.pth", "model_final.pth"]
+
+
+def test_log_config_changes_sources(tmp_path, caplog):
+    """The checkpoint's "config" entry is compared first; older checkpoints fall back to config.yml; with
+    neither, the log says nothing can be compared."""
+    from maskrcnn_benchmark.config import cfg as default_cfg
+    from maskrcnn_benchmark.engine.trainer import log_config_changes
+
+    logger = logging.getLogger("maskrcnn_benchmark.test_resume")
+    new = default_cfg.clone()
+    new.SOLVER.MAX_ITER = 7
+    yml = tmp_path / "config.yml"
+    with caplog.at_level(logging.INFO):
+        assert log_config_changes({"config": default_cfg.dump()}, new, 3, str(yml), logger) == [
+            ("SOLVER.MAX_ITER", default_cfg.SOLVER.MAX_ITER, 7)]
+        assert "SOLVER.MAX_ITER: 40000 -> 7" in caplog.text and "the config in force" in caplog.text
+        caplog.clear()
+        assert log_config_changes({}, new, 3, str(yml), logger) == []
+        assert "holds no config" in caplog.text
+        yml.write_text(new.dump())
+        caplog.clear()
+        assert log_config_changes({}, new, 3, str(yml), logger) == []
+        assert "no differences" in caplog.text and str(yml) in caplog.text

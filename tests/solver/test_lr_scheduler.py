@@ -74,3 +74,26 @@ def test_state_dict_roundtrip_continues_schedule():
     opt2.load_state_dict(opt.state_dict())
     sched2.load_state_dict(sched.state_dict())
     assert _lrs(sched2, opt2, 3) == pytest.approx(_lrs(sched, opt, 3))
+
+
+def test_resume_with_changed_schedule_follows_the_new_one():
+    """load_state_dict takes only the position: the schedule (milestones, base lr) built from the config
+    in force applies from the resume point, the saved one is ignored."""
+    opt = _optimizer(0.1)
+    old = WarmupMultiStepLR(opt, [8], 0.1, warmup_factor=0.5, warmup_iters=2, warmup_method="linear")
+    assert _lrs(old, opt, 4) == pytest.approx([0.05, 0.075, 0.1, 0.1])
+    state = old.state_dict()
+    assert state["milestones"] == [8] and state["base_lrs"] == [0.1]
+
+    opt2 = _optimizer(0.2)  # BASE_LR changed to 0.2 and STEPS to (5, 6)
+    new = WarmupMultiStepLR(opt2, [5, 6], 0.1, warmup_factor=0.5, warmup_iters=2, warmup_method="linear")
+    opt2.load_state_dict(opt.state_dict())  # the optimizer's saved lr (0.1) is overwritten below
+    new.load_state_dict(state)
+    assert new.last_epoch == 4 and new.milestones == [5, 6] and new.base_lrs == [0.2]
+    # updates 5..8 (indices 4..7): 0.2 before 5, then x0.1 at 5 and again at 6
+    assert _lrs(new, opt2, 4) == pytest.approx([0.2, 0.02, 0.002, 0.002])
+
+
+def test_load_state_dict_needs_the_position():
+    with pytest.raises(ValueError, match="last_epoch"):
+        WarmupMultiStepLR(_optimizer(), [5]).load_state_dict({"milestones": [5]})

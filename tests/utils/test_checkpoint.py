@@ -262,3 +262,49 @@ def test_weight_matching_too_little_is_error_unless_allowed(tmp_path):
     with pytest.raises(ValueError, match="only 0 of its 1 tensors"):
         Checkpointer(model).load_weights(str(none), min_match=0.01)
     Checkpointer(model).load_weights(str(none), min_match=0)  # explicitly allowed
+
+
+def test_resume_keeps_the_current_hyperparameters_and_the_saved_state(tmp_path):
+    """The checkpoint gives the momentum buffers and the schedule position; the optimizer / scheduler
+    built from the config in force keep their lr, weight decay, momentum and milestones."""
+    model, opt, sched = _setup(0)
+    for _ in range(3):
+        _train_step(model, opt, sched)
+    Checkpointer(model, opt, sched, str(tmp_path), save_to_disk=True).save("model_0000003", iteration=3)
+
+    model2 = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.5, momentum=0.8, weight_decay=1e-3)
+    sched2 = WarmupMultiStepLR(opt2, [3], gamma=0.5, warmup_iters=2)
+    Checkpointer(model2, opt2, sched2, str(tmp_path)).resume()
+    for group in opt2.param_groups:
+        assert (group["momentum"], group["weight_decay"], group["initial_lr"]) == (0.8, 1e-3, 0.5)
+        assert group["lr"] == pytest.approx(0.5 * 0.5)  # index 3 >= milestone 3, warmup over
+    assert sched2.last_epoch == 3 and sched2.milestones == [3]
+    for p, p2 in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[p2]["momentum_buffer"])
+
+
+def test_ema_saved_and_restored_exactly(tmp_path):
+    from maskrcnn_benchmark.solver.ema import ModelEMA
+
+    model, opt, sched = _setup(0)
+    ema = ModelEMA(model, 0.7)
+    for _ in range(2):
+        _train_step(model, opt, sched)
+        ema.update(model)
+    path = Checkpointer(model, opt, sched, str(tmp_path), save_to_disk=True, ema=ema).save("m", iteration=2)
+    saved = torch.load(path, weights_only=True)
+    assert saved["ema"]["updates"] == 2 and saved["ema"]["decay"] == 0.7
+
+    model2, opt2, sched2 = _setup(1)
+    ema2 = ModelEMA(model2, 0.7)
+    Checkpointer(model2, opt2, sched2, str(tmp_path), ema=ema2).resume()
+    assert ema2.updates == 2
+    for k, v in ema.model.state_dict().items():
+        assert torch.equal(ema2.model.state_dict()[k], v), k
+    # weights-only loading (MODEL.WEIGHT, test_net, the Predictor) takes the EMA weights
+    model3 = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    Checkpointer(model3).load_weights(path)
+    for k, v in ema.model.state_dict().items():
+        assert torch.equal(model3.state_dict()[k], v), k
+    assert not torch.equal(model3[0].weight, model[0].weight)

@@ -69,3 +69,20 @@ def test_help_of_every_tool_says_python_configs_need_the_flag(tool):
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     assert "--allow-python-config" in text and ".py config file is Python code" in text
+
+
+def test_config_differences_lists_changed_added_and_removed_leaves():
+    from yacs.config import CfgNode
+
+    from maskrcnn_benchmark.config import cfg as default_cfg
+    from maskrcnn_benchmark.utils.miscellaneous import config_differences
+
+    new = default_cfg.clone()
+    new.SOLVER.STEPS = (5, 7)
+    new.SOLVER.BASE_LR = 0.5
+    assert config_differences(default_cfg.dump(), new) == [("SOLVER.BASE_LR", default_cfg.SOLVER.BASE_LR, 0.5),
+                                                           ("SOLVER.STEPS", tuple(default_cfg.SOLVER.STEPS), (5, 7))]
+    assert config_differences(default_cfg.dump(), default_cfg) == []  # yaml round trip is exact
+    a = CfgNode({"A": CfgNode({"X": 1}), "B": 2})
+    b = CfgNode({"A": CfgNode({"X": 1, "Y": [1, 2]})})
+    assert config_differences(a, b) == [("A.Y", "<absent>", (1, 2)), ("B", 2, "<absent>")]

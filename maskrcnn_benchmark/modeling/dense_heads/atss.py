@@ -48,6 +48,9 @@ class ATSSHead(nn.Module):
     ``Scale``) and centerness / IoU logits [B, A, H, W] (from the box tower).
     """
 
+    # first dimension A * C: not loaded from a checkpoint with another class count (fine-tuning)
+    class_dependent_tensors = ("cls_logits.weight", "cls_logits.bias")
+
     def __init__(self, in_channels: int, num_classes: int, num_anchors: int = 1, num_convs: int = 4,
                  num_levels: int = 5, prior_prob: float = 0.01, use_dcn_in_tower: bool = False,
                  regression_type: str = "BOX", num_groups: int = 32):

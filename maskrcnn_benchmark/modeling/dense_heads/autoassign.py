@@ -66,6 +66,9 @@ class CenterPrior(nn.Module):
             inside points (off by default, as the reference config).
     """
 
+    # first dimension C: not loaded from a checkpoint with another class count (fine-tuning)
+    class_dependent_tensors = ("mean", "sigma")
+
     def __init__(self, num_classes: int, strides: Sequence[int] = (8, 16, 32, 64, 128),
                  force_topk: bool = False, topk: int = 9):
         super().__init__()

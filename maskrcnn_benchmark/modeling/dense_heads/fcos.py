@@ -58,6 +58,9 @@ class FCOSHead(nn.Module):
     ``(l, t, r, b)`` in pixels [B, 4, H, W] (>= 0), centerness logits [B, 1, H, W].
     """
 
+    # first dimension C: not loaded from a checkpoint with another class count (fine-tuning)
+    class_dependent_tensors = ("cls_logits.weight", "cls_logits.bias")
+
     def __init__(self, in_channels: int, num_classes: int,
                  strides: Sequence[int] = (8, 16, 32, 64, 128), num_convs: int = 4,
                  prior_prob: float = 0.01, use_dcn_in_tower: bool = False,

@@ -61,6 +61,9 @@ class RetinaNetHead(nn.Module):
     over levels: cls logits Tensor[B, A*C, H_l, W_l] and box deltas Tensor[B, A*4, H_l, W_l].
     """
 
+    # first dimension A * C: not loaded from a checkpoint with another class count (fine-tuning)
+    class_dependent_tensors = ("cls_logits.weight", "cls_logits.bias")
+
     def __init__(self, in_channels: int, num_classes: int, num_anchors: int = 9, num_convs: int = 4,
                  prior_prob: float = 0.01, num_groups: int = 0):
         super().__init__()
