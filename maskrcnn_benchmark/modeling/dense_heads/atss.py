@@ -154,7 +154,8 @@ def build_atss_parts(cfg, in_channels: int):
                     prior_prob=a.PRIOR_PROB, use_dcn_in_tower=a.USE_DCN_IN_TOWER,
                     regression_type=a.REGRESSION_TYPE, num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS)
     anchor_generator = AnchorGenerator(a.ANCHOR_SIZES, a.ASPECT_RATIOS, a.ANCHOR_STRIDES,
-                                       a.SCALES_PER_OCTAVE)
+                                       a.SCALES_PER_OCTAVE, octave=a.OCTAVE,
+                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET)
     box_coder = build_box_coder(a.REGRESSION_TYPE, a.BBOX_REG_WEIGHTS,
                                 point_scale=a.ANCHOR_SIZES[0] / a.ANCHOR_STRIDES[0])
     post = DensePostProcessor(pre_nms_top_n=a.PRE_NMS_TOP_N, nms_thresh=a.NMS_TH,
