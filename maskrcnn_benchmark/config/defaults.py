@@ -132,6 +132,11 @@ _C.MODEL.FPN.USE_RELU = False
 # ReLU before the first extra conv of *-FPN-RETINANET too (P6 = conv(relu(P5 or C5)); P7 always
 # reads relu(P6)). True for AutoAssign (mmdetection's relu_before_extra_convs, with USE_C5 False).
 _C.MODEL.FPN.RELU_BEFORE_EXTRA_CONVS = False
+# ReLU before the P7 conv of *-FPN-RETINANET (P7 = conv(relu(P6))): True = maskrcnn-benchmark and the
+# ATSS / Dynamic ATSS releases. mmdetection's FPN: P7 = conv(P6) (False) unless relu_before_extra_convs
+# (AutoAssign: True). mmdetection's extra levels map as: add_extra_convs 'on_input' (or True) ->
+# MODEL.RETINANET.USE_C5 True, 'on_output' -> USE_C5 False; it never puts a ReLU before P6.
+_C.MODEL.FPN.RELU_BEFORE_P7 = True
 
 # ---------------------------------------------------------------------------------------------
 # Group norm
@@ -347,6 +352,9 @@ _C.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 _C.MODEL.ATSS.USE_DCN_IN_TOWER = False
 # Convs in each tower.
 _C.MODEL.ATSS.NUM_CONVS = 4
+# Bias in the tower convs (before their GroupNorm). True: the ATSS / Dynamic ATSS releases;
+# False: mmdetection's ATSSHead (ConvModule with GN has no conv bias), for its weights.
+_C.MODEL.ATSS.CONV_BIAS = True
 # Prior probability of the cls bias init.
 _C.MODEL.ATSS.PRIOR_PROB = 0.01
 # Score threshold on sigmoid(cls) at inference.
