@@ -256,8 +256,8 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
     """Read local pretrained weights as a state dict in our names.
 
     ``.pkl``: caffe2/Detectron blobs (converted). Otherwise ``torch.load``: an mmdetection detector
-    (:mod:`mmdet_model_loading`) or a torchvision-style ResNet state dict is converted; anything else (e.g. our own checkpoint, or a dict holding
-    it under "model" / "state_dict") is returned as is. ``stage_with_dcn`` (MODEL.RESNETS.
+    (:mod:`mmdet_model_loading`) or a torchvision-style ResNet state dict is converted; anything
+    else (e.g. our own checkpoint, or a dict holding it under "model" / "state_dict") is returned as is. ``stage_with_dcn`` (MODEL.RESNETS.
     STAGE_WITH_DCN) moves ImageNet conv2 weights into the DFConv2d ``conv`` submodule.
     """
     if path.endswith(".pkl"):
@@ -273,8 +273,8 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
                     "are not loaded for safety; keep only its weights, for a file you trust: python -c \"import "
                     "torch; torch.save({'state_dict': torch.load('IN.pth', weights_only=False)['state_dict']}, "
                     "'OUT.pth')\"")
-        raise ValueError(f"cannot read weight file {path} ({detail}): "
-                         f"expected a checkpoint / state dict saved with torch.save, or a Detectron .pkl.{hint}") from None
+        raise ValueError(f"cannot read weight file {path} ({detail}): expected a checkpoint / state dict "
+                         f"saved with torch.save, or a Detectron .pkl.{hint}") from None
     for key in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
