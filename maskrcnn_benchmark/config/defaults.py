@@ -23,7 +23,10 @@ _C.MODEL.DEVICE = "cuda"
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
 # Dense head, chosen from the head registry: "ATSS", "DYNAMIC_ATSS", "RETINANET", "FCOS",
 # "AUTOASSIGN", "FREEANCHOR". Empty: derived from the legacy *_ON flags below (ATSS_ON -> "ATSS",
-# FCOS_ON -> "FCOS", RETINANET_ON -> "RETINANET") so the original yaml files work unchanged.
+# FCOS_ON -> "FCOS", RETINANET_ON -> "RETINANET") so the original yaml files work unchanged. A
+# config file read by the tools (setup_cfg) with ATSS_ON and an empty HEAD gets "DYNAMIC_ATSS" when
+# its file or folder name says dynamic_atss (the Dynamic ATSS release's files, whose ATSS_ON meant
+# Dynamic ATSS) and "ATSS" otherwise; the choice is logged and saved in OUTPUT_DIR/config.yml.
 _C.MODEL.HEAD = ""
 # Legacy flags of the original codebase, kept so its yaml files merge; prefer MODEL.HEAD.
 _C.MODEL.RPN_ONLY = False  # original: True for all dense detectors (no ROI heads). Ignored.
@@ -31,7 +34,7 @@ _C.MODEL.MASK_ON = False  # original: mask head. Unsupported; must stay False.
 _C.MODEL.KEYPOINT_ON = False  # original: keypoint head. Unsupported; must stay False.
 _C.MODEL.RETINANET_ON = False  # legacy: same as MODEL.HEAD "RETINANET".
 _C.MODEL.FCOS_ON = False  # legacy: same as MODEL.HEAD "FCOS".
-_C.MODEL.ATSS_ON = False  # legacy: same as MODEL.HEAD "ATSS".
+_C.MODEL.ATSS_ON = False  # legacy: MODEL.HEAD "ATSS" ("DYNAMIC_ATSS" for dynamic_atss* files; see HEAD).
 # Path of weights to load before training / for testing: a local .pth/.pkl file, or a
 # "catalog://..." name resolved under $MASKRCNN_BENCHMARK_MODELS (no download is attempted).
 # Loads model weights only (fine-tuning); solver state is restored only when resuming OUTPUT_DIR.
@@ -133,6 +136,11 @@ _C.MODEL.FPN.USE_RELU = False
 # ReLU before the first extra conv of *-FPN-RETINANET too (P6 = conv(relu(P5 or C5)); P7 always
 # reads relu(P6)). True for AutoAssign (mmdetection's relu_before_extra_convs, with USE_C5 False).
 _C.MODEL.FPN.RELU_BEFORE_EXTRA_CONVS = False
+# ReLU before the P7 conv of *-FPN-RETINANET (P7 = conv(relu(P6))): True = maskrcnn-benchmark and the
+# ATSS / Dynamic ATSS releases. mmdetection's FPN: P7 = conv(P6) (False) unless relu_before_extra_convs
+# (AutoAssign: True). mmdetection's extra levels map as: add_extra_convs 'on_input' (or True) ->
+# MODEL.RETINANET.USE_C5 True, 'on_output' -> USE_C5 False; it never puts a ReLU before P6.
+_C.MODEL.FPN.RELU_BEFORE_P7 = True
 
 # ---------------------------------------------------------------------------------------------
 # Group norm
@@ -175,6 +183,16 @@ _C.MODEL.RESNETS.WITH_MODULATED_DCN = False
 _C.MODEL.RESNETS.DEFORMABLE_GROUPS = 1
 
 # ---------------------------------------------------------------------------------------------
+# Anchor generator (the anchor heads: ATSS, Dynamic ATSS, RetinaNet, FreeAnchor)
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.ANCHOR_GENERATOR = CN()
+# Anchor centre inside its feature cell, in strides: the anchors of cell (y, x) are centred at
+# ((x + OFFSET) * s, (y + OFFSET) * s). 0.5 (default): the cell centre, as the original ATSS /
+# Dynamic ATSS releases (their "+1" anchors centred at x*s + s/2 - 0.5 cover the same pixels; see
+# modeling/anchor_generator.py). 0.0: mmdetection's AnchorGenerator (center_offset 0), for its weights.
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
+
+# ---------------------------------------------------------------------------------------------
 # RetinaNet (also holds USE_C5, read by the FPN builder for every dense head)
 # ---------------------------------------------------------------------------------------------
 _C.MODEL.RETINANET = CN()
@@ -188,7 +206,8 @@ _C.MODEL.RETINANET.ASPECT_RATIOS = (0.5, 1.0, 2.0)
 _C.MODEL.RETINANET.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
 # Anchor scales per octave (3 for RetinaNet: 2^0, 2^(1/3), 2^(2/3)).
 _C.MODEL.RETINANET.SCALES_PER_OCTAVE = 3
-# Octave base scale (anchor size = OCTAVE * stride * 2^(i/SCALES_PER_OCTAVE)); informational.
+# Octave of the anchor scales: the k-th of SCALES_PER_OCTAVE scales has size
+# ANCHOR_SIZES[l] * OCTAVE^(k / SCALES_PER_OCTAVE) (2.0: 2^0, 2^(1/3), 2^(2/3) for 3 scales).
 _C.MODEL.RETINANET.OCTAVE = 2.0
 # Anchors whose centre lies outside the image by more than this many pixels are ignored (-1: off).
 _C.MODEL.RETINANET.STRADDLE_THRESH = 0  # accepted and ignored (original configs set it; dense heads keep all anchors)
@@ -310,6 +329,9 @@ _C.MODEL.ATSS.ANCHOR_SIZES = (64, 128, 256, 512, 1024)
 _C.MODEL.ATSS.ASPECT_RATIOS = (1.0,)
 # Anchor scales per octave.
 _C.MODEL.ATSS.SCALES_PER_OCTAVE = 1
+# Octave of the anchor scales: size ANCHOR_SIZES[l] * OCTAVE^(k / SCALES_PER_OCTAVE), k <
+# SCALES_PER_OCTAVE (the original's key; no effect with the default SCALES_PER_OCTAVE 1).
+_C.MODEL.ATSS.OCTAVE = 2.0
 # Anchor strides in pixels per level (P3-P7).
 _C.MODEL.ATSS.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
 # Anchors whose centre lies outside the image by more than this many pixels are ignored (-1: off).
@@ -319,6 +341,10 @@ _C.MODEL.ATSS.TOPK = 9
 # Positive selection: "ATSS" (adaptive), "SSC" (FCOS scale ranges), "TOPK" (global top-k by IoU),
 # "IoU" (RetinaNet 0.5 / 0.4 matcher). Dynamic ATSS always uses its own rule.
 _C.MODEL.ATSS.POSITIVE_TYPE = "ATSS"
+# POSITIVE_TYPE "IoU" only: IoU >= FG_IOU_THRESHOLD is positive, < BG_IOU_THRESHOLD negative, in
+# between ignored (the original's keys and defaults).
+_C.MODEL.ATSS.FG_IOU_THRESHOLD = 0.5
+_C.MODEL.ATSS.BG_IOU_THRESHOLD = 0.4
 # ATSS hazard fix (off by default = the original behaviour): when a GT gets no positive because
 # mean + std exceeds every candidate's IoU, make its best in-box candidate positive.
 _C.MODEL.ATSS.KEEP_BEST_CANDIDATE = False
@@ -330,6 +356,9 @@ _C.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 _C.MODEL.ATSS.USE_DCN_IN_TOWER = False
 # Convs in each tower.
 _C.MODEL.ATSS.NUM_CONVS = 4
+# Bias in the tower convs (before their GroupNorm). True: the ATSS / Dynamic ATSS releases;
+# False: mmdetection's ATSSHead (ConvModule with GN has no conv bias), for its weights.
+_C.MODEL.ATSS.CONV_BIAS = True
 # Prior probability of the cls bias init.
 _C.MODEL.ATSS.PRIOR_PROB = 0.01
 # Score threshold on sigmoid(cls) at inference.
@@ -360,6 +389,10 @@ _C.SOLVER.MAX_ITER = 40000
 _C.SOLVER.BASE_LR = 0.001
 # Learning rate multiplier of biases.
 _C.SOLVER.BIAS_LR_FACTOR = 2
+# Learning rate multiplier of the deformable convs' offset / mask convs (parameters named
+# "*.offset.weight" / "*.offset.bias"; on top of BIAS_LR_FACTOR for the bias). 1.0 = no change
+# (the original releases' key and default).
+_C.SOLVER.DCONV_OFFSETS_LR_FACTOR = 1.0
 # SGD momentum.
 _C.SOLVER.MOMENTUM = 0.9
 # Weight decay of weights.
@@ -413,6 +446,13 @@ _C.TEST.EXPECTED_RESULTS_SIGMA_TOL = 4
 _C.TEST.IMS_PER_BATCH = 8
 # Detections kept per image (also the cap on the merged detections of test-time augmentation).
 _C.TEST.DETECTIONS_PER_IMG = 100
+# Rescale the detections to the original image as the original maskrcnn-benchmark / ATSS /
+# Dynamic ATSS code did in its "+1" box frame: x2, y2 -> (x2 - 1) * r + 1 instead of x2 * r
+# (r = original / network-input size; x1, y1 -> x1 * r either way). True reproduces the original
+# releases' output boxes exactly from their checkpoints (they were trained under that convention);
+# False (default): exact continuous rescaling. Applies to test_net / evaluation during training and
+# the Predictor (not to the views of TEST.BBOX_AUG).
+_C.TEST.LEGACY_PLUS_ONE_RESIZE = False
 # Pascal VOC evaluation (datasets "<VOC root>:<split>" / voc_*): "area" (area under the interpolated
 # precision-recall curve, VOC2010+) or "11point" (the VOC2007 11-point metric).
 _C.TEST.VOC_METRIC = "area"

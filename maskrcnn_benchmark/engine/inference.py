@@ -35,13 +35,16 @@ def dataset_folder_name(name: str) -> str:
 
 @torch.no_grad()
 def compute_on_dataset(model: nn.Module, data_loader, device: torch.device,
-                       bbox_aug: Optional[Callable] = None) -> Dict[int, BoxList]:
+                       bbox_aug: Optional[Callable] = None,
+                       legacy_plus_one_resize: bool = False) -> Dict[int, BoxList]:
     """Run ``model`` (eval mode) over ``data_loader``; predictions resized to each ORIGINAL image size.
 
     Args:
         bbox_aug: None, or a test-time augmentation ``bbox_aug(model, images) -> list of BoxList``
             (:class:`maskrcnn_benchmark.engine.bbox_aug.BBoxAugmentor`; the loader then yields the
             images at their original size, see ``tta_input_transforms``).
+        legacy_plus_one_resize: rescale as the original "+1" code (``BoxList.resize(legacy_plus_one=)``,
+            ``TEST.LEGACY_PLUS_ONE_RESIZE``).
 
     Returns: {dataset index: BoxList on the CPU in the original image's (width, height)}.
     """
@@ -53,7 +56,8 @@ def compute_on_dataset(model: nn.Module, data_loader, device: torch.device,
         outputs = bbox_aug(model, images) if bbox_aug is not None else model(images)
         for idx, pred in zip(indices, outputs):
             info = dataset.get_img_info(int(idx))
-            results[int(idx)] = pred.to("cpu").resize((info["width"], info["height"]))
+            results[int(idx)] = pred.to("cpu").resize((info["width"], info["height"]),
+                                                      legacy_plus_one=legacy_plus_one_resize)
     return results
 
 
@@ -76,7 +80,7 @@ def gather_predictions(predictions: Dict[int, BoxList], num_images: Optional[int
 
 def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: Optional[str] = None,
               device="cuda", logger: Optional[logging.Logger] = None, bbox_aug: Optional[Callable] = None,
-              voc_metric: str = "area") -> Optional[Dict[str, float]]:
+              voc_metric: str = "area", legacy_plus_one_resize: bool = False) -> Optional[Dict[str, float]]:
     """Detect on every image of ``data_loader`` (in every process; with test-time augmentation
     ``bbox_aug`` if given), gather on rank 0 and evaluate.
 
@@ -85,6 +89,7 @@ def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: O
     ``per_class`` {class: {metric: value}}, ``evaluation`` details), logs the summary and a per-class
     table, and returns the summary (COCO: ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``; VOC:
     ``{"mAP"}``, ``voc_metric`` "area" or "11point"); other ranks return None.
+    ``legacy_plus_one_resize``: see :func:`compute_on_dataset`.
     """
     from maskrcnn_benchmark.data.datasets.evaluation import evaluate
 
@@ -94,7 +99,7 @@ def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: O
     logger.info("Start evaluation on %s (%d images) with %d process(es)", dataset_name, len(dataset),
                 get_world_size())
     start = time.perf_counter()
-    predictions = compute_on_dataset(model, data_loader, device, bbox_aug)
+    predictions = compute_on_dataset(model, data_loader, device, bbox_aug, legacy_plus_one_resize)
     synchronize()
     elapsed = time.perf_counter() - start
     logger.info("Inference time: %s (%.4f s / image per process)", format_eta(elapsed),
@@ -134,7 +139,8 @@ def run_test(cfg, model: nn.Module, distributed: bool = False) -> Dict[str, Dict
     for name, loader in zip(cfg.DATASETS.TEST, loaders):
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(name)) if cfg.OUTPUT_DIR else None
         results = inference(model, loader, name, folder, device=cfg.MODEL.DEVICE, bbox_aug=bbox_aug,
-                            voc_metric=cfg.TEST.VOC_METRIC)
+                            voc_metric=cfg.TEST.VOC_METRIC,
+                            legacy_plus_one_resize=cfg.TEST.LEGACY_PLUS_ONE_RESIZE)
         if results is not None:
             all_results[name] = results
         synchronize()

@@ -203,6 +203,7 @@ class Predictor:
         self.score_threshold = float(score_threshold)
         self.transforms = build_transforms(cfg, is_train=False)
         self.size_divisibility = int(cfg.DATALOADER.SIZE_DIVISIBILITY)
+        self.legacy_plus_one_resize = bool(cfg.TEST.LEGACY_PLUS_ONE_RESIZE)
         self.model = build_detection_model(cfg)
         if weights:
             Checkpointer(self.model, save_to_disk=False, logger=logger).load_weights(
@@ -225,7 +226,8 @@ class Predictor:
         outputs = self.model(batch)
         results = []
         for original, pred in zip(originals, outputs):
-            pred = pred.to("cpu").resize((original.shape[1], original.shape[0]))
+            pred = pred.to("cpu").resize((original.shape[1], original.shape[0]),
+                                         legacy_plus_one=self.legacy_plus_one_resize)
             if self.score_threshold > 0:
                 pred = pred[pred.get_field("scores") >= self.score_threshold]
             results.append(pred)

@@ -6,6 +6,14 @@ for the even strides of an FPN), ``offset = 0`` the cell corner (AutoAssign, whi
 half-stride offset" of FCOS). Points are ordered row-major over ``(y, x)`` per level, matching
 ``permute_and_flatten`` of the head outputs with one "anchor" per location.
 
+Relation to the original FCOS / ATSS ``POINT`` code ("+1" frame, see modeling/anchor_generator.py):
+its locations ``x * s + s // 2`` are the values used here (``offset = 0.5``), but its boxes
+``[x - l, x + r]`` are inclusive, i.e. continuous ``[x - l, x + r + 1)``, and its training targets
+were measured the same way. So an original FCOS / ``POINT`` checkpoint decoded here gives boxes whose
+right / bottom edges are 1 px left of / above the original's (in the network's input frame; on top
+of that comes the rescaling difference that ``TEST.LEGACY_PLUS_ONE_RESIZE`` reproduces). No key
+reproduces that 1 px yet: it is not an offset of the points.
+
 The dense head hands points to the assigners (which take ``[N_l, 4]`` boxes and read their
 centres) as zero-size boxes ``(x, y, x, y)`` (:meth:`PointGenerator.as_boxes`); boxes are decoded
 from distances by :func:`distances_to_boxes`.

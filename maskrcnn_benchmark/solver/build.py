@@ -14,14 +14,23 @@ NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, 
               nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
 
 
+# Parameters of the offset (and mask) convs of the deformable convs (layers/dcn.py DFConv2d.offset),
+# named as in the original releases (their SOLVER.DCONV_OFFSETS_LR_FACTOR matched these endings).
+DCN_OFFSET_SUFFIXES = (".offset.weight", ".offset.bias")
+
+
 def get_param_groups(model: nn.Module, base_lr: float, weight_decay: float, bias_lr_factor: float = 1.0,
-                     weight_decay_bias: float = 0.0, weight_decay_norm: float = -1.0) -> List[Dict]:
+                     weight_decay_bias: float = 0.0, weight_decay_norm: float = -1.0,
+                     dcn_offset_lr_factor: float = 1.0) -> List[Dict]:
     """One param group per trainable parameter, as in maskrcnn-benchmark.
 
     - biases (names ending in "bias"): lr ``base_lr * bias_lr_factor``, weight decay ``weight_decay_bias``;
     - affine parameters of normalisation layers (``NORM_TYPES``): weight decay ``weight_decay_norm``
       when it is >= 0 (their bias still gets the bias lr);
-    - everything else: ``base_lr`` and ``weight_decay``.
+    - everything else: ``base_lr`` and ``weight_decay``;
+    - then the offset convs of the deformable convs (full names ending in ``DCN_OFFSET_SUFFIXES``)
+      have their lr multiplied by ``dcn_offset_lr_factor`` (the offset bias: ``base_lr *
+      bias_lr_factor * dcn_offset_lr_factor``, as the original ``DCONV_OFFSETS_LR_FACTOR``).
     Frozen parameters (``requires_grad`` False) and duplicates (shared parameters) are skipped.
 
     Returns: list of dicts ``{"params": [p], "lr", "weight_decay", "name"}``.
@@ -41,15 +50,19 @@ def get_param_groups(model: nn.Module, base_lr: float, weight_decay: float, bias
                 lr = base_lr * bias_lr_factor
                 wd = weight_decay_bias
             name = f"{module_name}.{pname}" if module_name else pname
+            if ("." + name).endswith(DCN_OFFSET_SUFFIXES):
+                lr = lr * dcn_offset_lr_factor
             groups.append({"params": [param], "lr": lr, "weight_decay": wd, "name": name})
     return groups
 
 
 def make_optimizer(cfg, model: nn.Module) -> torch.optim.SGD:
-    """SGD with the param groups of :func:`get_param_groups` from ``cfg.SOLVER``."""
+    """SGD with the param groups of :func:`get_param_groups` from ``cfg.SOLVER`` (BASE_LR, WEIGHT_DECAY,
+    BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS, WEIGHT_DECAY_NORM, DCONV_OFFSETS_LR_FACTOR, MOMENTUM)."""
     s = cfg.SOLVER
     groups = get_param_groups(model, s.BASE_LR, s.WEIGHT_DECAY, bias_lr_factor=s.BIAS_LR_FACTOR,
-                              weight_decay_bias=s.WEIGHT_DECAY_BIAS, weight_decay_norm=s.WEIGHT_DECAY_NORM)
+                              weight_decay_bias=s.WEIGHT_DECAY_BIAS, weight_decay_norm=s.WEIGHT_DECAY_NORM,
+                              dcn_offset_lr_factor=s.DCONV_OFFSETS_LR_FACTOR)
     if not groups:
         raise ValueError("make_optimizer: the model has no trainable parameters")
     return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM)

@@ -59,12 +59,19 @@ class BoxList:
         x1, y1, x2, y2 = self.bbox.unbind(-1)
         return torch.stack([x1, y1, x2 - x1, y2 - y1], dim=-1)
 
-    def resize(self, size: Tuple[int, int]) -> "BoxList":
-        """Rescale the boxes to a new ``(width, height)`` image size."""
+    def resize(self, size: Tuple[int, int], legacy_plus_one: bool = False) -> "BoxList":
+        """Rescale the boxes to a new ``(width, height)`` image size: every coordinate times the ratio.
+
+        ``legacy_plus_one``: as the original maskrcnn-benchmark did in its "+1" frame, where the far
+        edges are the inclusive pixel indices ``x2 - 1``, ``y2 - 1`` that it scaled as well: ``x2 ->
+        (x2 - 1) * rw + 1`` (``TEST.LEGACY_PLUS_ONE_RESIZE``; see modeling/anchor_generator.py)."""
         rw = float(size[0]) / self.size[0]
         rh = float(size[1]) / self.size[1]
         scale = self.bbox.new_tensor([rw, rh, rw, rh])
-        return self._copy_with(self.bbox * scale, size)
+        bbox = self.bbox * scale
+        if legacy_plus_one:
+            bbox = bbox + self.bbox.new_tensor([0.0, 0.0, 1.0 - rw, 1.0 - rh])
+        return self._copy_with(bbox, size)
 
     def transpose(self, method: int) -> "BoxList":
         """Flip the boxes horizontally (FLIP_LEFT_RIGHT) or vertically (FLIP_TOP_BOTTOM)."""

@@ -255,9 +255,10 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
                             ) -> "OrderedDict[str, torch.Tensor]":
     """Read local pretrained weights as a state dict in our names.
 
-    ``.pkl``: caffe2/Detectron blobs (converted). Otherwise ``torch.load``: a torchvision-style
-    ResNet state dict is converted; anything else (e.g. our own checkpoint, or a dict holding
-    it under "model" / "state_dict"; the EMA weights under "ema" when present) is returned as is. ``stage_with_dcn`` (MODEL.RESNETS.
+    ``.pkl``: caffe2/Detectron blobs (converted). Otherwise ``torch.load``: an mmdetection detector
+    (:mod:`mmdet_model_loading`) or a torchvision-style ResNet state dict is converted; anything
+    else (e.g. our own checkpoint, or a dict holding it under "model" / "state_dict"; the EMA weights
+    under "ema" when present) is returned as is. ``stage_with_dcn`` (MODEL.RESNETS.
     STAGE_WITH_DCN) moves ImageNet conv2 weights into the DFConv2d ``conv`` submodule.
     """
     if path.endswith(".pkl"):
@@ -267,8 +268,14 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
     except Exception as e:  # empty, truncated, not a torch file, or objects weights_only refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         detail = "empty file" if os.path.getsize(path) == 0 else first
-        raise ValueError(f"cannot read weight file {path} ({detail}): "
-                         f"expected a checkpoint / state dict saved with torch.save, or a Detectron .pkl") from None
+        hint = ""
+        if "mmengine" in str(e) or "mmcv" in str(e):
+            hint = (" It looks like an mmengine training checkpoint, whose training state holds objects that "
+                    "are not loaded for safety; keep only its weights, for a file you trust: python -c \"import "
+                    "torch; torch.save({'state_dict': torch.load('IN.pth', weights_only=False)['state_dict']}, "
+                    "'OUT.pth')\"")
+        raise ValueError(f"cannot read weight file {path} ({detail}): expected a checkpoint / state dict "
+                         f"saved with torch.save, or a Detectron .pkl.{hint}") from None
     ema = data.get("ema") if isinstance(data, dict) else None
     if isinstance(ema, dict) and isinstance(ema.get("model"), dict):  # our checkpoint, trained with EMA
         logging.getLogger(__name__).info("%s holds EMA weights (SOLVER.EMA_DECAY %s, %s updates): loading "
@@ -282,6 +289,11 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
                          f"{' without tensors' if isinstance(data, Mapping) else ''}, not a state dict "
                          f"(a dict of parameter name -> tensor, possibly under 'model' / 'state_dict')")
     data = OrderedDict((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
+    from .mmdet_model_loading import convert_mmdet_weights, is_mmdet_state_dict
+
+    if is_mmdet_state_dict(data):
+        logger.info("%s: an mmdetection checkpoint (backbone / neck / bbox_head): names converted", path)
+        return convert_mmdet_weights(data)
     if is_torchvision_resnet_state_dict(data):
         return convert_torchvision_resnet_weights(data, stage_with_dcn=stage_with_dcn)
     return data

@@ -85,6 +85,7 @@ def setup_cfg(config_file: str = "", opts=None, base_cfg=None, allow_python: boo
         _merge_config_file(cfg, config_file, allow_python)
     check_config_keys(cfg, opts)
     cfg.merge_from_list(list(opts or []))
+    _resolve_legacy_head(cfg, config_file)
     cfg.freeze()
     return cfg
 
@@ -112,3 +113,20 @@ def config_differences(old, new) -> list:
     missing = "<absent>"
     return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
             if a.get(k, missing) != b.get(k, missing)]
+
+
+def _resolve_legacy_head(cfg, config_file: str) -> None:
+    """Fix ``MODEL.HEAD`` of a legacy ``ATSS_ON`` file from its name (ATSS vs Dynamic ATSS release;
+    see :func:`~maskrcnn_benchmark.modeling.dense_heads.registry.legacy_head_from_file`), and log
+    the choice and how to choose the other. The saved config.yml then names the head."""
+    import logging
+
+    from maskrcnn_benchmark.modeling.dense_heads.registry import legacy_head_from_file
+
+    if "MODEL" not in cfg or "HEAD" not in cfg.MODEL:  # a foreign base_cfg
+        return
+    chosen = legacy_head_from_file(cfg, config_file)
+    if chosen is None:
+        return
+    cfg.MODEL.HEAD = chosen[0]
+    logging.getLogger("maskrcnn_benchmark.config").info("MODEL.HEAD %s: %s", chosen[0], chosen[1])

@@ -8,15 +8,21 @@ import torch
 from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, head_name, set_num_classes
 from maskrcnn_benchmark.modeling.detector import build_detection_model
+from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
 DCN_MISSING = "is not built or failed to load"  # layers._ops.load_ops
 
 
+# the head each family folder's files must build (as the tools read them: setup_cfg)
+FAMILY_HEADS = {"atss": "ATSS", "dynamic_atss": "DYNAMIC_ATSS", "autoassign": "AUTOASSIGN",
+                "free_anchor": "FREEANCHOR", "retinanet": "RETINANET", "fcos": "FCOS"}
+
+
 def _load(path):
-    cfg = default_cfg.clone()
-    cfg.merge_from_file(str(ROOT / path))
+    cfg = setup_cfg(str(ROOT / path)).clone()
+    cfg.defrost()
     return cfg
 
 
@@ -34,8 +40,7 @@ def test_config_set_is_complete():
 def test_config_merges_and_builds(path):
     cfg = _load(path)
     name = head_name(cfg)
-    if "dynamic_atss" in Path(path).stem:
-        assert name == "DYNAMIC_ATSS"
+    assert name == FAMILY_HEADS[Path(path).parent.name]
     if "dcnv2" in path:
         assert cfg.MODEL.ATSS.USE_DCN_IN_TOWER and cfg.MODEL.RESNETS.WITH_MODULATED_DCN
         expected = (False, False, True, True) if "X_101" in path else (False, True, True, True)
@@ -55,6 +60,23 @@ def test_config_merges_and_builds(path):
     if Path(path).stem in ("atss_R_50_FPN_1x", "dynamic_atss_R_50_FPN_1x"):
         # ResNet-50 (23.5M without fc) + FPN P3-P7 + two 4-conv GN towers with 80 classes
         assert 31_500_000 < num_params < 32_500_000
+
+
+ORIGINAL_RELEASE_CONFIGS = [p for p in CONFIGS if Path(p).parent.name in ("atss", "dynamic_atss")]
+
+
+@pytest.mark.parametrize("path", ORIGINAL_RELEASE_CONFIGS)
+def test_original_release_files_build_their_release_head(tmp_path, path):
+    """Each ATSS / Dynamic ATSS config as its original release wrote it (``ATSS_ON: True`` instead
+    of ``MODEL.HEAD``), under its release's name: the head that release built."""
+    text = (ROOT / path).read_text()
+    text = "\n".join("  ATSS_ON: True" if line.strip().startswith(("HEAD:", "ATSS_ON:")) else line
+                     for line in text.splitlines()) + "\n"
+    assert "ATSS_ON: True" in text and "HEAD:" not in text
+    original = tmp_path / Path(path).parent.name / Path(path).name
+    original.parent.mkdir()
+    original.write_text(text)
+    assert setup_cfg(str(original)).MODEL.HEAD == FAMILY_HEADS[Path(path).parent.name]
 
 
 def test_unknown_key_raises(tmp_path):

@@ -72,3 +72,95 @@ def test_straddle_thresh_config_is_accepted_and_ignored():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError, match="strides"):
         AnchorGenerator(sizes=(32, 64), strides=(8,))
+
+
+def test_octave_and_offset():
+    """Scale k of n has size S * octave^(k / n); cell (y, x) is centred at ((x + offset) * s, ...)."""
+    a = cell_anchors(32, (1.0,), 3, octave=4.0).double()
+    torch.testing.assert_close(a[:, 2] - a[:, 0], torch.tensor([32.0, 32 * 4 ** (1 / 3), 32 * 4 ** (2 / 3)],
+                                                              dtype=torch.float64))
+    (level,) = AnchorGenerator(sizes=(16,), strides=(8,), offset=0.0).grid_anchors([(1, 3)])
+    torch.testing.assert_close((level[:, 0] + level[:, 2]) / 2, torch.tensor([0.0, 8.0, 16.0]))
+    (level,) = AnchorGenerator(sizes=(16,), strides=(8,), offset=0.25).grid_anchors([(2, 1)])
+    torch.testing.assert_close((level[:, 1] + level[:, 3]) / 2, torch.tensor([2.0, 10.0]))
+    with pytest.raises(ValueError, match="octave"):
+        AnchorGenerator(octave=0.0)
+
+
+def test_octave_and_offset_come_from_the_config():
+    from maskrcnn_benchmark.config import cfg as default_cfg
+    from maskrcnn_benchmark.modeling.dense_heads import build_dense_head
+
+    for head, node in (("ATSS", "ATSS"), ("RETINANET", "RETINANET")):
+        cfg = default_cfg.clone()
+        cfg.MODEL.HEAD = head
+        cfg.MODEL[node].OCTAVE = 3.0
+        cfg.MODEL[node].SCALES_PER_OCTAVE = 2
+        cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+        cfg.MODEL.GROUP_NORM.NUM_GROUPS = 4
+        gen = build_dense_head(cfg, 8).prior_generator
+        assert gen.octave == 3.0 and gen.offset == 0.0
+        w = gen.cell_anchors[0][:, 2] - gen.cell_anchors[0][:, 0]
+        size = cfg.MODEL[node].ANCHOR_SIZES[0]
+        r = cfg.MODEL[node].ASPECT_RATIOS[0]
+        torch.testing.assert_close(w[:2].double(), torch.tensor([size, size * 3 ** 0.5], dtype=torch.float64)
+                                   / math.sqrt(r))
+
+
+# ---- the original release's "+1" frame, re-derived by hand ---------------------------------------
+def _original_anchors(stride, size, grid_w, grid_h):
+    """maskrcnn-benchmark generate_anchors (one square anchor) + grid shifts, "+1" frame, float64."""
+    base = [0.0, 0.0, stride - 1.0, stride - 1.0]          # np.array([1, 1, s, s]) - 1
+    w = base[2] - base[0] + 1                               # _whctrs
+    x_ctr = base[0] + 0.5 * (w - 1)
+    ws = w * (size / stride)                                # _scale_enum (ratio 1 keeps the base)
+    cell = [x_ctr - 0.5 * (ws - 1), x_ctr - 0.5 * (ws - 1), x_ctr + 0.5 * (ws - 1), x_ctr + 0.5 * (ws - 1)]
+    rows = []
+    for y in range(grid_h):
+        for x in range(grid_w):
+            rows.append([cell[0] + x * stride, cell[1] + y * stride, cell[2] + x * stride, cell[3] + y * stride])
+    return rows
+
+
+def _original_decode(delta, anchor):
+    """The ATSS release's BoxCoder.decode (BOX, weights 10, 10, 5, 5, TO_REMOVE = 1)."""
+    widths, heights = anchor[2] - anchor[0] + 1, anchor[3] - anchor[1] + 1
+    ctr_x, ctr_y = (anchor[2] + anchor[0]) / 2, (anchor[3] + anchor[1]) / 2
+    dx, dy, dw, dh = delta[0] / 10, delta[1] / 10, delta[2] / 5, delta[3] / 5
+    pcx, pcy = dx * widths + ctr_x, dy * heights + ctr_y
+    pw, ph = math.exp(dw) * widths, math.exp(dh) * heights
+    return [pcx - 0.5 * (pw - 1), pcy - 0.5 * (ph - 1), pcx + 0.5 * (pw - 1), pcy + 0.5 * (ph - 1)]
+
+
+def _original_json(box, ratio_w, ratio_h):
+    """BoxList.resize (every coordinate times the ratio) then convert("xywh") with w = x2 - x1 + 1."""
+    x1, y1, x2, y2 = box[0] * ratio_w, box[1] * ratio_h, box[2] * ratio_w, box[3] * ratio_h
+    return [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
+
+
+@pytest.mark.parametrize("orig_size", [(480, 400), (1000, 900)])
+def test_original_release_boxes_reproduced_exactly(orig_size):
+    from maskrcnn_benchmark.modeling.box_coder import BoxCoder
+    from maskrcnn_benchmark.structures.bounding_box import BoxList
+
+    stride, size, gw, gh = 8, 64, 5, 4
+    net_size = (gw * stride, gh * stride)  # (w, h) of the network input
+    g = torch.Generator().manual_seed(0)
+    deltas = (torch.rand(gw * gh, 4, generator=g, dtype=torch.float64) - 0.5) * 2
+    original = [_original_decode(d.tolist(), a) for d, a in zip(deltas, _original_anchors(stride, size, gw, gh))]
+
+    (anchors,) = AnchorGenerator(sizes=(size,), strides=(stride,)).grid_anchors([(gh, gw)], dtype=torch.float64)
+    ours = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode(deltas, anchors)
+    # network frame: the original's "+1" box [x1, x2] covers [x1, x2 + 1): the same continuous box
+    orig_t = torch.tensor(original, dtype=torch.float64)
+    torch.testing.assert_close(ours, orig_t + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64))
+
+    # the original image: json of the original == ours with TEST.LEGACY_PLUS_ONE_RESIZE
+    rw, rh = orig_size[0] / net_size[0], orig_size[1] / net_size[1]
+    expected = torch.tensor([_original_json(b, rw, rh) for b in original], dtype=torch.float64)
+    legacy = BoxList(ours, net_size).resize(orig_size, legacy_plus_one=True).xywh()
+    torch.testing.assert_close(legacy, expected)
+    exact = BoxList(ours, net_size).resize(orig_size).xywh()
+    torch.testing.assert_close(exact[:, :2], expected[:, :2])  # left / top edges agree either way
+    torch.testing.assert_close(exact[:, 2:] - expected[:, 2:],  # far edges: r - 1 px
+                               torch.tensor([rw - 1, rh - 1], dtype=torch.float64).expand(len(exact), 2))

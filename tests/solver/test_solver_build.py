@@ -76,3 +76,25 @@ def test_make_lr_scheduler_rejects_bad_steps():
     cfg = _cfg(STEPS=(100, 50))
     with pytest.raises(ValueError, match="STEPS"):
         make_lr_scheduler(cfg, make_optimizer(cfg, nn.Linear(1, 1)))
+
+
+def test_dcn_offset_lr_factor_from_cfg():
+    """SOLVER.DCONV_OFFSETS_LR_FACTOR multiplies the lr of the DCN offset convs (DFConv2d.offset,
+    names ending in .offset.weight / .offset.bias; the bias also gets BIAS_LR_FACTOR), nothing else."""
+    from maskrcnn_benchmark.layers.dcn import DFConv2d
+
+    class WithDCN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tower = nn.Sequential(DFConv2d(4, 4, kernel_size=3), nn.Conv2d(4, 4, 1))
+            self.offset_like = nn.Conv2d(4, 4, 1)  # "offset_like.weight": not an offset conv
+
+    cfg = _cfg(BASE_LR=0.01, BIAS_LR_FACTOR=2.0, DCONV_OFFSETS_LR_FACTOR=0.1)
+    opt = make_optimizer(cfg, WithDCN())
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["tower.0.offset.weight"] == pytest.approx(0.01 * 0.1)
+    assert lrs["tower.0.offset.bias"] == pytest.approx(0.01 * 2.0 * 0.1)
+    assert lrs["tower.0.conv.weight"] == pytest.approx(0.01)
+    assert lrs["tower.1.weight"] == pytest.approx(0.01) and lrs["offset_like.weight"] == pytest.approx(0.01)
+    default = {g["name"]: g["lr"] for g in make_optimizer(_cfg(BASE_LR=0.01), WithDCN()).param_groups}
+    assert default["tower.0.offset.weight"] == pytest.approx(0.01)  # factor 1.0 by default

@@ -86,3 +86,49 @@ def test_config_differences_lists_changed_added_and_removed_leaves():
     a = CfgNode({"A": CfgNode({"X": 1}), "B": 2})
     b = CfgNode({"A": CfgNode({"X": 1, "Y": [1, 2]})})
     assert config_differences(a, b) == [("A.Y", "<absent>", (1, 2)), ("B", 2, "<absent>")]
+
+
+# The original releases' files, unchanged: both say ATSS_ON (no MODEL.HEAD); the ATSS release meant
+# ATSS, the Dynamic ATSS release (rpn builder: `if ATSS_ON: return build_dynamic_atss(...)`) meant
+# Dynamic ATSS. Its files were named configs/dynamic_atss/dynamic_atss_*.yaml.
+ORIGINAL_YAML = ("MODEL:\n  META_ARCHITECTURE: \"GeneralizedRCNN\"\n  RPN_ONLY: True\n  ATSS_ON: True\n"
+                 "  BACKBONE:\n    CONV_BODY: \"R-50-FPN-RETINANET\"\n  RESNETS:\n"
+                 "    BACKBONE_OUT_CHANNELS: 256\n  RETINANET:\n    USE_C5: False\n  ATSS:\n"
+                 "    ANCHOR_SIZES: (64, 128, 256, 512, 1024)\n    POSITIVE_TYPE: 'ATSS'\n    TOPK: 9\n"
+                 "    FG_IOU_THRESHOLD: 0.5\n    BG_IOU_THRESHOLD: 0.4\n    OCTAVE: 2.0\n"
+                 "SOLVER:\n  DCONV_OFFSETS_LR_FACTOR: 1.0\n")
+
+
+@pytest.mark.parametrize("rel, head", [
+    ("dynamic_atss/dynamic_atss_R_50_FPN_1x.yaml", "DYNAMIC_ATSS"),
+    ("dynamic_atss/dynamic_atss_dcnv2_X_101_64x4d_FPN_2x.yaml", "DYNAMIC_ATSS"),
+    ("mine/Dynamic-ATSS_R_50.yaml", "DYNAMIC_ATSS"),
+    ("dynamic_atss/my_run.yaml", "DYNAMIC_ATSS"),  # the folder of the release's files
+    ("atss/atss_R_50_FPN_1x.yaml", "ATSS"),
+    ("atss/atss_dcnv2_R_101_FPN_2x.yaml", "ATSS"),
+])
+def test_atss_on_means_the_release_the_file_comes_from(tmp_path, caplog, rel, head):
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True)
+    path.write_text(ORIGINAL_YAML)
+    with caplog.at_level("INFO", logger="maskrcnn_benchmark.config"):
+        cfg = setup_cfg(str(path))
+    assert cfg.MODEL.HEAD == head
+    other = "ATSS" if head == "DYNAMIC_ATSS" else "DYNAMIC_ATSS"
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert f"MODEL.HEAD {head}" in msg and f"set MODEL.HEAD {other}" in msg and str(path) in msg
+    from maskrcnn_benchmark.modeling.dense_heads import head_name
+    assert head_name(cfg) == head
+
+
+def test_explicit_head_wins_over_the_file_name(tmp_path, caplog):
+    path = tmp_path / "dynamic_atss" / "dynamic_atss_R_50_FPN_1x.yaml"
+    path.parent.mkdir()
+    path.write_text(ORIGINAL_YAML)
+    with caplog.at_level("INFO", logger="maskrcnn_benchmark.config"):
+        cfg = setup_cfg(str(path), ["MODEL.HEAD", "ATSS"])
+    assert cfg.MODEL.HEAD == "ATSS"
+    assert not [r for r in caplog.records if "MODEL.HEAD" in r.getMessage()]
+    # a file with HEAD set and a misleading name keeps its HEAD; other legacy flags are untouched
+    (tmp_path / "dynamic_atss_fcos.yaml").write_text("MODEL:\n  FCOS_ON: True\n")
+    assert setup_cfg(str(tmp_path / "dynamic_atss_fcos.yaml")).MODEL.HEAD == ""

@@ -197,9 +197,10 @@ def build_positive_type_assigner(
 
 def positive_type_assigner_from_config(cfg) -> BaseAssigner:
     """:func:`build_positive_type_assigner` from ``cfg.MODEL.ATSS`` (POSITIVE_TYPE, TOPK,
-    KEEP_BEST_CANDIDATE, anchors per location)."""
+    KEEP_BEST_CANDIDATE, FG_IOU_THRESHOLD, BG_IOU_THRESHOLD, anchors per location)."""
     a = cfg.MODEL.ATSS
     return build_positive_type_assigner(
         a.POSITIVE_TYPE, topk=a.TOPK,
         anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
-        keep_best_candidate=a.KEEP_BEST_CANDIDATE)
+        keep_best_candidate=a.KEEP_BEST_CANDIDATE, fg_iou_threshold=a.FG_IOU_THRESHOLD,
+        bg_iou_threshold=a.BG_IOU_THRESHOLD)

@@ -8,8 +8,8 @@ module has ``out_channels`` (int, channels of every output) and ``strides`` (lis
 Bodies ("R-<depth>-<kind>", depth 18, 34, 50, 101, 152; ResNeXt = the same names with
 MODEL.RESNETS.NUM_GROUPS / WIDTH_PER_GROUP set):
 - ``*-FPN-RETINANET``: [P3, P4, P5, P6, P7] (strides 8..128) from C3-C5; P6 from C5
-  (MODEL.RETINANET.USE_C5 True) or from P5 (False), P7 = conv(relu(P6)); with
-  MODEL.FPN.RELU_BEFORE_EXTRA_CONVS, P6 = conv(relu(.)) (AutoAssign's pyramid).
+  (MODEL.RETINANET.USE_C5 True) or from P5 (False), P7 = conv(relu(P6)) (conv(P6) with
+  MODEL.FPN.RELU_BEFORE_P7 False); with MODEL.FPN.RELU_BEFORE_EXTRA_CONVS, P6 = conv(relu(.)).
 - ``*-FPN``: [P2, P3, P4, P5, P6] (strides 4..64), P6 = max-pool of P5.
 - ``*-C4`` / ``*-C5``: [C4] (stride 16) / [C5] (stride 32), no FPN.
 """
@@ -110,7 +110,8 @@ def build_resnet_fpn_p3p7_backbone(cfg) -> nn.Sequential:
     fpn = FPN([0] + body.out_channels[1:], out_channels, _fpn_conv_block(cfg),
               top_blocks=LastLevelP6P7(c5_channels if use_c5 else out_channels, out_channels,
                                        use_p5=not use_c5,
-                                       relu_before_p6=cfg.MODEL.FPN.RELU_BEFORE_EXTRA_CONVS))
+                                       relu_before_p6=cfg.MODEL.FPN.RELU_BEFORE_EXTRA_CONVS,
+                                       relu_before_p7=cfg.MODEL.FPN.RELU_BEFORE_P7))
     return _sequential(out_channels, [8, 16, 32, 64, 128], body=body, fpn=fpn)
 
 

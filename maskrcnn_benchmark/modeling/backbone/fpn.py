@@ -21,16 +21,19 @@ class LastLevelP6P7(nn.Module):
         in_channels: channels of the P6 input (C5's, e.g. 2048, or ``out_channels`` for P5).
         out_channels: channels of P6 and P7.
         use_p5: take P6 from P5 (True, ATSS ``USE_C5: False``) or from C5 (False).
-        relu_before_p6: P6 = conv3x3/2(relu(C5 or P5)) (AutoAssign's ``relu_before_extra_convs``).
+        relu_before_p6: P6 = conv3x3/2(relu(C5 or P5)).
+        relu_before_p7: P7 = conv3x3/2(relu(P6)) (True: maskrcnn-benchmark; mmdetection's FPN has the
+            ReLU only with ``relu_before_extra_convs``, and never before P6).
 
     Convs are initialised with ``kaiming_uniform_(a=1)`` and zero bias.
     Shape: c5 [N, C5, H, W], p5 [N, out_channels, H, W] -> [P6 [N, out, H/2, W/2], P7 [.., H/4, W/4]].
     """
 
     def __init__(self, in_channels: int, out_channels: int, use_p5: bool = False,
-                 relu_before_p6: bool = False):
+                 relu_before_p6: bool = False, relu_before_p7: bool = True):
         super().__init__()
         self.relu_before_p6 = relu_before_p6
+        self.relu_before_p7 = relu_before_p7
         self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
         for module in (self.p6, self.p7):
@@ -41,7 +44,7 @@ class LastLevelP6P7(nn.Module):
     def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> List[torch.Tensor]:
         x = p5 if self.use_p5 else c5
         p6 = self.p6(F.relu(x) if self.relu_before_p6 else x)
-        p7 = self.p7(F.relu(p6))
+        p7 = self.p7(F.relu(p6) if self.relu_before_p7 else p6)
         return [p6, p7]
 
 

@@ -42,6 +42,7 @@ class ATSSHead(nn.Module):
         regression_type: ``"BOX"`` (deltas) or ``"POINT"`` (ReLU'd distances, bias init 4,
             requires A == 1).
         num_groups: GroupNorm groups.
+        conv_bias: bias in the tower convs (False: mmdetection's ATSSHead).
 
     ``forward(features)`` takes per level Tensor[B, in_channels, H_l, W_l] and returns three lists
     over levels: cls logits [B, A*C, H, W], box regression [B, A*4, H, W] (after the level's
@@ -53,7 +54,7 @@ class ATSSHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, num_anchors: int = 1, num_convs: int = 4,
                  num_levels: int = 5, prior_prob: float = 0.01, use_dcn_in_tower: bool = False,
-                 regression_type: str = "BOX", num_groups: int = 32):
+                 regression_type: str = "BOX", num_groups: int = 32, conv_bias: bool = True):
         super().__init__()
         if regression_type not in ("BOX", "POINT"):
             raise ValueError(f"ATSSHead: regression_type must be 'BOX' or 'POINT', got {regression_type!r}")
@@ -62,8 +63,8 @@ class ATSSHead(nn.Module):
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         self.regression_type = regression_type
-        self.cls_tower = conv_tower(in_channels, num_convs, num_groups, use_dcn_in_tower)
-        self.bbox_tower = conv_tower(in_channels, num_convs, num_groups, use_dcn_in_tower)
+        self.cls_tower = conv_tower(in_channels, num_convs, num_groups, use_dcn_in_tower, conv_bias)
+        self.bbox_tower = conv_tower(in_channels, num_convs, num_groups, use_dcn_in_tower, conv_bias)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
         self.centerness = nn.Conv2d(in_channels, num_anchors, 3, padding=1)
@@ -155,9 +156,11 @@ def build_atss_parts(cfg, in_channels: int):
     head = ATSSHead(in_channels, check_num_classes("MODEL.ATSS.NUM_CLASSES", a.NUM_CLASSES),
                     num_anchors, a.NUM_CONVS, num_levels=len(a.ANCHOR_STRIDES),
                     prior_prob=a.PRIOR_PROB, use_dcn_in_tower=a.USE_DCN_IN_TOWER,
-                    regression_type=a.REGRESSION_TYPE, num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS)
+                    regression_type=a.REGRESSION_TYPE, num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS,
+                    conv_bias=a.CONV_BIAS)
     anchor_generator = AnchorGenerator(a.ANCHOR_SIZES, a.ASPECT_RATIOS, a.ANCHOR_STRIDES,
-                                       a.SCALES_PER_OCTAVE)
+                                       a.SCALES_PER_OCTAVE, octave=a.OCTAVE,
+                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET)
     box_coder = build_box_coder(a.REGRESSION_TYPE, a.BBOX_REG_WEIGHTS,
                                 point_scale=a.ANCHOR_SIZES[0] / a.ANCHOR_STRIDES[0])
     post = DensePostProcessor(pre_nms_top_n=a.PRE_NMS_TOP_N, nms_thresh=a.NMS_TH,

@@ -17,7 +17,9 @@ label-assignment-free weighting:
   prediction with the GT it overlaps most), min-max normalised over each instance's points;
   ``w- = 1 - f`` at that GT's class, 1 elsewhere; ``x = sigmoid(cls) * sigmoid(obj) * w-``;
   ``L_neg = sum x^2 BCE(x, 0)``, x 0.75, / max(sum G, 1).
-- Centre loss: mean over images of ``num_gt / sum G``, x 0.75.
+- Centre loss: mean over images of ``num_gt / sum G`` (``num_gt`` counts every GT of the image,
+  also one with no point inside, as mmdetection and shared/ALGORITHMS.md; an image where no point
+  is inside any GT adds 0), x 0.75.
 
 Numerical choices (documented deviations from the reference, identical in exact arithmetic):
 
@@ -25,10 +27,9 @@ Numerical choices (documented deviations from the reference, identical in exact 
   logits, logsumexp over points), so a far-off or tiny ``G`` never underflows and saturated logits
   give finite losses and gradients.
 - A GT with no point inside it (smaller than a stride; mmdetection's ``force_topk`` False) has no
-  positive term (the reference adds a constant BCE(0, 1) = 100 with no gradient) and does not count
-  in the centre loss numerator (the reference divides by a clamped 1e-12, i.e. ~1e12). With
-  ``force_topk`` its ``topk`` points of highest prior are used as its "inside" points, as
-  mmdetection's option.
+  positive term (the reference adds a constant BCE(0, 1) = 100 with no gradient); it still counts
+  in the centre loss numerator, as the reference. With ``force_topk`` its ``topk`` points of
+  highest prior are used as its "inside" points, as mmdetection's option.
 - A point inside several GTs of the same class takes the negative weight of the GT of highest
   index (the reference's write order).
 """
@@ -200,7 +201,10 @@ class AutoAssignLoss:
                                                      log_prior, inside))
                 num_gt += gt.shape[0]
                 prior_sum = prior_sum + prior.detach().sum()
-                center_losses.append(inside.any(dim=0).sum() / prior.sum().clamp(min=_EPS))
+                if bool(inside.any()):
+                    center_losses.append(gt.shape[0] / prior.sum().clamp(min=_EPS))
+                else:  # no point inside any GT (all smaller than a stride): 0, as the reference
+                    center_losses.append(prior.sum() * 0)
             w_neg = self.negative_weights(pred.detach(), gt, lab, inside, num_classes)
             x = logits[i].sigmoid() * objectness[i].sigmoid()[:, None] * w_neg
             neg_losses.append((x.square() * negative_bce(x)).sum())

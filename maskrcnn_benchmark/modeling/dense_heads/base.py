@@ -76,9 +76,10 @@ def init_conv_std(modules: Sequence[nn.Module], std: float = 0.01) -> None:
 
 
 def conv_tower(in_channels: int, num_convs: int, num_groups: int = 0,
-               use_dcn_last: bool = False) -> nn.Sequential:
-    """The tower of every dense head: ``num_convs`` x (3x3 conv with bias, GroupNorm if
-    ``num_groups > 0``, ReLU); the last conv a modulated deformable conv with ``use_dcn_last``.
+               use_dcn_last: bool = False, bias: bool = True) -> nn.Sequential:
+    """The tower of every dense head: ``num_convs`` x (3x3 conv with bias (unless ``bias`` is
+    False), GroupNorm if ``num_groups > 0``, ReLU); the last conv a modulated deformable conv with
+    ``use_dcn_last``.
 
     Module indices (checkpoint names): ``{3i}`` conv, ``{3i+1}`` GN, ``{3i+2}`` ReLU with GN;
     ``{2i}`` conv, ``{2i+1}`` ReLU without. A deformable conv keeps its own initialisation (zero
@@ -87,10 +88,10 @@ def conv_tower(in_channels: int, num_convs: int, num_groups: int = 0,
     layers: List[nn.Module] = []
     for i in range(num_convs):
         if use_dcn_last and i == num_convs - 1:
-            layers.append(DFConv2d(in_channels, in_channels, kernel_size=3, stride=1, bias=True))
+            layers.append(DFConv2d(in_channels, in_channels, kernel_size=3, stride=1, bias=bias))
         else:
             layers.append(nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1,
-                                    bias=True))
+                                    bias=bias))
         if num_groups > 0:
             layers.append(nn.GroupNorm(num_groups, in_channels))
         layers.append(nn.ReLU())

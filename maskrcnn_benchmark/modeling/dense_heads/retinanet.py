@@ -8,7 +8,7 @@ dense head. Its conv head is shared with FreeAnchor.
   Parameter names as the original (``cls_tower.{i}``, ``bbox_tower.{i}``, ``cls_logits``,
   ``bbox_pred``).
 - Anchors: ``A = len(ASPECT_RATIOS) * SCALES_PER_OCTAVE`` per location, size
-  ``ANCHOR_SIZES[l] * 2^(k / SCALES_PER_OCTAVE)`` (octave base scale 4 x stride for the defaults).
+  ``ANCHOR_SIZES[l] * OCTAVE^(k / SCALES_PER_OCTAVE)`` (octave base scale 4 x stride for the defaults).
 - Assignment: :class:`~maskrcnn_benchmark.modeling.assigners.MaxIoUAssigner` (0.5 / 0.4, low
   quality matches).
 - Losses (as the ATSS release's RetinaNet): focal loss / (num_pos + images), smooth-L1
@@ -134,7 +134,8 @@ def build_retinanet_parts(cfg, in_channels: int):
     head = RetinaNetHead(in_channels, num_classes, num_anchors, r.NUM_CONVS, r.PRIOR_PROB,
                          num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS if r.USE_GN else 0)
     anchor_generator = AnchorGenerator(r.ANCHOR_SIZES, r.ASPECT_RATIOS, r.ANCHOR_STRIDES,
-                                       r.SCALES_PER_OCTAVE)
+                                       r.SCALES_PER_OCTAVE, octave=r.OCTAVE,
+                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET)
     box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
     post = DensePostProcessor(pre_nms_top_n=r.PRE_NMS_TOP_N, nms_thresh=r.NMS_TH,
                               detections_per_img=cfg.TEST.DETECTIONS_PER_IMG)

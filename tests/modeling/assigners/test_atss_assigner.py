@@ -349,3 +349,23 @@ def test_runs_without_grad():
     gts, labels = make_gts(3, 13)
     res = ATSSAssigner()(levels, gts, labels)
     assert not res.quality.requires_grad
+
+
+@needs_ops
+def test_iou_thresholds_from_the_original_config_keys():
+    """MODEL.ATSS.FG_IOU_THRESHOLD / BG_IOU_THRESHOLD (the original's keys) drive POSITIVE_TYPE IoU."""
+    from maskrcnn_benchmark.config import cfg as default_cfg
+    from maskrcnn_benchmark.modeling.assigners.atss import positive_type_assigner_from_config
+
+    cfg = default_cfg.clone()
+    cfg.MODEL.ATSS.POSITIVE_TYPE = "IoU"
+    cfg.MODEL.ATSS.FG_IOU_THRESHOLD = 0.6
+    cfg.MODEL.ATSS.BG_IOU_THRESHOLD = 0.3
+    a = positive_type_assigner_from_config(cfg)
+    assert isinstance(a, MaxIoUAssigner) and (a.fg_iou_threshold, a.bg_iou_threshold) == (0.6, 0.3)
+    levels = make_anchors()
+    gts, labels = make_gts(12, 5)
+    res = a(levels, gts, labels)
+    check(res, iou_matcher_ref(*as_lists(levels, gts, labels), fg=0.6, bg=0.3), sum(len(lvl) for lvl in levels))
+    default = positive_type_assigner_from_config(default_cfg)
+    assert not isinstance(default, MaxIoUAssigner)  # POSITIVE_TYPE ATSS by default

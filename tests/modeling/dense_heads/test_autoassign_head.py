@@ -215,3 +215,19 @@ def test_synthetic_config_train_and_eval_step():
     with torch.no_grad():
         det = model([image])[0]
     assert det.size == (80, 64) and det.has_field("scores")
+
+
+def test_center_loss_counts_every_gt():
+    """Centre loss = 0.75 * mean over images of num_gt / sum G, num_gt counting every GT (also one
+    with no point inside: mmdetection, shared/ALGORITHMS.md); an image with no inside point adds 0."""
+    points = PointGenerator(STRIDES, offset=0.0).grid_points([(4, 4), (2, 2)])  # x, y in {0, 8, 16, 24}
+    big, small = [1.0, 2.0, 14.0, 13.0], [9.0, 9.0, 12.0, 12.0]  # big holds only (8, 8); small none
+    # G at (8, 8) for the big GT, centre (7.5, 7.5), stride 8, mu 0, sigma 1: exp(-2 * (0.5/8)^2 / 2)
+    g_big = math.exp(-((0.5 / 8) ** 2))
+    loss = AutoAssignLoss(CenterPrior(NUM_CLASSES, STRIDES))
+    zeros = DenseOutputs(torch.zeros(2, 20, NUM_CLASSES), torch.ones(2, 20, 4), torch.zeros(2, 20))
+    out = loss(zeros, points, [_target([big, small], [1, 2]), _target([small], [1])])
+    assert out["loss_center"].item() == pytest.approx(0.75 * (2 / g_big + 0.0) / 2, rel=1e-6)
+    one = DenseOutputs(zeros.cls_logits[:1], zeros.box_regression[:1], zeros.quality[:1])
+    out = loss(one, points, [_target([big], [1])])
+    assert out["loss_center"].item() == pytest.approx(0.75 * 1 / g_big, rel=1e-6)
