@@ -33,9 +33,10 @@ from torch import nn
 from .deps import require
 from .graph import DenseDetectorGraph, DetectorWithDetections, FixedSizeDetections
 
-__all__ = ["MIN_OPSET", "MAX_OPSET", "DCN_OPSET", "ExportResult", "check_opset",
+__all__ = ["resolve_opset", "MIN_OPSET", "MAX_OPSET", "DCN_OPSET", "ExportResult", "check_opset",
            "build_export_module", "export_onnx", "convert_fp16", "simplify_onnx",
-           "preprocessing_description", "find_dcn_modules", "FP16_REGIONS"]
+           "preprocessing_description", "find_dcn_modules", "FP16_REGIONS", "default_input_hw",
+           "export_detector", "verify_export"]
 
 logger = logging.getLogger("maskrcnn_benchmark.export")
 
@@ -43,10 +44,17 @@ logger = logging.getLogger("maskrcnn_benchmark.export")
 #: decomposed below 18; DeformConv needs 19; 20 is the TorchScript exporter's newest).
 MIN_OPSET, MAX_OPSET, DCN_OPSET = 13, 20, 19
 #: Node-name prefixes of the part converted to float16 by ``--fp16`` (backbone, FPN and the head's
-#: convolutions); scores, decoding and post-processing stay float32.
-FP16_REGIONS = ("/backbone/", "/graph/backbone/", "/dense_head/head/", "/graph/dense_head/head/")
+#: convolutions); scores, decoding and post-processing stay float32. (``DenseHead.predict`` is
+#: not a ``forward``, so the TorchScript exporter names its conv module's nodes ``/head/...``.)
+FP16_REGIONS = tuple(f"{root}{part}/" for root in ("/", "/graph/")
+                     for part in ("backbone", "head", "dense_head/head"))
 _DCN_KEYS = ("MODEL.RESNETS.STAGE_WITH_DCN", "MODEL.ATSS.USE_DCN_IN_TOWER",
              "MODEL.FCOS.USE_DCN_IN_TOWER")
+
+
+def resolve_opset(opset: int, uses_dcn: bool) -> int:
+    """``opset``, or for 0 the default: 17, :data:`DCN_OPSET` for a model with DCN."""
+    return int(opset) if opset else (DCN_OPSET if uses_dcn else 17)
 
 
 def check_opset(opset: int, uses_dcn: bool = False) -> int:
@@ -271,3 +279,85 @@ class ExportResult:
 
     path: str
     max_abs_diff: Dict[str, float] = field(default_factory=dict)
+
+
+def default_input_hw(cfg) -> Tuple[int, int]:
+    """``(MIN_SIZE_TEST, MAX_SIZE_TEST)`` rounded up to DATALOADER.SIZE_DIVISIBILITY (800 x 1344
+    for the COCO settings): the largest landscape image of the test transforms."""
+    div = max(1, int(cfg.DATALOADER.SIZE_DIVISIBILITY))
+    up = lambda v: int(-(-int(v) // div) * div)  # noqa: E731
+    return up(cfg.INPUT.MIN_SIZE_TEST), up(cfg.INPUT.MAX_SIZE_TEST)
+
+
+def export_detector(cfg, output: str, batch: int = 1, dynamic_batch: bool = False,
+                    height: int = 0, width: int = 0, opset: int = 0, simplify: bool = False,
+                    fp16: bool = False, postprocess: str = "none", model: Optional[nn.Module] = None,
+                    verify: bool = True) -> ExportResult:
+    """Export the detector of ``cfg`` (weights: MODEL.WEIGHT, see ``build_test_model``) to
+    ``output``; then ``onnx.checker``, one onnxruntime run on a random batch and the largest
+    difference from PyTorch (with TEST.AMP's autocast) per output.
+
+    Args:
+        batch: the example (and, without ``dynamic_batch``, the fixed) batch size.
+        height, width: the input size (0: :func:`default_input_hw`).
+        opset: ONNX opset (0: 17, or 19 for a model with deformable convolutions).
+        simplify: onnxslim; fp16: float16 network, float32 scores / boxes / post-processing.
+        postprocess: ``"none"`` (all candidates) or ``"nms"`` (fixed-size detections).
+        model: an already built detector (else built from ``cfg``).
+    Raises:
+        ImportError naming the missing package; ValueError for a bad opset / size / option or
+        weights that do not fit the config.
+    """
+    require("onnx", "the ONNX export")
+    if postprocess not in ("none", "nms"):
+        raise ValueError(f"--postprocess must be 'none' or 'nms', got {postprocess!r}")
+    if simplify:
+        require("onnxslim", "--simplify")
+    if fp16:
+        require("onnxconverter_common", "--fp16")
+    if verify:
+        require("onnxruntime", "checking the export")
+    if opset:
+        check_opset(opset)
+    if model is None:
+        from maskrcnn_benchmark.engine.inference import build_test_model
+
+        cfg, model = build_test_model(cfg, logger)
+    model.eval()
+    dcn = find_dcn_modules(model)
+    opset = check_opset(resolve_opset(opset, bool(dcn)), uses_dcn=bool(dcn))
+    hw = (int(height), int(width)) if height and width else default_input_hw(cfg)
+    module = build_export_module(model, hw, postprocess)
+    export_onnx(module, output, batch=batch, dynamic_batch=dynamic_batch, opset=opset)
+    if simplify:
+        simplify_onnx(output)
+    if fp16:
+        convert_fp16(output)
+    result = ExportResult(output)
+    if verify:
+        result.max_abs_diff = verify_export(output, model, hw, postprocess, batch,
+                                            amp_dtype=getattr(model, "inference_amp", None),
+                                            uses_dcn=bool(dcn))
+    return result
+
+
+def verify_export(path: str, model: nn.Module, image_hw: Tuple[int, int], postprocess: str,
+                  batch: int, amp_dtype: Optional[torch.dtype] = None,
+                  uses_dcn: bool = False) -> Dict[str, float]:
+    """``onnx.checker`` on ``path``, one onnxruntime run on a random batch and the largest
+    difference per output from the PyTorch module (autocast ``amp_dtype``)."""
+    onnx = require("onnx", "checking the export")
+    from .runtime import compare_with_torch, create_session
+
+    onnx.checker.check_model(path)
+    try:
+        session = create_session(path, "cpu")
+    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
+        if uses_dcn:
+            raise RuntimeError(f"onnxruntime cannot run the exported DeformConv ({e}); export without "
+                               f"deformable convolutions: set {', '.join(_DCN_KEYS)} off") from e
+        raise
+    reference = build_export_module(model, image_hw, postprocess, amp_dtype=amp_dtype)
+    device = next(model.parameters()).device
+    inputs = _example_inputs(reference, batch, image_hw, device)
+    return compare_with_torch(session, reference, inputs)
