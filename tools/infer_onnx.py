@@ -6,7 +6,7 @@
     python tools/infer_onnx.py --model model.onnx --config-file CFG [--batch 8] OUTPUT_DIR out/
     # speed: a fixed batch after a warm-up, img/s (optionally PyTorch on the same batch):
     python tools/infer_onnx.py --model model.onnx --config-file CFG --benchmark --batch 8 \\
-        [--torch fp32 bf16] [MODEL.WEIGHT model_final.pth]
+        [--torch fp32,bf16] [MODEL.WEIGHT model_final.pth]
 
 Needs the deploy extra (pip install -e ".[deploy]"); --provider cuda / tensorrt need
 onnxruntime-gpu. Use the config the model was exported with: it gives the test transforms
@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmark", action="store_true", help="time a fixed batch, print img/s")
     parser.add_argument("--warmup", type=int, default=3, help="benchmark warm-up runs")
     parser.add_argument("--iters", type=int, default=10, help="benchmark timed runs")
-    parser.add_argument("--torch", nargs="*", default=[], choices=("fp32", "bf16", "fp16"),
-                        help="benchmark: also time the PyTorch model (MODEL.WEIGHT) in these "
-                             "precisions (TEST.AMP) on the same batch")
+    parser.add_argument("--torch", default="",
+                        help="benchmark: also time the PyTorch model (MODEL.WEIGHT) on the same "
+                             "batch in these comma-separated precisions (fp32, bf16, fp16: TEST.AMP)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs")
     return parser
@@ -67,7 +67,11 @@ def run_benchmark(cfg, args) -> List[dict]:
     images = fixed_batch(batch, detector.height, detector.width)
     rows = [dict(backend=f"onnxruntime ({args.provider})", model=os.path.basename(args.model),
                  **benchmark(lambda: detector(images), batch, args.warmup, args.iters))]
-    for precision in args.torch:
+    precisions = [p for p in args.torch.split(",") if p]
+    bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
+    if bad:
+        raise ValueError(f"--torch: unknown precision(s) {bad}; use fp32, bf16, fp16")
+    for precision in precisions:
         c = cfg.clone()
         c.defrost()
         c.TEST.AMP = "" if precision == "fp32" else precision
