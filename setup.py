@@ -132,6 +132,10 @@ setup(
         "plot": ["matplotlib"],
         # TensorBoard event files next to metrics.jsonl (written by the trainer when installed)
         "tensorboard": ["tensorboard"],
+        # ONNX export and onnxruntime inference (tools/export_onnx.py, tools/infer_onnx.py);
+        # versions tested beside torch 2.13.0
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxconverter-common>=1.14",
+                   "onnxslim>=0.1.30"],
     },
     ext_modules=get_extensions(),
     cmdclass={

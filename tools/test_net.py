@@ -22,7 +22,6 @@ import torch  # noqa: E402
 
 from maskrcnn_benchmark.engine.bbox_aug import build_bbox_augmentor  # noqa: E402
 from maskrcnn_benchmark.engine.inference import run_test  # noqa: E402
-from maskrcnn_benchmark.utils.checkpoint import Checkpointer  # noqa: E402
 from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size  # noqa: E402
 from maskrcnn_benchmark.utils.launch import add_distributed_args, init_distributed  # noqa: E402
@@ -43,21 +42,9 @@ def test(cfg, distributed: bool = False) -> Dict[str, Dict[str, float]]:
     """Build the model of ``cfg``, load MODEL.WEIGHT (else OUTPUT_DIR's last checkpoint) and evaluate."""
     import logging
 
-    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
-    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.engine.inference import build_test_model
 
-    logger = logging.getLogger("maskrcnn_benchmark.test")
-    cfg = fill_num_classes_from_data(cfg)
-    model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
-    checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
-    if cfg.MODEL.WEIGHT:
-        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
-                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
-    elif checkpointer.has_checkpoint():
-        checkpointer.resume()
-    else:
-        logger.warning("MODEL.WEIGHT is empty and %s has no checkpoint: evaluating an untrained model",
-                       cfg.OUTPUT_DIR)
+    cfg, model = build_test_model(cfg, logging.getLogger("maskrcnn_benchmark.test"))
     return run_test(cfg, model, distributed)
 
 

@@ -91,9 +91,7 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
 
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
-    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
-    from maskrcnn_benchmark.modeling.detector import build_detection_model
-    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+    from maskrcnn_benchmark.engine.inference import build_test_model
     from maskrcnn_benchmark.utils.logger import setup_logger
     from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg
 
@@ -109,16 +107,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     except (KeyError, ValueError, FileNotFoundError) as e:
         parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
     setup_logger("maskrcnn_benchmark", None, 0)
-    cfg = fill_num_classes_from_data(cfg)
-    model = build_detection_model(cfg)
-    checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False)
-    if cfg.MODEL.WEIGHT:
-        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
-                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
-    elif checkpointer.has_checkpoint():
-        checkpointer.resume()
-    else:
-        logger.warning("no MODEL.WEIGHT and no checkpoint in %s: drawing an untrained model's output", cfg.OUTPUT_DIR)
+    cfg, model = build_test_model(cfg, logger)
     return visualize_images(cfg, model, list_images(args.images), args.output_dir, dataset_class_names(cfg),
                             args.score_threshold)
 

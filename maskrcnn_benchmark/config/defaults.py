@@ -456,6 +456,12 @@ _C.TEST.LEGACY_PLUS_ONE_RESIZE = False
 # Pascal VOC evaluation (datasets "<VOC root>:<split>" / voc_*): "area" (area under the interpolated
 # precision-recall curve, VOC2010+) or "11point" (the VOC2007 11-point metric).
 _C.TEST.VOC_METRIC = "area"
+# Half-precision inference: "" (float32, the default), "fp16" or "bf16". Autocast covers the
+# backbone and the head's convolutions; scores, box decoding and post-processing (top-k, NMS) run
+# in float32. "fp16" is a CUDA feature: on the CPU it falls back to bf16 with a warning. Used by
+# tools/test_net.py, the evaluation during training, tools/visualize_detections.py, the Predictor
+# and the PyTorch side of tools/export_onnx.py.
+_C.TEST.AMP = ""
 # Test-time augmentation (maskrcnn_benchmark/engine/bbox_aug.py), the keys of the original ATSS /
 # Dynamic ATSS releases. Used by tools/test_net.py, the evaluation during training and the visualiser.
 _C.TEST.BBOX_AUG = CN()

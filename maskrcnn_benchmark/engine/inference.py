@@ -121,6 +121,32 @@ def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: O
     return results
 
 
+def build_test_model(cfg, logger: Optional[logging.Logger] = None):
+    """The model of ``cfg`` for evaluation: NUM_CLASSES 0 filled in from the training data, weights
+    from MODEL.WEIGHT, else the last checkpoint of OUTPUT_DIR (a warning when there is neither).
+
+    Returns ``(cfg, model)`` (the cfg with NUM_CLASSES resolved; the model on MODEL.DEVICE, eval
+    mode). Shared by tools/test_net.py, tools/visualize_detections.py and tools/export_onnx.py.
+    """
+    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+
+    logger = logger or logging.getLogger("maskrcnn_benchmark.test")
+    cfg = fill_num_classes_from_data(cfg)
+    model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
+    checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
+    if cfg.MODEL.WEIGHT:
+        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
+    elif checkpointer.has_checkpoint():
+        checkpointer.resume()
+    else:
+        logger.warning("MODEL.WEIGHT is empty and %s has no checkpoint: using an untrained model",
+                       cfg.OUTPUT_DIR)
+    return cfg, model.eval()
+
+
 def run_test(cfg, model: nn.Module, distributed: bool = False) -> Dict[str, Dict[str, float]]:
     """Evaluate ``model`` on every DATASETS.TEST entry; results in OUTPUT_DIR/inference/<dataset>/.
 

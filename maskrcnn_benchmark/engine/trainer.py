@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -14,31 +13,15 @@ from torch import nn
 
 from maskrcnn_benchmark.modeling.dense_heads.registry import resolve_num_classes
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer, select_rng_state
+from maskrcnn_benchmark.utils.amp import resolve_amp  # noqa: F401  (re-exported: the trainer's API)
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size, is_main_process
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config
 
 from .hooks import (EMAHook, HookBase, LoggingHook, MetricsHook, NonFiniteLossCheck, PeriodicCheckpoint,
                     PeriodicEvaluation, TrainState, run_training)
 
-_AMP_DTYPES = {"": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 # ---- mixed precision ----------------------------------------------------------------------
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """``SOLVER.AMP`` ("" / "fp16" / "bf16") -> autocast dtype (None: full precision).
-
-    fp16 autocast is a GPU feature; on the CPU "fp16" falls back to bf16 with a warning.
-    """
-    key = str(amp).lower()
-    if key not in _AMP_DTYPES:
-        raise ValueError(f"SOLVER.AMP must be one of {sorted(_AMP_DTYPES)}, got {amp!r}")
-    dtype = _AMP_DTYPES[key]
-    if dtype is torch.float16 and device.type != "cuda":
-        warnings.warn(f"SOLVER.AMP 'fp16' is only supported on CUDA; using bf16 autocast on {device.type}")
-        dtype = torch.bfloat16
-    return dtype
-
-
 def make_grad_scaler(amp_dtype: Optional[torch.dtype], device: torch.device) -> Optional[torch.amp.GradScaler]:
     """A GradScaler for fp16 training on CUDA (bf16 and fp32 need none)."""
     if amp_dtype is torch.float16 and device.type == "cuda":

@@ -89,3 +89,49 @@ def test_state_dict_names_match_original_layout():
               "rpn.head.bbox_pred.weight", "rpn.head.centerness.weight", "rpn.head.scales.4.scale",
               "backbone.body.stem.conv1.weight"):
         assert n in names, n
+
+
+def test_bf16_inference_on_cpu_is_close_to_fp32_with_float32_post_processing():
+    """TEST.AMP bf16: the backbone / head convs run in bfloat16 (checked with a hook), the
+    detections are float32 and close to float32 inference: each of the 10 best float32
+    detections has a bf16 one of the same label with IoU >= 0.9 and |score difference| <= 0.03
+    (bf16 keeps ~3 significant digits)."""
+    cfg = _cfg("ATSS")
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.3
+    torch.manual_seed(0)
+    fp32 = build_detection_model(cfg).eval()
+    with torch.no_grad():
+        fp32.rpn.head.cls_logits.bias.normal_()
+    cfg.TEST.AMP = "bf16"
+    bf16 = build_detection_model(cfg).eval()
+    bf16.load_state_dict(fp32.state_dict())
+    assert bf16.inference_amp is torch.bfloat16 and fp32.inference_amp is None
+    conv_dtypes = []
+    bf16.rpn.head.cls_logits.register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype))
+    g = torch.Generator().manual_seed(3)
+    x = to_image_list([torch.randn(3, 96, 128, generator=g) * 50], 32)
+    with torch.no_grad():
+        ref, got = fp32(x)[0], bf16(x)[0]
+    assert conv_dtypes and set(conv_dtypes) == {torch.bfloat16}
+    assert got.bbox.dtype == torch.float32 and got.get_field("scores").dtype == torch.float32
+    assert len(ref) >= 10 and len(got) > 0
+    iou = _iou(ref.bbox[:10], got.bbox)
+    same = ref.get_field("labels")[:10, None] == got.get_field("labels")[None, :]
+    close = (ref.get_field("scores")[:10, None] - got.get_field("scores")[None, :]).abs() <= 0.03
+    assert ((iou >= 0.9) & same & close).any(dim=1).all()
+
+
+def _iou(a, b):
+    """Plain IoU matrix of xyxy boxes [N, 4] x [M, 4]."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = lambda t: (t[:, 2:] - t[:, :2]).clamp(min=0).prod(-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def test_test_amp_rejects_unknown_value():
+    cfg = _cfg("ATSS")
+    cfg.TEST.AMP = "fp8"
+    with pytest.raises(ValueError, match="TEST.AMP"):
+        build_detection_model(cfg)

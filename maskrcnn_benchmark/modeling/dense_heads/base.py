@@ -139,6 +139,11 @@ class DensePrediction:
     candidate_mask: torch.Tensor
     level_sizes: Tuple[int, ...]
 
+    def float(self) -> "DensePrediction":
+        """The same prediction with float32 scores and boxes (what the post-processor reads)."""
+        return DensePrediction(self.scores.float(), self.boxes.float(), self.candidate_mask,
+                               self.level_sizes)
+
 
 class ScoreRule:
     """The score / candidate rule of a head.
@@ -320,7 +325,9 @@ class DenseHead(nn.Module):
             priors: per level Tensor[N_l, D] (default: :meth:`priors` of the features).
         Returns:
             :class:`DensePrediction` (scores [B, N, C] by the :class:`ScoreRule`, boxes [B, N, 4]
-            by ``decode``, candidate_mask [B, N, C]); computed level by level.
+            by ``decode``, candidate_mask [B, N, C]); computed level by level. The score rule and
+            the decoding read the head's outputs in float32 (under autocast too), so scores,
+            boxes and candidates are float32 whatever precision the convolutions ran in.
         """
         raw = self.head(features)
         if priors is None:
@@ -328,8 +335,8 @@ class DenseHead(nn.Module):
         a, c = self.head.num_anchors, self.head.num_classes
         scores, boxes, masks = [], [], []
         for lvl, p in enumerate(priors):
-            quality = concat_levels([raw[2][lvl]], a, 1).squeeze(-1) if len(raw) > 2 else None
-            s, m = self.score_rule(concat_levels([raw[0][lvl]], a, c), quality)
+            quality = concat_levels([raw[2][lvl]], a, 1)[..., 0].float() if len(raw) > 2 else None
+            s, m = self.score_rule(concat_levels([raw[0][lvl]], a, c).float(), quality)
             reg = concat_levels([raw[1][lvl]], a, 4)
             scores.append(s)
             masks.append(m)
@@ -358,4 +365,6 @@ class DenseHead(nn.Module):
             outputs = self.flatten(self.head(features))
             return None, self.losses(outputs, self.priors(features), targets)
         with torch.no_grad():
-            return self.post_processor(self.predict(features), images.image_sizes), {}
+            prediction = self.predict(features).float()
+            with torch.autocast(device_type=prediction.scores.device.type, enabled=False):
+                return self.post_processor(prediction, images.image_sizes), {}

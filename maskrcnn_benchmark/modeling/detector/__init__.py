@@ -5,6 +5,7 @@ import torch
 
 from maskrcnn_benchmark.modeling.backbone import build_backbone
 from maskrcnn_benchmark.modeling.dense_heads import build_dense_head
+from maskrcnn_benchmark.utils.amp import resolve_amp
 from maskrcnn_benchmark.utils.registry import Registry
 
 from .generalized_rcnn import GeneralizedRCNN
@@ -27,7 +28,9 @@ def check_supported(cfg) -> None:
 def build_generalized_rcnn(cfg) -> GeneralizedRCNN:
     backbone = build_backbone(cfg)
     head = build_dense_head(cfg, backbone.out_channels)
-    return GeneralizedRCNN(backbone, head, size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY)
+    amp_dtype = resolve_amp(cfg.TEST.AMP, torch.device(cfg.MODEL.DEVICE), key="TEST.AMP")
+    return GeneralizedRCNN(backbone, head, size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
+                           inference_amp=amp_dtype)
 
 
 def build_detection_model(cfg) -> GeneralizedRCNN:

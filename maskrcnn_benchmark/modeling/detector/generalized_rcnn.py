@@ -1,6 +1,7 @@
 """Backbone (+ FPN) followed by a dense head: the one meta-architecture of the toolkit."""
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -22,17 +23,33 @@ class GeneralizedRCNN(nn.Module):
         backbone: module with ``forward(Tensor[B, 3, H, W]) -> list of Tensor[B, C, H_l, W_l]``.
         dense_head: module with ``forward(images, features, targets) -> (detections, losses)``.
         size_divisibility: padding multiple used when a list of images is given.
+        inference_amp: autocast dtype of eval-mode forwards (``torch.float16`` / ``torch.bfloat16``;
+            None: float32). It covers the backbone and the head's convolutions; the head turns
+            scores and boxes to float32 before post-processing (:meth:`DenseHead.forward`).
+            Training precision is the trainer's (``SOLVER.AMP``).
     """
 
-    def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0):
+    def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0,
+                 inference_amp: Optional[torch.dtype] = None):
         super().__init__()
+        if inference_amp not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"GeneralizedRCNN: inference_amp must be None, torch.float16 or "
+                             f"torch.bfloat16, got {inference_amp}")
         self.backbone = backbone
         self.rpn = dense_head
         self.size_divisibility = int(size_divisibility)
+        self.inference_amp = inference_amp
 
     @property
     def dense_head(self) -> nn.Module:
         return self.rpn
+
+    def inference_autocast(self, device: torch.device):
+        """The autocast context of an eval-mode forward on ``device`` (a disabled one in training
+        or without ``inference_amp``, so an enclosing training autocast stays in effect)."""
+        if self.training or self.inference_amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.inference_amp)
 
     def forward(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor],
                 targets: Optional[List[BoxList]] = None) -> Union[Dict[str, torch.Tensor], List[BoxList]]:
@@ -50,10 +67,11 @@ class GeneralizedRCNN(nn.Module):
             raise ValueError("GeneralizedRCNN: targets are required in training mode "
                              "(call model.eval() for inference)")
         images = to_image_list(images, self.size_divisibility)
-        features = self.backbone(images.tensors)
         if targets is not None:
             targets = [t.to(images.tensors.device) for t in targets]
-        detections, losses = self.rpn(images, list(features), targets if self.training else None)
+        with self.inference_autocast(images.tensors.device):
+            features = self.backbone(images.tensors)
+            detections, losses = self.rpn(images, list(features), targets if self.training else None)
         if self.training:
             return losses
         return detections

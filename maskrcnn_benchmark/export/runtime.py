@@ -1,0 +1,269 @@
+"""onnxruntime inference of an exported detector (:mod:`.onnx_export`).
+
+- :func:`create_session`: an ``InferenceSession`` on the ``cpu`` / ``cuda`` / ``tensorrt``
+  provider (a clear error when onnxruntime lacks it).
+- :class:`OnnxDetector`: the session as a detector module, ``detector(ImageList) -> list of
+  BoxList``, so the evaluation of :mod:`maskrcnn_benchmark.engine.inference` (``run_test``:
+  bbox.json, metrics.json, OUTPUT_DIR/inference/<dataset>/) runs on it unchanged.
+- :func:`compare_with_torch`: the largest difference between the ONNX outputs and PyTorch's.
+- :func:`benchmark`: images per second of a callable on a fixed batch after a warm-up.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.image_list import ImageList
+
+from .deps import require
+
+__all__ = ["PROVIDERS", "create_session", "OnnxDetector", "compare_with_torch",
+           "detections_from_outputs", "benchmark", "build_onnx_detector", "evaluate_onnx",
+           "fixed_batch"]
+
+logger = logging.getLogger("maskrcnn_benchmark.export")
+
+#: ``--provider`` -> onnxruntime execution providers, in priority order.
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def create_session(path: str, provider: str = "cpu", intra_op_threads: int = 0):
+    """An onnxruntime ``InferenceSession`` of the file ``path`` on ``provider`` (a key of
+    :data:`PROVIDERS`); ``intra_op_threads`` 0 = onnxruntime's default."""
+    ort = require("onnxruntime", "running ONNX models")
+    if provider not in PROVIDERS:
+        raise ValueError(f"--provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
+    wanted = PROVIDERS[provider][0]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        raise RuntimeError(f"--provider {provider}: onnxruntime {ort.__version__} has no {wanted} "
+                           f"(available: {available}); install onnxruntime-gpu for cuda / tensorrt")
+    options = ort.SessionOptions()
+    if intra_op_threads > 0:
+        options.intra_op_num_threads = int(intra_op_threads)
+    providers = [p for p in PROVIDERS[provider] if p in available]
+    return ort.InferenceSession(path, sess_options=options, providers=providers)
+
+
+def _input_spec(session) -> Tuple[Optional[int], int, int, bool]:
+    """(fixed batch or None, H, W, has image_sizes input) of an exported detector session."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    if "images" not in inputs:
+        raise ValueError(f"the ONNX model has inputs {sorted(inputs)}; expected 'images' (a model "
+                         "written by tools/export_onnx.py)")
+    shape = inputs["images"].shape
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        raise ValueError(f"the ONNX model's 'images' input has shape {shape}; expected "
+                         "[B, 3, H, W] with a fixed H and W")
+    batch = shape[0] if isinstance(shape[0], int) else None
+    return batch, int(shape[2]), int(shape[3]), "image_sizes" in inputs
+
+
+def detections_from_outputs(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                            image_sizes: Sequence[Tuple[int, int]]) -> List[BoxList]:
+    """The padded outputs of a ``--postprocess nms`` graph (boxes [B, K, 4], scores [B, K],
+    labels [B, K], label 0 = padding) -> per image a BoxList of size ``(w, h)`` (fields
+    ``scores``, ``labels``)."""
+    out = []
+    for i, (h, w) in enumerate(image_sizes):
+        keep = labels[i] > 0
+        det = BoxList(torch.from_numpy(np.ascontiguousarray(boxes[i][keep], dtype=np.float32)),
+                      (int(w), int(h)))
+        det.add_field("scores", torch.from_numpy(np.ascontiguousarray(scores[i][keep], dtype=np.float32)))
+        det.add_field("labels", torch.from_numpy(labels[i][keep].astype(np.int64)))
+        out.append(det)
+    return out
+
+
+class OnnxDetector(nn.Module):
+    """An exported detector on onnxruntime, called like the PyTorch detector in eval mode.
+
+    Args:
+        session: from :func:`create_session` (a ``--postprocess nms`` or ``none`` graph).
+        post_processor: the PyTorch post-processor to run on a ``none`` graph's candidates
+            (``DensePostProcessor``; needs the model's ``level_sizes``, see ``level_sizes``).
+        level_sizes: candidates per level of a ``none`` graph.
+
+    ``forward(images: ImageList)`` pads the batch to the graph's H x W (an image larger than
+    that is scaled down to fit, with a warning, and its boxes scaled back), runs it in chunks of
+    the graph's batch size (padding the last one) and returns per image a BoxList in the
+    image's (resized) frame, as ``GeneralizedRCNN`` does.
+    """
+
+    def __init__(self, session, post_processor=None, level_sizes: Optional[Sequence[int]] = None):
+        super().__init__()
+        self.session = session
+        self.batch, self.height, self.width, self.with_nms = _input_spec(session)
+        if not self.with_nms and (post_processor is None or level_sizes is None):
+            raise ValueError("a --postprocess none graph needs the PyTorch post_processor and "
+                             "level_sizes")
+        self.post_processor = post_processor
+        self.level_sizes = tuple(level_sizes or ())
+        self._warned = False
+
+    def _fit(self, images: ImageList) -> Tuple[torch.Tensor, List[Tuple[int, int]], List[float]]:
+        """The batch padded (or scaled down) to H x W; per image the size inside it and the
+        factor applied."""
+        x = images.tensors.float().cpu()
+        out = x.new_zeros(x.shape[0], x.shape[1], self.height, self.width)
+        sizes, factors = [], []
+        for i, (h, w) in enumerate(images.image_sizes):
+            f = min(1.0, self.height / h, self.width / w)
+            img = x[i, :, :h, :w]
+            if f < 1.0:
+                if not self._warned:
+                    logger.warning("an image of %dx%d does not fit the graph's %dx%d input: scaled "
+                                   "down (export with a larger --height/--width to avoid it)",
+                                   h, w, self.height, self.width)
+                    self._warned = True
+                nh, nw = max(1, int(h * f)), max(1, int(w * f))
+                img = torch.nn.functional.interpolate(img[None], size=(nh, nw), mode="bilinear",
+                                                      align_corners=False)[0]
+                f = (nw / w + nh / h) / 2
+            out[i, :, :img.shape[1], :img.shape[2]] = img
+            sizes.append((img.shape[1], img.shape[2]))
+            factors.append(f)
+        return out, sizes, factors
+
+    def _run(self, x: np.ndarray, sizes: List[Tuple[int, int]]) -> List[BoxList]:
+        feeds = {"images": x}
+        if self.with_nms:
+            feeds["image_sizes"] = np.asarray(sizes, dtype=np.float32).reshape(-1, 2)
+            boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], feeds)
+            return detections_from_outputs(boxes, scores, labels, sizes)
+        from maskrcnn_benchmark.modeling.dense_heads.base import DensePrediction
+
+        scores, boxes, mask = self.session.run(["scores", "boxes", "candidate_mask"], feeds)
+        pred = DensePrediction(torch.from_numpy(scores).float(), torch.from_numpy(boxes).float(),
+                               torch.from_numpy(mask), self.level_sizes)
+        return self.post_processor(pred, sizes)
+
+    @torch.no_grad()
+    def forward(self, images: ImageList) -> List[BoxList]:
+        x, sizes, factors = self._fit(images)
+        n = x.shape[0]
+        step = self.batch or n
+        results: List[BoxList] = []
+        for start in range(0, n, step):
+            chunk = x[start:start + step]
+            real = chunk.shape[0]
+            if self.batch and real < self.batch:
+                chunk = torch.cat([chunk, chunk.new_zeros(self.batch - real, *chunk.shape[1:])])
+            chunk_sizes = sizes[start:start + real]
+            padded_sizes = chunk_sizes + [(self.height, self.width)] * (chunk.shape[0] - real)
+            results += self._run(chunk.numpy(), padded_sizes)[:real]
+        out = []
+        for det, (h, w), f in zip(results, images.image_sizes, factors):
+            out.append(det if f == 1.0 else det.resize((int(w), int(h))))
+        return out
+
+
+def compare_with_torch(session, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Dict[str, float]:
+    """Largest absolute difference per output between the session and ``module`` (the exported
+    PyTorch module) on ``inputs``; boolean / integer outputs count the differing entries."""
+    feeds = {i.name: t.cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
+    names = [o.name for o in session.get_outputs()]
+    onnx_out = session.run(names, feeds)
+    with torch.no_grad():
+        torch_out = module(*inputs)
+    diffs = {}
+    for name, a, b in zip(names, onnx_out, torch_out):
+        b = b.cpu().numpy()
+        if a.dtype.kind in "fc":
+            diffs[name] = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
+        else:
+            diffs[name] = float((a != b).sum())
+    return diffs
+
+
+def benchmark(fn: Callable[[], object], batch: int, warmup: int = 3, iters: int = 10,
+              sync: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+    """Time ``fn()`` (one batch of ``batch`` images) ``iters`` times after ``warmup`` calls.
+
+    Returns ``{"img_per_s", "ms_per_batch", "batch", "iters"}`` (median time per batch).
+    """
+    for _ in range(max(0, warmup)):
+        fn()
+    if sync is not None:
+        sync()
+    times = []
+    for _ in range(max(1, iters)):
+        start = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+    return {"img_per_s": batch / median, "ms_per_batch": median * 1000.0, "batch": batch,
+            "iters": len(times)}
+
+
+def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads: int = 0) -> OnnxDetector:
+    """An :class:`OnnxDetector` of the file ``path`` for ``cfg`` (NUM_CLASSES resolved; the
+    PyTorch post-processor of the config is used for a ``--postprocess none`` graph).
+
+    Raises ValueError when the graph's classes or candidates do not match the config.
+    """
+    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data, num_classes_key
+    from maskrcnn_benchmark.modeling.dense_heads import get_num_classes
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+
+    from .graph import DenseDetectorGraph
+
+    session = create_session(path, provider, intra_op_threads)
+    batch, h, w, with_nms = _input_spec(session)
+    if with_nms:
+        return OnnxDetector(session)
+    cfg = fill_num_classes_from_data(cfg)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    model = build_detection_model(cfg).eval()
+    graph = DenseDetectorGraph(model, (h, w))
+    shape = {o.name: o.shape for o in session.get_outputs()}["scores"]
+    n, c = sum(graph.level_sizes), graph.num_classes
+    if list(shape[1:]) != [n, c]:
+        raise ValueError(f"{path}: scores of shape {shape}, but the config's model has {n} "
+                         f"candidates and {c} classes at {h}x{w} ({num_classes_key(cfg)} = "
+                         f"{get_num_classes(cfg)}): export and evaluate with the same config")
+    return OnnxDetector(session, model.rpn.post_processor, graph.level_sizes)
+
+
+def evaluate_onnx(cfg, path: str, provider: str = "cpu", intra_op_threads: int = 0):
+    """COCO / VOC evaluation of the ONNX model ``path`` on every DATASETS.TEST entry, exactly as
+    ``tools/test_net.py`` (``run_test``: OUTPUT_DIR/inference/<dataset>/bbox.json, metrics.json).
+
+    Returns ``{dataset: metrics}``.
+    """
+    from maskrcnn_benchmark.engine.inference import run_test
+
+    if cfg.TEST.BBOX_AUG.ENABLED:
+        raise ValueError("TEST.BBOX_AUG.ENABLED: test-time augmentation is not supported with "
+                         "ONNX models; set it to False")
+    if not cfg.DATASETS.TEST:
+        raise ValueError("DATASETS.TEST is empty: nothing to evaluate")
+    detector = build_onnx_detector(cfg, path, provider, intra_op_threads)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"  # the loader's batches stay on the host; onnxruntime places them
+    cfg.freeze()
+    return run_test(cfg, detector)
+
+
+def fixed_batch(batch: int, height: int, width: int, seed: int = 0) -> ImageList:
+    """The benchmark's input: ``batch`` seeded N(0, 50^2) images of ``height x width`` (about the
+    spread of mean-subtracted 0..255 pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, height, width, generator=g) * 50.0
+    return ImageList(x, [(height, width)] * batch)
