@@ -98,7 +98,14 @@ class HookBase:
 
 
 def check_losses_finite(loss_dict: Dict[str, torch.Tensor], iteration: int) -> None:
-    """Raise ``FloatingPointError`` naming every non-finite loss term (and the total if it overflowed)."""
+    """Raise ``FloatingPointError`` naming every non-finite loss term (and the total if it overflowed).
+
+    One host-device synchronisation when every term is finite (the float32 sum of the terms is
+    finite); the terms are read one by one only to name the bad ones."""
+    if not loss_dict:
+        return
+    if bool(torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()]).sum())):
+        return
     values = {k: float(v) for k, v in loss_dict.items()}
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     total = sum(values.values())
@@ -120,12 +127,28 @@ class NonFiniteLossCheck(HookBase):
 
 class LoggingHook(HookBase):
     """Meters, the progress bar and a log line every ``log_period`` iterations and at the end;
-    the total time at the end."""
+    the total time at the end.
+
+    The losses of each iteration are kept as (device) tensors and read into the meters in one
+    transfer when a line is logged (or, with the terminal progress bar on, once per iteration),
+    so logging adds no host-device synchronisation per loss and iteration."""
 
     def __init__(self, log_period: int = 20, show_progress: bool = True):
         self.log_period = int(log_period)
         self.show_progress = show_progress
         self.meters = MetricLogger(delimiter="  ")
+        self._pending: List[Dict[str, torch.Tensor]] = []
+
+    def _flush(self) -> None:
+        """Reads the pending iterations' losses (one transfer) into the meters, in order."""
+        if not self._pending:
+            return
+        names = list(self._pending[0])
+        rows = torch.stack([torch.stack([d[k].detach().float().reshape(()) for k in names])
+                            for d in self._pending]).cpu().tolist()
+        for row in rows:
+            self.meters.update(loss=sum(row), **dict(zip(names, row)))
+        self._pending = []
 
     def before_train(self):
         s = self.state
@@ -135,11 +158,17 @@ class LoggingHook(HookBase):
 
     def after_step(self):
         s = self.state
-        self.meters.update(loss=sum(s.loss_dict.values()), **s.loss_dict)
+        if s.loss_dict:
+            self._pending.append(dict(s.loss_dict))
         self.meters.update(time=s.step_time, data=s.data_time)
         eta = format_eta(self.meters.time.global_avg * (s.max_iter - s.iteration))
-        self.progress.update(s.iteration, f"loss {self.meters.loss.median:.4f}  lr {s.lr:.6f}  eta {eta}")
-        if (self.log_period > 0 and s.iteration % self.log_period == 0) or s.iteration == s.max_iter:
+        log_now = (self.log_period > 0 and s.iteration % self.log_period == 0) or s.iteration == s.max_iter
+        if self.progress.enabled or log_now:
+            self._flush()
+        if self.progress.enabled:
+            loss = self.meters.meters["loss"].median if "loss" in self.meters.meters else 0.0
+            self.progress.update(s.iteration, f"loss {loss:.4f}  lr {s.lr:.6f}  eta {eta}")
+        if log_now:
             self.progress.clear()
             s.logger.info(self.meters.delimiter.join([
                 f"eta: {eta}", f"iter: {s.iteration}/{s.max_iter}", str(self.meters),

@@ -478,3 +478,31 @@ def test_training_holds_output_dir_lock_and_keeps_last_checkpoints(tmp_path, tin
     assert not (tmp_path / LOCK_NAME).exists()
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth")) == [
         "model_0000002.pth", "model_0000003.pth", "model_final.pth"]
+
+
+def test_check_losses_finite_reads_the_terms_only_to_name_bad_ones():
+    # float32 sum of the terms overflows, the float64 total of the slow path does not: no error
+    check_losses_finite({"a": torch.tensor(3e38), "b": torch.tensor(3e38)}, 1)
+    with pytest.raises(FloatingPointError, match="iteration 2: b=nan"):
+        check_losses_finite({"a": torch.tensor(1.0), "b": torch.tensor(float("nan"))}, 2)
+    check_losses_finite({}, 3)
+
+
+def test_logging_hook_reads_losses_at_log_lines_only():
+    from maskrcnn_benchmark.engine.hooks import LoggingHook, TrainState
+
+    hook = LoggingHook(log_period=3, show_progress=False)
+    hook.state = TrainState(model=nn.Identity(), optimizer=None, scheduler=None, device=torch.device("cpu"),
+                            arguments={}, start_iter=0, max_iter=5)
+    hook.before_train()
+    rows = [(1.0, 0.5), (2.0, 0.25), (4.0, 0.125), (8.0, 1.0), (0.5, 0.5)]
+    for it, (a, b) in enumerate(rows, 1):
+        hook.state.iteration = it
+        hook.state.loss_dict = {"loss_a": torch.tensor(a), "loss_b": torch.tensor(b)}
+        hook.after_step()
+        read = {1: 0, 2: 0, 3: 3, 4: 3, 5: 5}[it]  # log lines at iterations 3 and 5 (the last)
+        assert (hook.meters.meters["loss_a"].count if "loss_a" in hook.meters.meters else 0) == read
+    m = hook.meters.meters
+    assert list(m["loss_a"].deque) == [a for a, _ in rows]
+    assert m["loss"].global_avg == pytest.approx(sum(a + b for a, b in rows) / 5)
+    assert m["loss_b"].median == 0.5

@@ -106,7 +106,7 @@ class Bottleneck(nn.Module):
         out = F.relu_(self.bn1(self.conv1(x)))
         out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu_(out + identity)
+        return F.relu_(out.add_(identity))  # in place: out is this block's own temporary
 
 
 class BasicBlock(nn.Module):
@@ -139,7 +139,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu_(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu_(out + identity)
+        return F.relu_(out.add_(identity))  # in place: out is this block's own temporary
 
 
 BLOCKS = {"bottleneck": Bottleneck, "basic": BasicBlock}

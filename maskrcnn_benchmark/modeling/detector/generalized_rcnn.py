@@ -22,13 +22,21 @@ class GeneralizedRCNN(nn.Module):
         backbone: module with ``forward(Tensor[B, 3, H, W]) -> list of Tensor[B, C, H_l, W_l]``.
         dense_head: module with ``forward(images, features, targets) -> (detections, losses)``.
         size_divisibility: padding multiple used when a list of images is given.
+        channels_last: run the model in the channels-last (NHWC) memory format: the parameters
+            are converted here and the input batch in :meth:`forward` (``MODEL.CHANNELS_LAST``;
+            oneDNN convolutions then need no layout reorders; results agree with the default
+            layout within float32 rounding, not bit for bit).
     """
 
-    def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0):
+    def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0,
+                 channels_last: bool = False):
         super().__init__()
         self.backbone = backbone
         self.rpn = dense_head
         self.size_divisibility = int(size_divisibility)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def dense_head(self) -> nn.Module:
@@ -50,7 +58,10 @@ class GeneralizedRCNN(nn.Module):
             raise ValueError("GeneralizedRCNN: targets are required in training mode "
                              "(call model.eval() for inference)")
         images = to_image_list(images, self.size_divisibility)
-        features = self.backbone(images.tensors)
+        x = images.tensors
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(x)
         if targets is not None:
             targets = [t.to(images.tensors.device) for t in targets]
         detections, losses = self.rpn(images, list(features), targets if self.training else None)
