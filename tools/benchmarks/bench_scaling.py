@@ -6,8 +6,9 @@
         [--plot scaling.png] [--threads N]
 
 Three sweeps, each point in a fresh subprocess (random weights, seed 0):
-- training step (forward with targets + backward + SGD step) vs the image size: square-ish
-  images ``s x round(1.5 s)`` capped at 1333 on the long side (shorter sides ``--sizes``), 10 GTs;
+- training step (forward with targets + backward + SGD step) vs the image size: images
+  ``s x min(1.5 s, 1333)`` (shorter sides ``--sizes``), both sides rounded up to a multiple of 32
+  (so 1333 -> 1344), 10 GTs;
 - training step vs the number of random GTs (``--gts``) at ``--gt-size``;
 - inference (``torch.inference_mode``) vs the batch size (``--batches``) at ``--batch-size-hw``.
 
@@ -104,7 +105,8 @@ def measure(args, mode: str, batch: int, h: int, w: int, num_gt: int) -> dict:
 
 
 def image_hw(short: int) -> tuple:
-    """(h, w) with the given shorter side, long side 1.5x capped at 1333, both multiples of 32."""
+    """(h, w): shorter side ``short``, long side ``min(1.5 short, 1333)``, both rounded up to a
+    multiple of 32."""
     long_side = min(int(round(short * 1.5)), 1333)
     return (short + 31) // 32 * 32, (long_side + 31) // 32 * 32
 
