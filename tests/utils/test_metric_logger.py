@@ -75,3 +75,12 @@ def test_logger_writes_file_on_rank0_only(tmp_path):
     assert not (tmp_path / "b" / "log.txt").exists()
     for h in logging.getLogger("mb_test_logger").handlers:
         h.close()
+
+
+def test_peak_rss_increase_sees_a_temporary_allocation():
+    from maskrcnn_benchmark.utils.metric_logger import peak_rss_increase_mib
+
+    torch.ones(96 * 2 ** 20, dtype=torch.uint8)  # an earlier, larger peak (96 MiB, freed) must not hide
+    peak = peak_rss_increase_mib(lambda: torch.ones(32 * 2 ** 20, dtype=torch.uint8))  # 32 MiB touched
+    assert 24 <= peak <= 64, peak
+    assert peak_rss_increase_mib(lambda: None) < 8

@@ -13,17 +13,16 @@ Three sweeps, each point in a fresh subprocess (random weights, seed 0):
 - inference (``torch.inference_mode``) vs the batch size (``--batches``) at ``--batch-size-hw``.
 
 Time: median of ``--iters`` calls after one warm-up call. Peak memory: the increase of the
-process's peak resident set (``ru_maxrss``) during the warm-up call, after the model and inputs
-exist. The default model is the small R-18 config so the whole script runs in a few minutes on
-2 cores; pass an R-50 config for the full model. Prints markdown tables; ``--plot`` writes a PNG
-with matplotlib (``pip install matplotlib``), skipped with a message when it is not installed.
+process's peak resident set during the warm-up call over the resident set before it, after the
+model and inputs exist (``utils.metric_logger.peak_rss_increase_mib``). The default model is the
+small R-18 config so the whole script runs in a few minutes on 2 cores; pass an R-50 config for
+the full model. Prints markdown tables; ``--plot`` writes a PNG with matplotlib (``pip install matplotlib``), skipped with a message when it is not installed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ def worker(args) -> None:
     """One measurement (subprocess): prints ``{"ms": ..., "peak_mib": ...}``."""
     from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, num_classes_key
     from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.metric_logger import peak_rss_increase_mib
     from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""]
@@ -83,9 +83,7 @@ def worker(args) -> None:
         def step():
             with torch.inference_mode():
                 model(images)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
+    peak = peak_rss_increase_mib(step)
     times = []
     for _ in range(args.iters):
         t0 = time.perf_counter()

@@ -38,8 +38,9 @@ Settings that differ, and why:
   RetinaNet (the same backbone with a 9 x heavier classification output).
 
 Peak memory: each (model, mode) runs once more in a fresh subprocess; the value is the increase of
-the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) during its first
-step, after the model and inputs exist (weights not counted; allocator caching is).
+the process's peak resident set during its first step over the resident set before it, after the
+model and inputs exist (``utils.metric_logger.peak_rss_increase_mib``: the peak is reset first, so
+loading CUDA libraries of a CUDA wheel does not hide it; weights not counted, allocator caching is).
 """
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ import copy
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -235,13 +235,12 @@ def run_interleaved(benches: List[Bench], mode: str, iters: int) -> Dict[str, Li
 
 def memory_worker(args) -> None:
     """Subprocess body: peak-RSS increase (MiB) of one first step; prints a JSON line."""
+    from maskrcnn_benchmark.utils.metric_logger import peak_rss_increase_mib
+
     inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt)
     bench = Bench(args.memory_worker, args, inputs)
     fn = bench.infer if args.memory_mode == "infer" else bench.train_step
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (after - before) / 1024.0}))
+    print(json.dumps({"peak_mib": peak_rss_increase_mib(fn)}))
 
 
 def measure_memory(name: str, mode: str, args) -> float:
