@@ -16,7 +16,8 @@ Time: median of ``--iters`` calls after one warm-up call. Peak memory: the incre
 process's peak resident set during the warm-up call over the resident set before it, after the
 model and inputs exist (``utils.metric_logger.peak_rss_increase_mib``). The default model is the
 small R-18 config so the whole script runs in a few minutes on 2 cores; pass an R-50 config for
-the full model. Prints markdown tables; ``--plot`` writes a PNG with matplotlib (``pip install matplotlib``), skipped with a message when it is not installed.
+the full model. Prints markdown tables; ``--plot`` writes a PNG with matplotlib (``pip install
+matplotlib``), skipped with a message when it is not installed.
 """
 from __future__ import annotations
 
