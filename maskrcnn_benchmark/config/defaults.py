@@ -54,6 +54,15 @@ _C.MODEL.USE_SYNCBN = False
 # from scratch / test at AP 0 silently). 0: accept any weights, even none matching (fine-tuning
 # from an unrelated checkpoint on purpose). Resuming OUTPUT_DIR is always strict.
 _C.MODEL.WEIGHT_MIN_MATCH = 0.5
+# Run the model in the channels-last (NHWC) memory format (parameters and input batch): oneDNN's
+# CPU convolutions then skip their layout reorders (see BENCHMARKS.md for the measured gain).
+# Results agree with the default (False) within float32 rounding, not bit for bit.
+_C.MODEL.CHANNELS_LAST = False
+# torch.compile the backbone and the dense head's conv module (nn.Module.compile: checkpoint names
+# unchanged). The first forward of every new input shape compiles (minutes for an R-50 on a small
+# CPU); assignment, losses and post-processing stay eager. Results agree with False within float32
+# rounding (fused kernels). Default False.
+_C.MODEL.COMPILE = False
 
 # ---------------------------------------------------------------------------------------------
 # Input

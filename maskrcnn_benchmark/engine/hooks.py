@@ -114,16 +114,28 @@ class HookBase:
         pass
 
 
-def check_losses_finite(loss_dict: Dict[str, torch.Tensor], iteration: int) -> None:
-    """Raise ``FloatingPointError`` naming every non-finite loss term (and the total if it overflowed)."""
+def check_losses_finite(loss_dict: Dict[str, Any], iteration: int) -> None:
+    """Raise ``FloatingPointError`` naming every non-finite loss term (and the total if it overflowed).
+
+    ``loss_dict``: ``{name: float}`` (what :meth:`TrainState.loss_values` read, no further transfer) or
+    ``{name: Tensor[]}`` (one host-device synchronisation when every term is finite: the float32 sum of
+    the terms is finite; the terms are read one by one only to name the bad ones)."""
+    if not loss_dict:
+        return
+    terms = list(loss_dict.values())
+    if all(isinstance(v, (int, float)) for v in terms):
+        if all(math.isfinite(v) for v in terms) and math.isfinite(sum(terms)):
+            return
+    elif bool(torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in terms]).sum())):
+        return
     values = {k: float(v) for k, v in loss_dict.items()}
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     total = sum(values.values())
     if not bad and not math.isfinite(total):
         bad = {"total": total}
     if bad:
-        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
-        raise FloatingPointError(f"Loss became non-finite at iteration {iteration}: {terms}. "
+        terms_text = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise FloatingPointError(f"Loss became non-finite at iteration {iteration}: {terms_text}. "
                                  f"Training stopped; the last good checkpoint is left untouched.")
 
 

@@ -28,8 +28,10 @@ def to_image_list(tensors: Union[torch.Tensor, Sequence[torch.Tensor], ImageList
         return tensors
     if isinstance(tensors, torch.Tensor) and tensors.ndim == 3:
         tensors = tensors[None]
-    if isinstance(tensors, torch.Tensor) and tensors.ndim == 4 and size_divisible <= 0:
-        return ImageList(tensors, [tuple(tensors.shape[-2:])] * tensors.shape[0])
+    if isinstance(tensors, torch.Tensor) and tensors.ndim == 4 and (
+            size_divisible <= 0 or (tensors.shape[-2] % size_divisible == 0
+                                    and tensors.shape[-1] % size_divisible == 0)):
+        return ImageList(tensors, [tuple(tensors.shape[-2:])] * tensors.shape[0])  # no padding needed
     tensors = list(tensors)
     if not tensors:
         raise ValueError("to_image_list: no images")

@@ -124,3 +124,33 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
+
+
+def peak_rss_increase_mib(fn) -> float:
+    """Runs ``fn()`` and returns by how much it raised the process's peak resident set, in MiB.
+
+    On Linux the peak is first reset to the current RSS (``/proc/self/clear_refs`` "5"), so an
+    earlier, higher peak (library loading, model building) does not hide the call's own; the
+    result is ``VmHWM`` after the call minus ``VmRSS`` before it. Elsewhere (or if the reset is not
+    permitted) it is the increase of ``ru_maxrss``, which is 0 when an earlier peak was higher.
+    """
+    def status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise KeyError(key)
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = status_kib("VmRSS")
+        fn()
+        return max(status_kib("VmHWM") - before, 0) / 1024.0
+    except (OSError, KeyError, ValueError):
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / scale

@@ -501,3 +501,36 @@ def test_log_config_changes_sources(tmp_path, caplog):
         caplog.clear()
         assert log_config_changes({}, new, 3, str(yml), logger) == []
         assert "no differences" in caplog.text and str(yml) in caplog.text
+
+
+def test_check_losses_finite_reads_the_terms_only_to_name_bad_ones():
+    # float32 sum of the terms overflows, the float64 total of the slow path does not: no error
+    check_losses_finite({"a": torch.tensor(3e38), "b": torch.tensor(3e38)}, 1)
+    with pytest.raises(FloatingPointError, match="iteration 2: b=nan"):
+        check_losses_finite({"a": torch.tensor(1.0), "b": torch.tensor(float("nan"))}, 2)
+    check_losses_finite({}, 3)
+    # the floats TrainState.loss_values() read (no further transfer)
+    check_losses_finite({"a": 3e38, "b": 3e38}, 4)
+    with pytest.raises(FloatingPointError, match="iteration 5: b=inf"):
+        check_losses_finite({"a": 1.0, "b": float("inf")}, 5)
+    with pytest.raises(FloatingPointError, match="iteration 6: total=inf"):
+        check_losses_finite({"a": 1e308, "b": 1e308}, 6)
+
+
+def test_logging_hook_meters_hold_every_iteration():
+    from maskrcnn_benchmark.engine.hooks import LoggingHook, TrainState
+
+    hook = LoggingHook(log_period=3, show_progress=False)
+    hook.state = TrainState(model=nn.Identity(), optimizer=None, scheduler=None, device=torch.device("cpu"),
+                            arguments={}, start_iter=0, max_iter=5)
+    hook.before_train()
+    rows = [(1.0, 0.5), (2.0, 0.25), (4.0, 0.125), (8.0, 1.0), (0.5, 0.5)]
+    for it, (a, b) in enumerate(rows, 1):
+        hook.state.iteration = it
+        hook.state.loss_dict = {"loss_a": torch.tensor(a), "loss_b": torch.tensor(b)}
+        hook.after_step()
+        assert hook.meters.meters["loss_a"].count == it  # from TrainState.loss_values(): one read per iteration
+    m = hook.meters.meters
+    assert list(m["loss_a"].deque) == [a for a, _ in rows]
+    assert m["loss"].global_avg == pytest.approx(sum(a + b for a, b in rows) / 5)
+    assert m["loss_b"].median == 0.5

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -135,3 +137,60 @@ def test_test_amp_rejects_unknown_value():
     cfg.TEST.AMP = "fp8"
     with pytest.raises(ValueError, match="TEST.AMP"):
         build_detection_model(cfg)
+
+
+def _outputs(cfg, images, targets):
+    """(losses, detections) of the model of ``cfg`` built with seed 0: train-mode losses on the
+    batch, then eval-mode detections with the same weights."""
+    torch.manual_seed(0)
+    model = build_detection_model(cfg)
+    model.train()
+    losses = {k: v.detach() for k, v in model(images, targets).items()}
+    model.eval()
+    with torch.no_grad():
+        dets = model(to_image_list(images, 32))
+    return model, losses, dets
+
+
+def _assert_close_outputs(a, b, rtol, atol):
+    (_, losses_a, dets_a), (_, losses_b, dets_b) = a, b
+    assert sorted(losses_a) == sorted(losses_b)
+    for k in losses_a:
+        torch.testing.assert_close(losses_a[k], losses_b[k], rtol=rtol, atol=atol, msg=k)
+    for da, db in zip(dets_a, dets_b):
+        # the top detections (clear score gaps) agree; near-ties may swap places
+        n = min(len(da), len(db), 5)
+        torch.testing.assert_close(da.get_field("scores")[:n], db.get_field("scores")[:n], rtol=rtol, atol=atol)
+        torch.testing.assert_close(da.bbox[:n], db.bbox[:n], rtol=rtol, atol=1e-3)
+
+
+@pytest.mark.parametrize("head", ["RETINANET", "DYNAMIC_ATSS"])
+def test_channels_last_matches_default_layout(head):
+    cfg = _cfg(head)
+    for node in ("ATSS", "RETINANET"):
+        cfg.MODEL[node].INFERENCE_TH = 0.001  # detections from the untrained heads
+    images, targets = _batch()
+    ref = _outputs(cfg, images, targets)
+    cfg.MODEL.CHANNELS_LAST = True
+    model, *rest = now = _outputs(cfg, images, targets)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    # the same weights: the layouts change only the order of the float32 sums
+    for (na, pa), (nb, pb) in zip(ref[0].state_dict().items(), model.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+    _assert_close_outputs(ref, now, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(os.environ.get("MASKRCNN_BENCHMARK_TEST_COMPILE", "0") != "1",
+                    reason="torch.compile takes about a minute on 2 CPU cores; set "
+                           "MASKRCNN_BENCHMARK_TEST_COMPILE=1 to run it")
+def test_compile_matches_eager():
+    cfg = _cfg("DYNAMIC_ATSS")
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.001
+    images, targets = _batch()
+    ref = _outputs(cfg, images, targets)
+    cfg.MODEL.COMPILE = True
+    model, *rest = now = _outputs(cfg, images, targets)
+    assert model.backbone._compiled_call_impl is not None and model.rpn.head._compiled_call_impl is not None
+    assert "_orig_mod" not in "".join(model.state_dict())  # checkpoint names unchanged
+    _assert_close_outputs(ref, now, rtol=1e-4, atol=1e-5)

@@ -58,6 +58,12 @@ def test_image_list_pads_and_records_hw():
     assert to_image_list(il) is il
     batched = to_image_list(torch.zeros(2, 3, 6, 10))
     assert batched.image_sizes == [(6, 10), (6, 10)]
+    # a batch already a multiple of size_divisible is used as it is; another one is padded
+    x = torch.randn(2, 3, 8, 12)
+    assert to_image_list(x, 4).tensors is x
+    padded = to_image_list(x, 8)
+    assert padded.tensors.shape == (2, 3, 8, 16) and torch.equal(padded.tensors[..., :12], x)
+    assert padded.tensors[..., 12:].abs().sum() == 0 and padded.image_sizes == [(8, 12)] * 2
     moved = ImageList(il.tensors, il.image_sizes).to("cpu")
     assert moved.image_sizes == il.image_sizes
     with pytest.raises(ValueError, match=r"image 1 must be \[C, H, W\]"):

@@ -75,3 +75,20 @@ def test_logger_writes_file_on_rank0_only(tmp_path):
     assert not (tmp_path / "b" / "log.txt").exists()
     for h in logging.getLogger("mb_test_logger").handlers:
         h.close()
+
+
+def test_peak_rss_increase_sees_a_temporary_allocation():
+    # in a fresh process, as the benchmarks use it (a long-lived process may serve the allocation
+    # from memory it already holds, which is then rightly not counted)
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from maskrcnn_benchmark.utils.metric_logger import peak_rss_increase_mib as f\n"
+        "torch.ones(160 * 2 ** 20, dtype=torch.uint8)\n"  # an earlier, larger peak (freed) must not hide
+        "print(f(lambda: torch.ones(64 * 2 ** 20, dtype=torch.uint8)), f(lambda: None))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    peak, idle = (float(v) for v in out.split())
+    assert 48 <= peak <= 160, peak  # 64 MiB touched
+    assert idle < 8, idle

@@ -75,6 +75,14 @@ def _downsample(in_channels: int, out_channels: int, stride: int,
                          norm_func(out_channels))
 
 
+def _add_residual(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """``out + identity``, in place in ``out`` (a block's own temporary: one full-size allocation
+    less, the same float op) unless type promotion needs a new tensor (mixed dtypes under AMP)."""
+    if out.dtype == torch.promote_types(out.dtype, identity.dtype):
+        return out.add_(identity)
+    return out + identity
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (grouped, optionally deformable) -> 1x1 residual block.
 
@@ -106,7 +114,7 @@ class Bottleneck(nn.Module):
         out = F.relu_(self.bn1(self.conv1(x)))
         out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu_(out + identity)
+        return F.relu_(_add_residual(out, identity))
 
 
 class BasicBlock(nn.Module):
@@ -139,7 +147,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu_(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu_(out + identity)
+        return F.relu_(_add_residual(out, identity))
 
 
 BLOCKS = {"bottleneck": Bottleneck, "basic": BasicBlock}

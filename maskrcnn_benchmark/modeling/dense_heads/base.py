@@ -94,7 +94,8 @@ def conv_tower(in_channels: int, num_convs: int, num_groups: int = 0,
                                     bias=bias))
         if num_groups > 0:
             layers.append(nn.GroupNorm(num_groups, in_channels))
-        layers.append(nn.ReLU())
+        # in place: neither the conv nor GroupNorm needs its output for backward
+        layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
@@ -200,35 +201,35 @@ class DensePostProcessor:
             per image a BoxList (size ``(w, h)``) with fields ``scores`` [K] and ``labels`` [K]
             int64 in 1..C, sorted by decreasing score, ``K <= detections_per_img``.
         """
+        num_classes = prediction.scores.shape[-1]
+        levels = []  # per level: (top scores [B, k], (prior, class) flat indices [B, k], first prior)
+        start = 0
+        for n in prediction.level_sizes:
+            levels.append(self._level_top(prediction.scores[:, start:start + n],
+                                          prediction.candidate_mask[:, start:start + n]) + (start,))
+            start += n
         results = []
         for i, (h, w) in enumerate(image_sizes):
             boxes, kept_scores, labels = [], [], []
-            start = 0
-            for n in prediction.level_sizes:
-                sl = slice(start, start + n)
-                start += n
-                b, sc, lab = self._level_candidates(prediction.scores[i, sl],
-                                                    prediction.candidate_mask[i, sl],
-                                                    prediction.boxes[i, sl])
-                boxes.append(b)
-                kept_scores.append(sc)
-                labels.append(lab)
+            for top, idx, first in levels:
+                top, idx = top[i], idx[i]
+                keep = top >= 0
+                top, idx = top[keep], idx[keep]
+                prior_idx = torch.div(idx, num_classes, rounding_mode="floor")
+                boxes.append(prediction.boxes[i, first + prior_idx])
+                kept_scores.append(top.float())
+                labels.append(idx % num_classes + 1)
             results.append(self._select(torch.cat(boxes), torch.cat(kept_scores), torch.cat(labels),
                                         image_wh=(int(w), int(h))))
         return results
 
-    def _level_candidates(self, scores: torch.Tensor, mask: torch.Tensor, boxes: torch.Tensor):
-        """Tensor[N, C] scores / mask, Tensor[N, 4] boxes -> top candidates'
-        (boxes[M, 4], scores[M], labels[M] in 1..C)."""
-        num_classes = scores.shape[1]
-        flat = torch.where(mask, scores, torch.full_like(scores, -1.0)).flatten()
-        k = min(self.pre_nms_top_n, flat.numel())
-        top, idx = flat.topk(k, sorted=False)
-        keep = top >= 0
-        top, idx = top[keep], idx[keep]
-        prior_idx = torch.div(idx, num_classes, rounding_mode="floor")
-        labels = idx % num_classes + 1
-        return boxes[prior_idx], top.float(), labels
+    def _level_top(self, scores: torch.Tensor, mask: torch.Tensor):
+        """One level of every image: Tensor[B, N_l, C] scores / mask -> the ``pre_nms_top_n``
+        best (prior, class) pairs per image, unsorted: (scores [B, k] with -1 for non-candidates,
+        flat indices ``prior * C + class`` [B, k]); one ``topk`` for the batch."""
+        flat = scores.masked_fill(~mask, -1.0).flatten(1)
+        k = min(self.pre_nms_top_n, flat.shape[1])
+        return flat.topk(k, dim=1, sorted=False)
 
     def _select(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                 image_wh: Tuple[int, int]) -> BoxList:

@@ -10,7 +10,8 @@ from maskrcnn_benchmark.utils.registry import Registry
 
 from .generalized_rcnn import GeneralizedRCNN
 
-__all__ = ["META_ARCHITECTURES", "GeneralizedRCNN", "build_detection_model", "check_supported"]
+__all__ = ["META_ARCHITECTURES", "GeneralizedRCNN", "build_detection_model", "check_supported",
+           "compile_model"]
 
 META_ARCHITECTURES = Registry("META_ARCHITECTURES")
 
@@ -30,11 +31,27 @@ def build_generalized_rcnn(cfg) -> GeneralizedRCNN:
     head = build_dense_head(cfg, backbone.out_channels)
     amp_dtype = resolve_amp(cfg.TEST.AMP, torch.device(cfg.MODEL.DEVICE), key="TEST.AMP")
     return GeneralizedRCNN(backbone, head, size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
-                           inference_amp=amp_dtype)
+                           inference_amp=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST)
+
+
+def compile_model(model: GeneralizedRCNN, **compile_kwargs) -> GeneralizedRCNN:
+    """``torch.compile`` the backbone and the conv head of ``model`` in place (``MODEL.COMPILE``).
+
+    Uses ``nn.Module.compile``, so parameter names and checkpoints are unchanged; the compiled
+    graphs are built at the first forward of each input shape / mode. Assignment, losses and
+    post-processing (data-dependent shapes, compiled ops) stay eager. Returns ``model``.
+    """
+    model.backbone.compile(**compile_kwargs)
+    model.rpn.head.compile(**compile_kwargs)
+    return model
 
 
 def build_detection_model(cfg) -> GeneralizedRCNN:
-    """The model of ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` (train mode)."""
+    """The model of ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` (train mode); with
+    ``MODEL.COMPILE`` its backbone and head are compiled (:func:`compile_model`)."""
     check_supported(cfg)
     model = META_ARCHITECTURES[cfg.MODEL.META_ARCHITECTURE](cfg)
-    return model.to(torch.device(cfg.MODEL.DEVICE))
+    model = model.to(torch.device(cfg.MODEL.DEVICE))
+    if cfg.MODEL.COMPILE:
+        compile_model(model)
+    return model

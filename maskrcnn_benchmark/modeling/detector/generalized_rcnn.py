@@ -27,10 +27,14 @@ class GeneralizedRCNN(nn.Module):
             None: float32). It covers the backbone and the head's convolutions; the head turns
             scores and boxes to float32 before post-processing (:meth:`DenseHead.forward`).
             Training precision is the trainer's (``SOLVER.AMP``).
+        channels_last: run the model in the channels-last (NHWC) memory format: the parameters
+            are converted here and the input batch in :meth:`forward` (``MODEL.CHANNELS_LAST``;
+            oneDNN convolutions then need no layout reorders; results agree with the default
+            layout within float32 rounding, not bit for bit).
     """
 
     def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0,
-                 inference_amp: Optional[torch.dtype] = None):
+                 inference_amp: Optional[torch.dtype] = None, channels_last: bool = False):
         super().__init__()
         if inference_amp not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"GeneralizedRCNN: inference_amp must be None, torch.float16 or "
@@ -39,6 +43,9 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = dense_head
         self.size_divisibility = int(size_divisibility)
         self.inference_amp = inference_amp
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def dense_head(self) -> nn.Module:
@@ -69,8 +76,11 @@ class GeneralizedRCNN(nn.Module):
         images = to_image_list(images, self.size_divisibility)
         if targets is not None:
             targets = [t.to(images.tensors.device) for t in targets]
-        with self.inference_autocast(images.tensors.device):
-            features = self.backbone(images.tensors)
+        x = images.tensors
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.inference_autocast(x.device):
+            features = self.backbone(x)
             detections, losses = self.rpn(images, list(features), targets if self.training else None)
         if self.training:
             return losses

@@ -215,3 +215,15 @@ def test_registry_sweep_shapes(name):
     assert len(outs) == len(model.strides)
     for out, stride in zip(outs, model.strides):
         assert tuple(out.shape) == (1, model.out_channels, -(-128 // stride), -(-160 // stride))
+
+
+def test_add_residual_in_place_only_without_promotion():
+    from maskrcnn_benchmark.modeling.backbone.resnet import _add_residual
+
+    out, identity = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    expected = out + identity
+    res = _add_residual(out, identity)
+    assert res is out and torch.equal(res, expected)
+    low = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
+    res = _add_residual(low, identity)  # bf16 + fp32 promotes: a new fp32 tensor as `+` gives
+    assert res is not low and res.dtype == torch.float32 and torch.equal(res, low + identity)

@@ -1,0 +1,329 @@
+#!/usr/bin/env python
+"""The project's dense detectors against torchvision's RetinaNet and FCOS, side by side on the CPU.
+
+    python tools/benchmarks/compare_torchvision.py [--size 512 768] [--batch 1] [--iters 5] \
+        [--models retinanet,fcos,atss,dynamic_atss,tv_retinanet,tv_fcos] [--threads N] [--no-memory]
+
+Needs torchvision (``pip install -c <(echo torch==<your torch>) torchvision``, e.g. a venv with
+torch 2.14.1 + torchvision 0.29.1) and the project's compiled ops built for that torch.
+
+Workload: random weights, ResNet-50-FPN (P3-P7, P6 from P5), one batch of ``--batch`` random
+images of ``--size`` (a multiple of 32, so nothing is padded or resized), 80 classes, ``--num-gt``
+random GT boxes per image. Inference = ``model.eval()`` forward under ``torch.inference_mode``
+(backbone, head, decoding, post-processing); train step = forward with targets (assignment,
+losses) + backward + SGD step (momentum 0.9, lr 0 so that every repetition sees the same
+weights; SGD does the same work for any lr). The models run interleaved (A B C ... A B C ...),
+``--iters`` rounds after one warm-up round; the table gives the median per model and its ratio
+to the torchvision model of the same family (> 1: the project is faster).
+
+Matched settings: FrozenBatchNorm in the backbone with the stem and res2 frozen (torchvision:
+``trainable_layers=3``), the stride of every ResNet stage in the 3x3 conv (torchvision's layout;
+``MODEL.RESNETS.STRIDE_IN_1X1 False`` for the project), 9 anchors (RetinaNet), no norm in the
+RetinaNet head, GroupNorm(32) in the FCOS / ATSS towers, score threshold 0.05, 1000 candidates per
+level before NMS, class-aware NMS at 0.5 (RetinaNet) / 0.6 (FCOS, ATSS), 100 detections.
+
+Settings that differ, and why:
+- torchvision's ``GeneralizedRCNNTransform`` (normalise + resize to 800 px + pad) is replaced by a
+  pass-through: the project normalises and resizes in the data loader, not in the model, so the
+  model forward is compared on the same already-prepared tensor.
+- The classification bias is set to ``logit(--prior-prob)`` (0.05) in both instead of
+  ``logit(0.01)``: with random weights and the 0.01 prior no score passes the 0.05 threshold, and
+  post-processing would not run at all; at 0.05 about half of the (anchor, class) pairs pass and
+  every level fills its 1000 candidates, a trained model's load or more.
+- FCOS thresholds: the project (as the ATSS code) thresholds ``sigmoid(cls)``, torchvision
+  ``sqrt(sigmoid(cls) * sigmoid(ctr))``; both then keep the top 1000 per level.
+- Loss formulas follow each codebase (RetinaNet: project smooth-L1 on (10, 10, 5, 5) deltas,
+  torchvision L1 on (1, 1, 1, 1) deltas; FCOS: both GIoU + centerness BCE); their cost is small.
+- ATSS and Dynamic ATSS have no torchvision counterpart; their ratio is against torchvision's
+  RetinaNet (the same backbone with a 9 x heavier classification output).
+
+Peak memory: each (model, mode) runs once more in a fresh subprocess; the value is the increase of
+the process's peak resident set during its first step over the resident set before it, after the
+model and inputs exist (``utils.metric_logger.peak_rss_increase_mib``: the peak is reset first, so
+loading CUDA libraries of a CUDA wheel does not hide it; weights not counted, allocator caching is).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+NUM_FG = 80
+PROJECT_CONFIGS = {
+    "retinanet": "configs/retinanet/retinanet_R_50_FPN_1x.yaml",
+    "fcos": "configs/fcos/fcos_R_50_FPN_1x.yaml",
+    "atss": "configs/atss/atss_R_50_FPN_1x.yaml",
+    "dynamic_atss": "configs/dynamic_atss/dynamic_atss_R_50_FPN_1x.yaml",
+}
+TORCHVISION_MODELS = ("tv_retinanet", "tv_fcos")
+ALL_MODELS = tuple(PROJECT_CONFIGS) + TORCHVISION_MODELS
+# the torchvision model each project model is compared with
+REFERENCE = {"retinanet": "tv_retinanet", "fcos": "tv_fcos", "atss": "tv_retinanet",
+             "dynamic_atss": "tv_retinanet"}
+
+
+def require_torchvision():
+    try:
+        import torchvision  # noqa: F401
+    except ImportError as e:
+        raise SystemExit("compare_torchvision.py needs torchvision: install it for your torch, e.g. "
+                         "`pip install -c <(echo torch==$(python -c 'import torch; print(torch.__version__)')) "
+                         f"torchvision` ({e})")
+
+
+def logit(p: float) -> float:
+    return -math.log((1 - p) / p)
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+def make_inputs(batch: int, h: int, w: int, num_gt: int, seed: int = 0):
+    """(images Tensor[B, 3, H, W], boxes list of Tensor[G, 4] xyxy, labels list of Tensor[G] in 0..79)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, h, w, generator=g)
+    boxes, labels = [], []
+    for _ in range(batch):
+        xy = torch.rand(num_gt, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+        wh = 16 + torch.rand(num_gt, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
+        boxes.append(torch.cat([xy, (xy + wh).minimum(torch.tensor([float(w), float(h)]))], 1))
+        labels.append(torch.randint(0, NUM_FG, (num_gt,), generator=g))
+    return images, boxes, labels
+
+
+# ---- the project's models -----------------------------------------------------------------------
+def build_project(name: str, prior_prob: float, opts: List[str]):
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    node = {"retinanet": "RETINANET", "fcos": "FCOS", "atss": "ATSS", "dynamic_atss": "ATSS"}[name]
+    cfg = setup_cfg(os.path.join(ROOT, PROJECT_CONFIGS[name]), [
+        "MODEL.DEVICE", "cpu", "MODEL.WEIGHT", "", "MODEL.RESNETS.STRIDE_IN_1X1", False,
+        f"MODEL.{node}.NUM_CLASSES", NUM_FG + 1, f"MODEL.{node}.INFERENCE_TH", 0.05,
+        f"MODEL.{node}.PRE_NMS_TOP_N", 1000, "TEST.DETECTIONS_PER_IMG", 100] + list(opts))
+    model = build_detection_model(cfg)
+    nn.init.constant_(model.rpn.head.cls_logits.bias, logit(prior_prob))
+    return model
+
+
+def project_adapter(model, images, boxes, labels):
+    """(infer(), loss_dict()) closures for a project model."""
+    from maskrcnn_benchmark.structures.bounding_box import BoxList
+
+    h, w = images.shape[-2:]
+    targets = []
+    for b, lab in zip(boxes, labels):
+        t = BoxList(b, (w, h))
+        t.add_field("labels", lab + 1)  # 1..80 (0 = background)
+        targets.append(t)
+
+    def infer():
+        return [len(d) for d in model(images)]
+
+    def losses():
+        return model(images, targets)
+    return infer, losses
+
+
+# ---- torchvision's models -----------------------------------------------------------------------
+class PassThroughTransform(nn.Module):
+    """Stands in for ``GeneralizedRCNNTransform``: batches the images as given (no normalisation,
+    resize or padding; the input is already a multiple of 32) and leaves the detections as they are."""
+
+    def forward(self, images, targets=None):
+        from torchvision.models.detection.image_list import ImageList
+
+        tensors = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+        return ImageList(tensors, [tuple(tensors.shape[-2:])] * tensors.shape[0]), targets
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        return result
+
+
+def build_torchvision(name: str, prior_prob: float):
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    body = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(body, 3, returned_layers=[2, 3, 4],
+                                     extra_blocks=LastLevelP6P7(256, 256))
+    if name == "tv_retinanet":
+        model = RetinaNet(backbone, NUM_FG, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,
+                          topk_candidates=1000)
+    else:
+        model = FCOS(backbone, NUM_FG, score_thresh=0.05, nms_thresh=0.6, detections_per_img=100,
+                     topk_candidates=1000)
+    model.transform = PassThroughTransform()
+    nn.init.constant_(model.head.classification_head.cls_logits.bias, logit(prior_prob))
+    return model
+
+
+def torchvision_adapter(model, images, boxes, labels):
+    targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
+    image_list = list(images)
+
+    def infer():
+        return [len(d["scores"]) for d in model(image_list)]
+
+    def losses():
+        return model(image_list, targets)
+    return infer, losses
+
+
+# ---- one model's two workloads ------------------------------------------------------------------
+class Bench:
+    """A model's inference and training-step callables (separate copies of the model, so the
+    training steps never change the weights inference sees)."""
+
+    def __init__(self, name: str, args, inputs):
+        torch.manual_seed(0)
+        if name in PROJECT_CONFIGS:
+            model = build_project(name, args.prior_prob, args.opts)
+            adapter = project_adapter
+        else:
+            model = build_torchvision(name, args.prior_prob)
+            adapter = torchvision_adapter
+        self.name = name
+        self.eval_model = model.eval()
+        self.train_model = copy.deepcopy(model).train()
+        self._infer, _ = adapter(self.eval_model, *inputs)
+        _, self._losses = adapter(self.train_model, *inputs)
+        params = [p for p in self.train_model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
+        self.num_detections = None
+
+    def infer(self):
+        with torch.inference_mode():
+            self.num_detections = self._infer()
+
+    def train_step(self):
+        loss_dict = self._losses()
+        loss = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def run_interleaved(benches: List[Bench], mode: str, iters: int) -> Dict[str, List[float]]:
+    """Warm-up round, then ``iters`` rounds of every model in turn; seconds per call."""
+    times: Dict[str, List[float]] = {b.name: [] for b in benches}
+    for rnd in range(iters + 1):
+        for b in benches:
+            fn = b.infer if mode == "infer" else b.train_step
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            if rnd > 0:
+                times[b.name].append(dt)
+    return times
+
+
+def memory_worker(args) -> None:
+    """Subprocess body: peak-RSS increase (MiB) of one first step; prints a JSON line."""
+    from maskrcnn_benchmark.utils.metric_logger import peak_rss_increase_mib
+
+    inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt)
+    bench = Bench(args.memory_worker, args, inputs)
+    fn = bench.infer if args.memory_mode == "infer" else bench.train_step
+    print(json.dumps({"peak_mib": peak_rss_increase_mib(fn)}))
+
+
+def measure_memory(name: str, mode: str, args) -> float:
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", name, "--memory-mode", mode,
+           "--size", str(args.size[0]), str(args.size[1]), "--batch", str(args.batch),
+           "--num-gt", str(args.num_gt), "--prior-prob", str(args.prior_prob),
+           "--threads", str(torch.get_num_threads())] + (["--opts", *args.opts] if args.opts else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, nargs=2, default=(512, 768), metavar=("H", "W"))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--iters", type=int, default=5, help="timed rounds after one warm-up round")
+    p.add_argument("--num-gt", type=int, default=10, help="random GT boxes per image")
+    p.add_argument("--models", default=",".join(ALL_MODELS),
+                   help=f"comma-separated subset of {','.join(ALL_MODELS)}")
+    p.add_argument("--modes", default="infer,train", help="infer, train or both")
+    p.add_argument("--prior-prob", type=float, default=0.05,
+                   help="classification bias = logit(prior) in every model (see the docstring)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--opts", nargs="*", default=[], help="extra project config overrides KEY VALUE ...")
+    p.add_argument("--memory-worker", default="", help=argparse.SUPPRESS)
+    p.add_argument("--memory-mode", default="infer", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.size[0] % 32 or args.size[1] % 32:
+        p.error(f"--size {args.size[0]} {args.size[1]}: both sides must be multiples of 32 (no padding)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    require_torchvision()
+    if args.memory_worker:
+        memory_worker(args)
+        return
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ALL_MODELS))
+    if unknown:
+        p.error(f"unknown --models {unknown}; choose from {list(ALL_MODELS)}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+
+    import torchvision
+
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads, "
+          f"input {args.batch} x 3 x {args.size[0]} x {args.size[1]}, {args.num_gt} GTs / image, "
+          f"{args.iters} interleaved rounds after 1 warm-up, load average {os.getloadavg()[0]:.2f} at start")
+    inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt)
+    benches = [Bench(n, args, inputs) for n in names]
+    results: Dict[Tuple[str, str], float] = {}
+    for mode in modes:
+        for name, ts in run_interleaved(benches, mode, args.iters).items():
+            results[(name, mode)] = statistics.median(ts)
+    memory = {}
+    if not args.no_memory:
+        for name in names:
+            for mode in modes:
+                memory[(name, mode)] = measure_memory(name, mode, args)
+
+    def ratio(name, mode):
+        ref = REFERENCE.get(name)
+        if ref is None or (ref, mode) not in results:
+            return "-"
+        return f"{results[(ref, mode)] / results[(name, mode)]:.2f}x vs {ref}"
+
+    header = ["model"]
+    for mode in modes:
+        label = "inference" if mode == "infer" else "train step"
+        header += [f"{label} ms", f"{label} speed"] + ([f"{label} peak MiB"] if memory else [])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for b in benches:
+        row = [b.name]
+        for mode in modes:
+            row += [f"{1000 * results[(b.name, mode)]:.0f}", ratio(b.name, mode)]
+            if memory:
+                row.append(f"{memory[(b.name, mode)]:.0f}")
+        print("| " + " | ".join(row) + " |")
+    dets = {b.name: b.num_detections for b in benches if b.num_detections is not None}
+    if dets:
+        print("detections per image (last inference):", dets)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
