@@ -194,3 +194,14 @@ def test_compile_matches_eager():
     assert model.backbone._compiled_call_impl is not None and model.rpn.head._compiled_call_impl is not None
     assert "_orig_mod" not in "".join(model.state_dict())  # checkpoint names unchanged
     _assert_close_outputs(ref, now, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_names_the_key():
+    cfg = _cfg("ATSS")
+    cfg.MODEL.DEVICE = "cuda"
+    with pytest.raises(ValueError, match=r"MODEL.DEVICE is 'cuda' but .*'MODEL.DEVICE cpu'"):
+        build_detection_model(cfg)
+    cfg.MODEL.DEVICE = "nodevice"
+    with pytest.raises(ValueError, match="MODEL.DEVICE 'nodevice' is not a device name"):
+        build_detection_model(cfg)

@@ -11,7 +11,7 @@ from maskrcnn_benchmark.utils.registry import Registry
 from .generalized_rcnn import GeneralizedRCNN
 
 __all__ = ["META_ARCHITECTURES", "GeneralizedRCNN", "build_detection_model", "check_supported",
-           "compile_model"]
+           "compile_model", "check_device"]
 
 META_ARCHITECTURES = Registry("META_ARCHITECTURES")
 
@@ -46,12 +46,27 @@ def compile_model(model: GeneralizedRCNN, **compile_kwargs) -> GeneralizedRCNN:
     return model
 
 
+def check_device(device: str) -> torch.device:
+    """``torch.device(MODEL.DEVICE)``, or a ValueError naming the key when that device cannot be used
+    here (e.g. the R-50 configs' default "cuda" on a machine without CUDA)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"MODEL.DEVICE {device!r} is not a device name ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise ValueError(f"MODEL.DEVICE is {device!r} but {why} (torch {torch.__version__}); add "
+                         f"'MODEL.DEVICE cpu' to the command line (or the config) to run on the CPU")
+    return dev
+
+
 def build_detection_model(cfg) -> GeneralizedRCNN:
     """The model of ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` (train mode); with
     ``MODEL.COMPILE`` its backbone and head are compiled (:func:`compile_model`)."""
     check_supported(cfg)
+    device = check_device(cfg.MODEL.DEVICE)
     model = META_ARCHITECTURES[cfg.MODEL.META_ARCHITECTURE](cfg)
-    model = model.to(torch.device(cfg.MODEL.DEVICE))
+    model = model.to(device)
     if cfg.MODEL.COMPILE:
         compile_model(model)
     return model
