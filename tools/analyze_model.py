@@ -69,7 +69,7 @@ def analyze(cfg, height: int, width: int, depth: int = 3, load_weights: bool = F
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.utils.miscellaneous import cfg_from_args
 
     parser = argparse.ArgumentParser(description="Parameters and FLOPs per module of a detector")
     parser.add_argument("--config-file", default="", metavar="FILE")
@@ -79,10 +79,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser.add_argument("--load-weights", action="store_true", help="load MODEL.WEIGHT (default: random weights)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    try:
-        cfg = setup_cfg(args.config_file, args.opts)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
+    cfg = cfg_from_args(parser, args)
     height = args.height or int(cfg.INPUT.MIN_SIZE_TEST)
     width = args.width or int(cfg.INPUT.MAX_SIZE_TEST)
     if height <= 0 or width <= 0 or args.depth < 0:

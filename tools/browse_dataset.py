@@ -66,7 +66,7 @@ def browse(cfg, is_train: bool, output_dir: str, num: int) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.utils.miscellaneous import cfg_from_args
 
     parser = argparse.ArgumentParser(description="Draw ground-truth boxes after the data transforms")
     parser.add_argument("--config-file", default="", metavar="FILE")
@@ -76,10 +76,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     parser.add_argument("--num", type=int, default=20, help="images per dataset (default 20)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    try:
-        cfg = setup_cfg(args.config_file, args.opts)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
+    cfg = cfg_from_args(parser, args)
     if args.num <= 0:
         parser.error(f"--num must be positive, got {args.num}")
     setup_logger("maskrcnn_benchmark", None, 0)

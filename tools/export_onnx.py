@@ -34,7 +34,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,10 +68,7 @@ def main(argv: Optional[List[str]] = None):
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
+    cfg = cfg_from_args(parser, args)
     setup_logger("maskrcnn_benchmark", None, 0)
     try:
         result = export_detector(cfg, args.output, batch=1 if args.dynamic_batch else args.batch,

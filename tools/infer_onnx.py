@@ -26,7 +26,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,10 +97,7 @@ def main(argv: Optional[List[str]] = None):
     opts = list(args.opts)
     if args.batch and not args.benchmark:
         opts += ["TEST.IMS_PER_BATCH", args.batch]
-    try:
-        cfg = setup_cfg(args.config_file, opts, allow_python=args.allow_python_config)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
+    cfg = cfg_from_args(parser, args, opts)
     if not os.path.isfile(args.model):
         parser.error(f"--model {args.model}: file not found")
     if cfg.OUTPUT_DIR and not args.benchmark:

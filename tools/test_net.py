@@ -26,7 +26,7 @@ from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size  # noqa: E402
 from maskrcnn_benchmark.utils.launch import add_distributed_args, init_distributed  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, mkdir, setup_cfg  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args, mkdir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +51,7 @@ def test(cfg, distributed: bool = False) -> Dict[str, Dict[str, float]]:
 def main(argv: Optional[List[str]] = None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
-        build_bbox_augmentor(cfg)  # bad TEST.BBOX_AUG keys: a clear error before any work
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
+    cfg = cfg_from_args(parser, args, validate=build_bbox_augmentor)  # bad TEST.BBOX_AUG keys: an error before any work
     distributed, _ = init_distributed(args.local_rank, cfg.MODEL.DEVICE, timeout_s=cfg.DIST_TIMEOUT_S)
     if cfg.OUTPUT_DIR:
         mkdir(cfg.OUTPUT_DIR)

@@ -93,7 +93,7 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
 def main(argv: Optional[List[str]] = None) -> List[str]:
     from maskrcnn_benchmark.engine.inference import build_test_model
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg
+    from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args
 
     parser = argparse.ArgumentParser(description="Draw detections on images")
     add_config_args(parser)
@@ -102,10 +102,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     parser.add_argument("--score-threshold", type=float, default=0.3)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args(argv)
-    try:
-        cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
+    cfg = cfg_from_args(parser, args)
     setup_logger("maskrcnn_benchmark", None, 0)
     cfg, model = build_test_model(cfg, logger)
     return visualize_images(cfg, model, list_images(args.images), args.output_dir, dataset_class_names(cfg),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+from typing import Callable, Optional
 
 from .comm import is_main_process
 from .io import atomic_write_text
@@ -49,6 +50,21 @@ def add_config_args(parser: argparse.ArgumentParser, default: str = "") -> argpa
     parser.add_argument("--allow-python-config", action="store_true",
                         help="accept a .py --config-file (yacs runs its code: only for files you trust)")
     return parser
+
+
+def cfg_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, opts=None,
+                  validate: Optional[Callable] = None):
+    """The tools' config: :func:`setup_cfg` of ``args.config_file`` (``args.allow_python_config`` when
+    the parser has it) and ``opts`` (default ``args.opts``), then ``validate(cfg)`` if given; a bad file,
+    key or value ends the program through ``parser.error`` with the message (no traceback)."""
+    try:
+        cfg = setup_cfg(args.config_file, args.opts if opts is None else opts,
+                        allow_python=getattr(args, "allow_python_config", False))
+        if validate is not None:
+            validate(cfg)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        parser.error(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
+    return cfg
 
 
 def _merge_config_file(cfg, config_file: str, allow_python: bool) -> None:
