@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from dist_helpers import run_ranks
 from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.engine.bbox_aug import (Augmentation, BBoxAugmentor, box_voting,
                                                 build_bbox_augmentor, detect_augmented,
@@ -280,9 +281,6 @@ tool.main([f"--local-rank={rank}", *sys.argv[1:]])
 def test_distributed_tta_evaluation_equals_one_process(tmp_path):
     """Two processes (gloo) evaluating with flip + scale TTA and voting give rank 0 the detections of one process."""
     import json
-    import socket
-    import subprocess
-    import sys
 
     import cv2
     import numpy as np
@@ -315,23 +313,7 @@ def test_distributed_tta_evaluation_equals_one_process(tmp_path):
             "TEST.BBOX_AUG.VOTE", "True", "TEST.DETECTIONS_PER_IMG", "20"]
     script = tmp_path / "worker.py"
     script.write_text(TTA_WORKER)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MB_ROOT=ROOT, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                   RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-        procs.append(subprocess.Popen([sys.executable, str(script), *opts, "OUTPUT_DIR", str(tmp_path / "two")],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{out[-4000:]}"
+    run_ranks([script, *opts, "OUTPUT_DIR", tmp_path / "two"], timeout=240)
     _load_test_net().main([*opts, "OUTPUT_DIR", str(tmp_path / "one")])
 
     def load(run):

@@ -5,15 +5,13 @@ MASTER_ADDR, MASTER_PORT); rank r also gets ``--local-rank=r`` like the legacy l
 """
 import json
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from dist_helpers import run_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_CONFIG = os.path.join(ROOT, "configs", "atss", "atss_R_18_FPN_small.yaml")
@@ -64,11 +62,6 @@ WORKER = textwrap.dedent(r'''
 ''')
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _tiny_coco(root, n=4, size=64):
     rng = np.random.default_rng(1)
@@ -114,25 +107,7 @@ def test_two_process_training(tmp_path):
     with open(script, "w") as f:
         f.write(WORKER)
 
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MB_ROOT=ROOT, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                   RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-        if sys.platform.startswith("linux"):
-            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        procs.append(subprocess.Popen([sys.executable, script, work, SMALL_CONFIG, dataset], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=150)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{out[-4000:]}"
+    run_ranks([script, work, SMALL_CONFIG, dataset], timeout=150)
 
     # (1) loss normalisation: the mean over ranks of each loss and of the gradients (what DDP applies)
     # equals one process on the concatenated batch (positives counted over both images)

@@ -6,15 +6,13 @@ tensors once a process group exists, so on the CPU convert_sync_batchnorm keeps 
 """
 import copy
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from torch import nn
 
+from dist_helpers import run_ranks
 from maskrcnn_benchmark.layers import FrozenBatchNorm2d, convert_sync_batchnorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,11 +87,6 @@ WORKER = textwrap.dedent(r'''
 ''')
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_process_cpu_step_with_syncbn_enabled(tmp_path):
     work = str(tmp_path)
@@ -105,23 +98,7 @@ def test_two_process_cpu_step_with_syncbn_enabled(tmp_path):
     script = os.path.join(work, "worker.py")
     with open(script, "w") as f:
         f.write(WORKER)
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MB_ROOT=ROOT, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                   RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-        if sys.platform.startswith("linux"):
-            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        procs.append(subprocess.Popen([sys.executable, script, work], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
+    run_ranks([script, work], timeout=120)
 
     # Reference: each rank's gradient with BatchNorm over its own batch, averaged (what DDP applies).
     grads = []
@@ -170,19 +147,7 @@ def test_syncbn_on_cuda_equals_batchnorm_over_the_global_batch(tmp_path):
     script = os.path.join(work, "worker.py")
     with open(script, "w") as f:
         f.write(CUDA_WORKER)
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, script, work], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=dict(os.environ, MB_ROOT=ROOT, MASTER_ADDR="127.0.0.1",
-                                                  MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(r)))
-             for r in range(2)]
-    try:
-        outputs = [p.communicate(timeout=180)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
+    run_ranks([script, work], timeout=180)
     ref = nn.BatchNorm2d(3).train()
     xs = torch.cat(x).requires_grad_()
     y = ref(xs)
