@@ -1,8 +1,11 @@
 """Before/after check of the dense-detector refactoring: the six synthetic detectors give exactly
 the saved losses (first 3 SGD steps) and detections (see ``golden/make_golden_outputs.py``).
 
-Every op on this path is deterministic on the CPU with one thread, so the comparison is
-``torch.equal`` (bit-identical), not a tolerance.
+Every op on this path is deterministic on the CPU with one thread, and on the machine that saved
+the file the outputs were bit-identical (``torch.equal``) before and after the refactor. Other CPUs
+pick other oneDNN / BLAS kernels (AVX2 vs AVX-512 sum orders), which move float32 results by a few
+ulps, so the check here is a tolerance just above that rounding: losses to 1e-5 relative, boxes to
+1e-3 px, scores to 1e-5, labels exact. A real change of a formula moves them by far more.
 """
 import importlib.util
 import os
@@ -32,10 +35,13 @@ def test_outputs_match_saved(path):
     for step, (a, b) in enumerate(zip(now["losses"], saved["losses"])):
         assert sorted(a) == sorted(b), f"step {step}: loss names {sorted(a)} != {sorted(b)}"
         for name in a:
-            assert torch.equal(a[name], b[name]), f"step {step} {name}: {a[name]} != {b[name]}"
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"step {step} {name}: {m}")
     assert len(now["detections"]) == len(saved["detections"]) == 3
     for i, (a, b) in enumerate(zip(now["detections"], saved["detections"])):
         assert len(b["scores"]) > 0
         for field in ("boxes", "scores", "labels"):
             assert a[field].dtype == b[field].dtype, f"image {i} {field} dtype"
-            assert torch.equal(a[field], b[field]), f"image {i}: {field} differ"
+            tol = {"boxes": (1e-5, 1e-3), "scores": (1e-5, 1e-6), "labels": (0, 0)}[field]
+            torch.testing.assert_close(a[field], b[field], rtol=tol[0], atol=tol[1],
+                                       msg=lambda m: f"image {i} {field}: {m}")
