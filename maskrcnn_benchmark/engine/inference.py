@@ -126,10 +126,10 @@ def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     from MODEL.WEIGHT, else the last checkpoint of OUTPUT_DIR (a warning when there is neither).
 
     Returns ``(cfg, model)`` (the cfg with NUM_CLASSES resolved; the model on MODEL.DEVICE, eval
-    mode). Shared by tools/test_net.py, tools/visualize_detections.py and tools/export_onnx.py.
+    mode, FrozenBN folded with TEST.FOLD_FROZEN_BN: not for training or saving). Shared by tools/test_net.py, tools/visualize_detections.py and tools/export_onnx.py.
     """
     from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
-    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
 
     logger = logger or logging.getLogger("maskrcnn_benchmark.test")
@@ -144,7 +144,7 @@ def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     else:
         logger.warning("MODEL.WEIGHT is empty and %s has no checkpoint: using an untrained model",
                        cfg.OUTPUT_DIR)
-    return cfg, model.eval()
+    return cfg, prepare_for_inference(model, cfg, logger)
 
 
 def run_test(cfg, model: nn.Module, distributed: bool = False) -> Dict[str, Dict[str, float]]:

@@ -165,7 +165,7 @@ class Predictor:
         from maskrcnn_benchmark.data.transforms import build_transforms
         from maskrcnn_benchmark.modeling.dense_heads.registry import fill_num_classes_from_data, resolve_num_classes
         from maskrcnn_benchmark.modeling.dense_heads import get_num_classes
-        from maskrcnn_benchmark.modeling.detector import build_detection_model
+        from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
         from maskrcnn_benchmark.utils.checkpoint import Checkpointer, resolve_weight_path
         from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
@@ -210,7 +210,7 @@ class Predictor:
                 weights, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
         else:
             logger.warning("Predictor: no weights given (and MODEL.WEIGHT is empty): the model is untrained")
-        self.model.to(self.device).eval()
+        prepare_for_inference(self.model.to(self.device), cfg, logger)
 
     @torch.inference_mode()
     def predict_boxlists(self, images: Sequence[ImageInput]) -> List[BoxList]:

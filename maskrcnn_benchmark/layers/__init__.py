@@ -4,5 +4,5 @@ from .box_iou import box_iou
 from .nms import batched_nms, nms
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 from .scale import Scale  # noqa: E402,F401  (head helper)
-from .batch_norm import FrozenBatchNorm2d, convert_sync_batchnorm  # noqa: E402,F401  (backbone helper, SyncBN)
+from .batch_norm import FrozenBatchNorm2d, convert_sync_batchnorm, fold_frozen_batchnorm  # noqa: E402,F401  (backbone helper, SyncBN, inference fold)
 from .dcn import DFConv2d, ModulatedDeformConv, deform_conv2d  # noqa: E402,F401  (DCN helper)

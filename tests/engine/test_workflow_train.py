@@ -126,7 +126,9 @@ def test_fine_tune_from_other_classes_with_ema_and_metrics(fine_tuned_run):
 
     state = torch.load(out / "model_final.pth", weights_only=True)
     assert state["ema"]["updates"] == 2 and isinstance(state["config"], str)
-    predictor = Predictor(str(out / "config.yml"), str(out / "model_final.pth"), opts=["DATASETS.TRAIN", "()"])
+    # unfolded, so that its state dict has the checkpoint's keys
+    predictor = Predictor(str(out / "config.yml"), str(out / "model_final.pth"),
+                          opts=["DATASETS.TRAIN", "()", "TEST.FOLD_FROZEN_BN", False])
     loaded = predictor.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state["ema"]["model"].items())
     assert any(not torch.equal(state["ema"]["model"][k], v) for k, v in state["model"].items())

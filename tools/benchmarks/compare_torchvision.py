@@ -9,8 +9,10 @@ torch 2.14.1 + torchvision 0.29.1) and the project's compiled ops built for that
 
 Workload: random weights, ResNet-50-FPN (P3-P7, P6 from P5), one batch of ``--batch`` random
 images of ``--size`` (a multiple of 32, so nothing is padded or resized), 80 classes, ``--num-gt``
-random GT boxes per image. Inference = ``model.eval()`` forward under ``torch.inference_mode``
-(backbone, head, decoding, post-processing); train step = forward with targets (assignment,
+random GT boxes per image. Inference = forward under ``torch.inference_mode`` of
+the model as the inference tools prepare it (``model.eval()``; for the project
+``prepare_for_inference``: FrozenBN folded into the convs, ``TEST.FOLD_FROZEN_BN``, which
+``--opts TEST.FOLD_FROZEN_BN False`` turns off) (backbone, head, decoding, post-processing); train step = forward with targets (assignment,
 losses) + backward + SGD step (momentum 0.9, lr 0 so that every repetition sees the same
 weights; SGD does the same work for any lr). The models run interleaved (A B C ... A B C ...),
 ``--iters`` rounds after one warm-up round; the table gives the median per model and its ratio
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -115,7 +118,7 @@ def build_project(name: str, prior_prob: float, opts: List[str]):
         f"MODEL.{node}.PRE_NMS_TOP_N", 1000, "TEST.DETECTIONS_PER_IMG", 100] + list(opts))
     model = build_detection_model(cfg)
     nn.init.constant_(model.rpn.head.cls_logits.bias, logit(prior_prob))
-    return model
+    return model, cfg
 
 
 def project_adapter(model, images, boxes, labels):
@@ -193,14 +196,18 @@ class Bench:
     def __init__(self, name: str, args, inputs):
         torch.manual_seed(0)
         if name in PROJECT_CONFIGS:
-            model = build_project(name, args.prior_prob, args.opts)
+            from maskrcnn_benchmark.modeling.detector import prepare_for_inference
+
+            model, cfg = build_project(name, args.prior_prob, args.opts)
             adapter = project_adapter
+            prepare = functools.partial(prepare_for_inference, cfg=cfg)  # what test_net / Predictor do
         else:
             model = build_torchvision(name, args.prior_prob)
             adapter = torchvision_adapter
+            prepare = nn.Module.eval
         self.name = name
-        self.eval_model = model.eval()
         self.train_model = copy.deepcopy(model).train()
+        self.eval_model = prepare(model)
         self._infer, _ = adapter(self.eval_model, *inputs)
         _, self._losses = adapter(self.train_model, *inputs)
         params = [p for p in self.train_model.parameters() if p.requires_grad]

@@ -11,7 +11,7 @@ from maskrcnn_benchmark.utils.registry import Registry
 from .generalized_rcnn import GeneralizedRCNN
 
 __all__ = ["META_ARCHITECTURES", "GeneralizedRCNN", "build_detection_model", "check_supported",
-           "compile_model", "check_device"]
+           "compile_model", "check_device", "prepare_for_inference"]
 
 META_ARCHITECTURES = Registry("META_ARCHITECTURES")
 
@@ -43,6 +43,22 @@ def compile_model(model: GeneralizedRCNN, **compile_kwargs) -> GeneralizedRCNN:
     """
     model.backbone.compile(**compile_kwargs)
     model.rpn.head.compile(**compile_kwargs)
+    return model
+
+
+def prepare_for_inference(model: GeneralizedRCNN, cfg, logger=None) -> GeneralizedRCNN:
+    """Turn a loaded model into an inference-only one, in place: eval mode and, with
+    ``TEST.FOLD_FROZEN_BN``, every FrozenBatchNorm2d folded into its conv
+    (:func:`~maskrcnn_benchmark.layers.fold_frozen_batchnorm`). Its state dict then differs from the
+    checkpoint's, so call this after loading the weights and never on a model that is trained or saved
+    afterwards. Returns ``model``."""
+    from maskrcnn_benchmark.layers import fold_frozen_batchnorm
+
+    model.eval()
+    if cfg.TEST.FOLD_FROZEN_BN:
+        num = fold_frozen_batchnorm(model)
+        if logger is not None and num:
+            logger.info("TEST.FOLD_FROZEN_BN: %d FrozenBatchNorm2d layer(s) folded into their convs", num)
     return model
 
 

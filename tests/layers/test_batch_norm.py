@@ -1,0 +1,121 @@
+"""FrozenBatchNorm2d folding (TEST.FOLD_FROZEN_BN), against the unfolded conv -> norm computed in float64."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.layers import FrozenBatchNorm2d, fold_frozen_batchnorm
+from maskrcnn_benchmark.modeling.dense_heads import set_num_classes
+from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
+from maskrcnn_benchmark.structures.image_list import to_image_list
+
+
+def _random_frozen_bn(c, eps, g):
+    bn = FrozenBatchNorm2d(c, eps=eps)
+    bn.weight.copy_(torch.rand(c, generator=g) * 2 - 0.5)
+    bn.bias.copy_(torch.randn(c, generator=g))
+    bn.running_mean.copy_(torch.randn(c, generator=g))
+    bn.running_var.copy_(torch.rand(c, generator=g) + 0.1)
+    return bn
+
+
+def _reference(conv, bn, x):
+    """bn(conv(x)) by the formula, in float64."""
+    w, b = conv.weight.double(), None if conv.bias is None else conv.bias.double()
+    y = nn.functional.conv2d(x.double(), w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+    return (y - bn.running_mean.double()[:, None, None]) * scale[:, None, None] + bn.bias.double()[:, None, None]
+
+
+class _Block(nn.Module):
+    def __init__(self, g):
+        super().__init__()
+        self.conv1 = nn.Conv2d(5, 8, 3, stride=2, padding=1, bias=False)
+        self.bn1 = _random_frozen_bn(8, 0.0, g)
+        self.conv2 = nn.Conv2d(8, 6, 1, bias=True, groups=2)
+        self.bn2 = _random_frozen_bn(6, 1e-5, g)
+        self.downsample = nn.Sequential(nn.Conv2d(5, 6, 1, stride=2, bias=False), _random_frozen_bn(6, 0.0, g))
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + self.downsample(x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fold_matches_conv_then_norm(channels_last):
+    g = torch.Generator().manual_seed(0)
+    block = _Block(g)
+    x = torch.randn(2, 5, 17, 13, generator=g)
+    if channels_last:
+        block = block.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    h = torch.relu(_reference(block.conv1, block.bn1, x))
+    ref = _reference(block.conv2, block.bn2, h.float()) + _reference(block.downsample[0], block.downsample[1], x)
+    with torch.no_grad():
+        before = block(x)
+    folded = copy.deepcopy(block)
+    assert fold_frozen_batchnorm(folded) == 3
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.downsample[1], nn.Identity)
+    assert all(c.bias is not None for c in (folded.conv1, folded.conv2, folded.downsample[0]))
+    assert (folded.conv2.groups, folded.conv1.stride) == (2, (2, 2))
+    if channels_last:
+        assert folded.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        after = folded(x)
+    torch.testing.assert_close(before.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after.double(), ref, rtol=1e-5, atol=1e-5)
+    assert fold_frozen_batchnorm(folded) == 0  # nothing left to fold
+
+
+def test_fold_leaves_unpaired_and_other_norms_alone():
+    g = torch.Generator().manual_seed(1)
+    m = nn.Module()
+    m.conv1 = nn.Conv2d(3, 4, 1)
+    m.bn1 = nn.BatchNorm2d(4)                 # trainable BatchNorm: not folded
+    m.conv2 = nn.Conv2d(3, 4, 1)
+    m.bn3 = _random_frozen_bn(4, 0.0, g)      # no conv3 sibling
+    m.seq = nn.Sequential(_random_frozen_bn(3, 0.0, g), nn.Conv2d(3, 4, 1))  # norm before the conv
+    state = copy.deepcopy(m.state_dict())
+    assert fold_frozen_batchnorm(m) == 0
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+
+
+def _detector_cfg(head):
+    cfg = default_cfg.clone()
+    cfg.merge_from_file("configs/atss/atss_R_18_FPN_small.yaml")
+    cfg.MODEL.HEAD = head
+    cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 64
+    cfg.MODEL.ATSS.INFERENCE_TH = 0.001
+    cfg.MODEL.RETINANET.INFERENCE_TH = 0.001
+    set_num_classes(cfg, 4)
+    return cfg
+
+
+@pytest.mark.parametrize("head", ["DYNAMIC_ATSS", "RETINANET"])
+def test_folded_detector_keeps_its_detections(head):
+    """A ResNet-18 FPN detector whose FrozenBN layers hold non-trivial statistics: the folded copy's
+    detections equal the original's up to float32 rounding (same boxes, scores, labels, order)."""
+    torch.manual_seed(0)
+    cfg = _detector_cfg(head)
+    model = build_detection_model(cfg).eval()
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.load_state_dict(_random_frozen_bn(m.num_features, m.eps, g).state_dict())
+    num_bn = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    images = to_image_list([torch.randn(3, 96, 128, generator=g), torch.randn(3, 80, 112, generator=g)], 32)
+    with torch.no_grad():
+        ref = model(images)
+    folded = prepare_for_inference(copy.deepcopy(model), cfg)
+    assert num_bn == 20 and not any(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        now = folded(images)
+    for a, b in zip(ref, now):
+        assert len(a) > 0 and torch.equal(a.get_field("labels"), b.get_field("labels"))
+        torch.testing.assert_close(b.bbox, a.bbox, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(b.get_field("scores"), a.get_field("scores"), rtol=1e-4, atol=1e-5)
+    cfg.TEST.FOLD_FROZEN_BN = False
+    kept = prepare_for_inference(copy.deepcopy(model), cfg)
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in kept.modules()) == num_bn and not kept.training
