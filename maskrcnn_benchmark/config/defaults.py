@@ -477,6 +477,12 @@ _C.TEST.AMP = ""
 # detections equal up to float32 rounding (~1e-5 relative). The evaluation during training, which
 # shares the model being trained, never folds. False keeps the unfolded model (bit-identical results).
 _C.TEST.FOLD_FROZEN_BN = True
+# Memory format of those same inference-only models: "auto" = channels-last (NHWC) on the CPU, where
+# oneDNN's convolutions then skip their layout reorders (~10-15 % faster inference, BENCHMARKS.md
+# section 9; detections equal up to float32 rounding), the default layout elsewhere (not measured on
+# a GPU yet); "channels_last" or "contiguous" force one. MODEL.CHANNELS_LAST True (training too)
+# overrides "auto". Training and the evaluation during training are not affected.
+_C.TEST.MEMORY_FORMAT = "auto"
 # Test-time augmentation (maskrcnn_benchmark/engine/bbox_aug.py), the keys of the original ATSS /
 # Dynamic ATSS releases. Used by tools/test_net.py, the evaluation during training and the visualiser.
 _C.TEST.BBOX_AUG = CN()

@@ -78,7 +78,9 @@ def test_single_images_match_test_net(setup):
 
 
 def test_batched_call_matches_batched_test_net(setup):
-    predictor = Predictor(SMALL_CONFIG, setup["weights"], opts=setup["opts"], device="cpu")
+    # the reference runs the unprepared model: compare like with like (prepared = float rounding, ties)
+    predictor = Predictor(SMALL_CONFIG, setup["weights"], device="cpu", opts=setup["opts"] + [
+        "TEST.MEMORY_FORMAT", "contiguous", "TEST.FOLD_FROZEN_BN", False])
     ref = _reference(setup, 3)  # one padded batch of the 3 images
     dets = predictor(setup["paths"])
     assert isinstance(dets, list) and len(dets) == 3

@@ -89,6 +89,7 @@ def _detector_cfg(head):
     cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 64
     cfg.MODEL.ATSS.INFERENCE_TH = 0.001
     cfg.MODEL.RETINANET.INFERENCE_TH = 0.001
+    cfg.TEST.MEMORY_FORMAT = "contiguous"  # the fold alone (channels-last: test_detector.py)
     set_num_classes(cfg, 4)
     return cfg
 
@@ -119,3 +120,24 @@ def test_folded_detector_keeps_its_detections(head):
     cfg.TEST.FOLD_FROZEN_BN = False
     kept = prepare_for_inference(copy.deepcopy(model), cfg)
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in kept.modules()) == num_bn and not kept.training
+
+
+@pytest.mark.parametrize("fmt, model_flag, expected", [
+    ("auto", False, True),  # CPU: channels-last
+    ("contiguous", False, False), ("contiguous", True, False), ("channels_last", False, True)])
+def test_prepare_for_inference_memory_format(fmt, model_flag, expected):
+    cfg = _detector_cfg("ATSS")
+    cfg.TEST.MEMORY_FORMAT = fmt
+    cfg.MODEL.CHANNELS_LAST = model_flag
+    model = prepare_for_inference(build_detection_model(cfg), cfg)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert model.channels_last is expected and not model.training
+    fmt_ok = [c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs if c.kernel_size != (1, 1)]
+    assert all(f is expected for f in fmt_ok)
+
+
+def test_prepare_for_inference_rejects_an_unknown_memory_format():
+    cfg = _detector_cfg("ATSS")
+    cfg.TEST.MEMORY_FORMAT = "nhwc"
+    with pytest.raises(ValueError, match="TEST.MEMORY_FORMAT must be one of"):
+        prepare_for_inference(build_detection_model(cfg), cfg)

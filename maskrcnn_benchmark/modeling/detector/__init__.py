@@ -14,6 +14,7 @@ __all__ = ["META_ARCHITECTURES", "GeneralizedRCNN", "build_detection_model", "ch
            "compile_model", "check_device", "prepare_for_inference"]
 
 META_ARCHITECTURES = Registry("META_ARCHITECTURES")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # TEST.MEMORY_FORMAT
 
 
 def check_supported(cfg) -> None:
@@ -47,7 +48,8 @@ def compile_model(model: GeneralizedRCNN, **compile_kwargs) -> GeneralizedRCNN:
 
 
 def prepare_for_inference(model: GeneralizedRCNN, cfg, logger=None) -> GeneralizedRCNN:
-    """Turn a loaded model into an inference-only one, in place: eval mode and, with
+    """Turn a loaded model into an inference-only one, in place: eval mode, the memory format of
+    ``TEST.MEMORY_FORMAT`` ("auto": channels-last on the CPU) and, with
     ``TEST.FOLD_FROZEN_BN``, every FrozenBatchNorm2d folded into its conv
     (:func:`~maskrcnn_benchmark.layers.fold_frozen_batchnorm`). Its state dict then differs from the
     checkpoint's, so call this after loading the weights and never on a model that is trained or saved
@@ -55,6 +57,16 @@ def prepare_for_inference(model: GeneralizedRCNN, cfg, logger=None) -> Generaliz
     from maskrcnn_benchmark.layers import fold_frozen_batchnorm
 
     model.eval()
+    fmt = cfg.TEST.MEMORY_FORMAT
+    if fmt not in MEMORY_FORMATS:
+        raise ValueError(f"TEST.MEMORY_FORMAT must be one of {MEMORY_FORMATS}, got {fmt!r}")
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    channels_last = fmt == "channels_last" or (fmt == "auto" and (on_cpu or cfg.MODEL.CHANNELS_LAST))
+    if channels_last != model.channels_last:
+        model.set_channels_last(channels_last)
+        if logger is not None:
+            logger.info("TEST.MEMORY_FORMAT %s: inference in the %s memory format", fmt,
+                        "channels-last" if channels_last else "default contiguous")
     if cfg.TEST.FOLD_FROZEN_BN:
         num = fold_frozen_batchnorm(model)
         if logger is not None and num:

@@ -47,6 +47,13 @@ class GeneralizedRCNN(nn.Module):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
+    def set_channels_last(self, enabled: bool) -> "GeneralizedRCNN":
+        """Switch the parameters (and from now on the input batch) to the channels-last (True) or
+        the default contiguous (False) memory format, in place. Returns ``self``."""
+        self.channels_last = bool(enabled)
+        self.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return self
+
     @property
     def dense_head(self) -> nn.Module:
         return self.rpn
