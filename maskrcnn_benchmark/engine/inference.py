@@ -125,8 +125,9 @@ def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     """The model of ``cfg`` for evaluation: NUM_CLASSES 0 filled in from the training data, weights
     from MODEL.WEIGHT, else the last checkpoint of OUTPUT_DIR (a warning when there is neither).
 
-    Returns ``(cfg, model)`` (the cfg with NUM_CLASSES resolved; the model on MODEL.DEVICE, eval
-    mode, FrozenBN folded with TEST.FOLD_FROZEN_BN: not for training or saving). Shared by tools/test_net.py, tools/visualize_detections.py and tools/export_onnx.py.
+    Returns ``(cfg, model)`` (the cfg with NUM_CLASSES resolved; the model on MODEL.DEVICE, made an
+    inference-only model by ``prepare_for_inference``: not for training or saving). Shared by
+    tools/test_net.py, tools/visualize_detections.py and tools/export_onnx.py.
     """
     from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference

@@ -138,14 +138,11 @@ def _fold_into_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     bias = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      padding_mode=conv.padding_mode, device=w.device, dtype=w.dtype)
-    memory_format = (torch.channels_last if w.dim() == 4 and not w.is_contiguous()
-                     and w.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
-    with torch.no_grad():
-        fused.weight.copy_((w.double() * scale.reshape(-1, 1, 1, 1)).to(w.dtype))
-        fused.weight.data = fused.weight.data.contiguous(memory_format=memory_format)
-        fused.bias.copy_(bias.to(w.dtype))
-    fused.requires_grad_(conv.weight.requires_grad)
+                      padding_mode=conv.padding_mode, device="meta")
+    # elementwise ops and .to(dtype) keep w's memory format (channels-last stays channels-last)
+    requires_grad = conv.weight.requires_grad
+    fused.weight = nn.Parameter((w.double() * scale.reshape(-1, 1, 1, 1)).to(w.dtype), requires_grad)
+    fused.bias = nn.Parameter(bias.to(w.dtype), requires_grad)
     return fused
 
 

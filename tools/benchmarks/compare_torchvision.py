@@ -9,10 +9,11 @@ torch 2.14.1 + torchvision 0.29.1) and the project's compiled ops built for that
 
 Workload: random weights, ResNet-50-FPN (P3-P7, P6 from P5), one batch of ``--batch`` random
 images of ``--size`` (a multiple of 32, so nothing is padded or resized), 80 classes, ``--num-gt``
-random GT boxes per image. Inference = forward under ``torch.inference_mode`` of
-the model as the inference tools prepare it (``model.eval()``; for the project
-``prepare_for_inference``: FrozenBN folded into the convs, ``TEST.FOLD_FROZEN_BN``, which
-``--opts TEST.FOLD_FROZEN_BN False`` turns off) (backbone, head, decoding, post-processing); train step = forward with targets (assignment,
+random GT boxes per image. Inference = forward under ``torch.inference_mode`` (backbone, head,
+decoding, post-processing) of the model as the inference tools prepare it: torchvision's
+``model.eval()``; the project's ``prepare_for_inference`` (FrozenBN folded into the convs and
+channels-last on the CPU; ``--opts TEST.FOLD_FROZEN_BN False TEST.MEMORY_FORMAT contiguous`` gives
+the unprepared model). Train step = forward with targets (assignment,
 losses) + backward + SGD step (momentum 0.9, lr 0 so that every repetition sees the same
 weights; SGD does the same work for any lr). The models run interleaved (A B C ... A B C ...),
 ``--iters`` rounds after one warm-up round; the table gives the median per model and its ratio

@@ -43,9 +43,9 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = dense_head
         self.size_divisibility = int(size_divisibility)
         self.inference_amp = inference_amp
-        self.channels_last = bool(channels_last)
-        if self.channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.channels_last = False
+        if channels_last:
+            self.set_channels_last(True)
 
     def set_channels_last(self, enabled: bool) -> "GeneralizedRCNN":
         """Switch the parameters (and from now on the input batch) to the channels-last (True) or
