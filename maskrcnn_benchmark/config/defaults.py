@@ -473,12 +473,12 @@ _C.TEST.VOC_METRIC = "area"
 _C.TEST.AMP = ""
 # Fold every FrozenBatchNorm2d of the backbone into the conv before it (a biased conv; the norm
 # becomes an identity) in the inference-only model of tools/test_net.py, tools/visualize_detections.py,
-# tools/export_onnx.py and the Predictor: ~5-10 % faster CPU inference (BENCHMARKS.md section 9),
+# tools/export_onnx.py and the Predictor: 0-8 % faster CPU inference (BENCHMARKS.md section 9),
 # detections equal up to float32 rounding (~1e-5 relative). The evaluation during training, which
 # shares the model being trained, never folds. False keeps the unfolded model (bit-identical results).
 _C.TEST.FOLD_FROZEN_BN = True
 # Memory format of those same inference-only models: "auto" = channels-last (NHWC) on the CPU, where
-# oneDNN's convolutions then skip their layout reorders (~10-15 % faster inference, BENCHMARKS.md
+# oneDNN's convolutions then skip their layout reorders (14-17 % faster inference, BENCHMARKS.md
 # section 9; detections equal up to float32 rounding), the default layout elsewhere (not measured on
 # a GPU yet); "channels_last" or "contiguous" force one. MODEL.CHANNELS_LAST True (training too)
 # overrides "auto". Training and the evaluation during training are not affected.
