@@ -1,4 +1,5 @@
-"""FrozenBatchNorm2d folding (TEST.FOLD_FROZEN_BN), against the unfolded conv -> norm computed in float64."""
+"""FrozenBatchNorm2d folding (TEST.FOLD_FROZEN_BN) and the fused conv + FrozenBN of training (conv_norm),
+against the unfolded conv -> norm computed in float64."""
 import copy
 
 import pytest
@@ -7,6 +8,8 @@ from torch import nn
 
 from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.layers import FrozenBatchNorm2d, fold_frozen_batchnorm
+from maskrcnn_benchmark.layers.batch_norm import conv_norm
+from maskrcnn_benchmark.modeling.backbone.resnet import BasicBlock, Bottleneck, Stem
 from maskrcnn_benchmark.modeling.dense_heads import set_num_classes
 from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
 from maskrcnn_benchmark.structures.image_list import to_image_list
@@ -141,3 +144,77 @@ def test_prepare_for_inference_rejects_an_unknown_memory_format():
     cfg.TEST.MEMORY_FORMAT = "nhwc"
     with pytest.raises(ValueError, match="TEST.MEMORY_FORMAT must be one of"):
         prepare_for_inference(build_detection_model(cfg), cfg)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride, groups, bias, eps", [(1, 1, False, 0.0), (2, 2, True, 1e-5)])
+def test_conv_norm_fuses_frozen_bn_forward_and_backward(stride, groups, bias, eps, channels_last):
+    """conv_norm(conv, FrozenBN, x) == bn(conv(x)) (float64 formula) with the gradients of the conv's
+    weight, bias and of x equal to those of the two-step float64 computation."""
+    g = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(6, 8, 3, stride=stride, padding=1, groups=groups, bias=bias)
+    bn = _random_frozen_bn(8, eps, g)
+    x = torch.randn(2, 6, 11, 9, generator=g)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = conv_norm(conv, bn, x)
+    ref_conv = copy.deepcopy(conv).double()
+    x64 = x.detach().double().requires_grad_(True)
+    ref = _reference(ref_conv, bn, x64)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(out.shape, generator=g)
+    out.backward(grad)
+    ref.backward(grad.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad.double(), ref_conv.weight.grad, rtol=1e-5, atol=1e-4)
+    if bias:
+        torch.testing.assert_close(conv.bias.grad.double(), ref_conv.bias.grad, rtol=1e-5, atol=1e-4)
+    assert not any(t.requires_grad for t in bn.buffers())
+
+
+def test_conv_norm_runs_other_pairs_as_they_are():
+    """Trainable BatchNorm, GroupNorm and an Identity (a folded norm) run as norm(conv(x)), exactly."""
+    g = torch.Generator().manual_seed(2)
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 7, 7, generator=g)
+    for norm in (nn.BatchNorm2d(8), nn.GroupNorm(2, 8), nn.Identity()):
+        assert torch.equal(conv_norm(conv, norm, x), norm(conv(x)))
+
+
+@pytest.mark.parametrize("block_type", ["bottleneck", "basic", "stem"])
+def test_resnet_blocks_with_frozen_bn_match_the_two_step_forward(block_type):
+    """The ResNet blocks (which call conv_norm) equal the same weights run as bn(conv(x)) in float64."""
+    g = torch.Generator().manual_seed(3)
+    if block_type == "bottleneck":
+        block = Bottleneck(8, 4, 16, stride=2, stride_in_1x1=False)
+        pairs = [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
+    elif block_type == "basic":
+        block = BasicBlock(8, 0, 16, stride=2)
+        pairs = [("conv1", "bn1"), ("conv2", "bn2")]
+    else:
+        block = Stem(8)
+        pairs = [("conv1", "bn1")]
+    for _, bn_name in pairs:
+        setattr(block, bn_name, _random_frozen_bn(getattr(block, bn_name).num_features, 0.0, g))
+    if block_type != "stem":
+        block.downsample[1] = _random_frozen_bn(16, 0.0, g)
+    x = torch.randn(2, 3 if block_type == "stem" else 8, 16, 12, generator=g)
+
+    def step(name_c, name_b, h):
+        return _reference(getattr(block, name_c), getattr(block, name_b), h)
+
+    x64 = x.double()
+    if block_type == "stem":
+        ref = nn.functional.max_pool2d(torch.relu(step("conv1", "bn1", x64)), 3, 2, 1)
+    else:
+        h = x64
+        for i, (c, b) in enumerate(pairs):
+            h = step(c, b, h)
+            if i < len(pairs) - 1:
+                h = torch.relu(h)
+        ref = torch.relu(h + _reference(block.downsample[0], block.downsample[1], x64))
+    torch.testing.assert_close(block(x).double(), ref, rtol=1e-5, atol=1e-5)

@@ -2,7 +2,8 @@
 """The project's dense detectors against torchvision's RetinaNet and FCOS, side by side on the CPU.
 
     python tools/benchmarks/compare_torchvision.py [--size 512 768] [--batch 1] [--iters 5] \
-        [--models retinanet,fcos,atss,dynamic_atss,tv_retinanet,tv_fcos] [--threads N] [--no-memory]
+        [--models retinanet,fcos,atss,dynamic_atss,tv_retinanet,tv_fcos] [--threads N] [--no-memory] \
+        [--amp bf16] [--tv-channels-last]
 
 Needs torchvision (``pip install -c <(echo torch==<your torch>) torchvision``, e.g. a venv with
 torch 2.14.1 + torchvision 0.29.1) and the project's compiled ops built for that torch.
@@ -17,7 +18,12 @@ the unprepared model). Train step = forward with targets (assignment,
 losses) + backward + SGD step (momentum 0.9, lr 0 so that every repetition sees the same
 weights; SGD does the same work for any lr). The models run interleaved (A B C ... A B C ...),
 ``--iters`` rounds after one warm-up round; the table gives the median per model and its ratio
-to the torchvision model of the same family (> 1: the project is faster).
+to the torchvision model of the same family (> 1: the project is faster). ``--amp bf16`` runs
+every model's inference and training-step forward under the same
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (weights stay float32; on CPUs with AMX / AVX-512
+BF16 the convolutions run in bf16), so both codebases get the same mixed precision.
+``--tv-channels-last`` runs torchvision's models channels-last too (parameters and input batch,
+what ``MODEL.CHANNELS_LAST True`` does for the project's; torchvision has no switch for it).
 
 Matched settings: FrozenBatchNorm in the backbone with the stem and res2 frozen (torchvision:
 ``trainable_layers=3``), the stride of every ResNet stage in the 3x3 conv (torchvision's layout;
@@ -48,6 +54,7 @@ loading CUDA libraries of a CUDA wheel does not hide it; weights not counted, al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import json
@@ -144,19 +151,26 @@ def project_adapter(model, images, boxes, labels):
 # ---- torchvision's models -----------------------------------------------------------------------
 class PassThroughTransform(nn.Module):
     """Stands in for ``GeneralizedRCNNTransform``: batches the images as given (no normalisation,
-    resize or padding; the input is already a multiple of 32) and leaves the detections as they are."""
+    resize or padding; the input is already a multiple of 32; channels-last if ``channels_last``)
+    and leaves the detections as they are."""
+
+    def __init__(self, channels_last: bool = False):
+        super().__init__()
+        self.channels_last = channels_last
 
     def forward(self, images, targets=None):
         from torchvision.models.detection.image_list import ImageList
 
         tensors = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+        if self.channels_last:
+            tensors = tensors.contiguous(memory_format=torch.channels_last)
         return ImageList(tensors, [tuple(tensors.shape[-2:])] * tensors.shape[0]), targets
 
     def postprocess(self, result, image_shapes, original_image_sizes):
         return result
 
 
-def build_torchvision(name: str, prior_prob: float):
+def build_torchvision(name: str, prior_prob: float, channels_last: bool = False):
     from torchvision.models import resnet50
     from torchvision.models.detection import FCOS, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -172,8 +186,10 @@ def build_torchvision(name: str, prior_prob: float):
     else:
         model = FCOS(backbone, NUM_FG, score_thresh=0.05, nms_thresh=0.6, detections_per_img=100,
                      topk_candidates=1000)
-    model.transform = PassThroughTransform()
+    model.transform = PassThroughTransform(channels_last)
     nn.init.constant_(model.head.classification_head.cls_logits.bias, logit(prior_prob))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     return model
 
 
@@ -203,7 +219,7 @@ class Bench:
             adapter = project_adapter
             prepare = functools.partial(prepare_for_inference, cfg=cfg)  # what test_net / Predictor do
         else:
-            model = build_torchvision(name, args.prior_prob)
+            model = build_torchvision(name, args.prior_prob, args.tv_channels_last)
             adapter = torchvision_adapter
             prepare = nn.Module.eval
         self.name = name
@@ -214,14 +230,21 @@ class Bench:
         params = [p for p in self.train_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
         self.num_detections = None
+        self.amp_dtype = {"": None, "bf16": torch.bfloat16}[args.amp]
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.amp_dtype)
 
     def infer(self):
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             self.num_detections = self._infer()
 
     def train_step(self):
-        loss_dict = self._losses()
-        loss = sum(loss_dict.values())
+        with self.autocast():
+            loss_dict = self._losses()
+            loss = sum(loss_dict.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -255,7 +278,8 @@ def measure_memory(name: str, mode: str, args) -> float:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", name, "--memory-mode", mode,
            "--size", str(args.size[0]), str(args.size[1]), "--batch", str(args.batch),
            "--num-gt", str(args.num_gt), "--prior-prob", str(args.prior_prob),
-           "--threads", str(torch.get_num_threads())] + (["--opts", *args.opts] if args.opts else [])
+           "--threads", str(torch.get_num_threads()), "--amp", args.amp]
+    cmd += (["--tv-channels-last"] if args.tv_channels_last else []) + (["--opts", *args.opts] if args.opts else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
@@ -274,6 +298,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--opts", nargs="*", default=[], help="extra project config overrides KEY VALUE ...")
+    p.add_argument("--amp", default="", choices=["", "bf16"],
+                   help="bf16: every model under torch.autocast('cpu', bfloat16) (default: float32)")
+    p.add_argument("--tv-channels-last", action="store_true",
+                   help="torchvision's models channels-last too (parameters and input)")
     p.add_argument("--memory-worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--memory-mode", default="infer", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -295,7 +323,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads, "
           f"input {args.batch} x 3 x {args.size[0]} x {args.size[1]}, {args.num_gt} GTs / image, "
-          f"{args.iters} interleaved rounds after 1 warm-up, load average {os.getloadavg()[0]:.2f} at start")
+          f"{args.iters} interleaved rounds after 1 warm-up, {args.amp or 'float32'}, torchvision {'channels-last' if args.tv_channels_last else 'default layout'}, "
+          f"project opts {args.opts or 'none'}, load average {os.getloadavg()[0]:.2f} at start")
     inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt)
     benches = [Bench(n, args, inputs) for n in names]
     results: Dict[Tuple[str, str], float] = {}

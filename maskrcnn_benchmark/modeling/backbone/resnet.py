@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskrcnn_benchmark.layers.batch_norm import FrozenBatchNorm2d
+from maskrcnn_benchmark.layers.batch_norm import FrozenBatchNorm2d, conv_norm
 from maskrcnn_benchmark.modeling.make_layers import group_norm
 
 # depth -> (block type, number of blocks in res2..res5)
@@ -75,6 +75,14 @@ def _downsample(in_channels: int, out_channels: int, stride: int,
                          norm_func(out_channels))
 
 
+def _shortcut(downsample: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The projection shortcut ``Sequential(conv, norm)`` of :func:`_downsample` applied to x, with
+    :func:`conv_norm` (any other Sequential, e.g. one whose norm was folded, runs as it is)."""
+    if len(downsample) == 2:
+        return conv_norm(downsample[0], downsample[1], x)
+    return downsample(x)
+
+
 def _add_residual(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     """``out + identity``, in place in ``out`` (a block's own temporary: one full-size allocation
     less, the same float op) unless type promotion needs a new tensor (mixed dtypes under AMP)."""
@@ -110,10 +118,10 @@ class Bottleneck(nn.Module):
         self.bn3 = norm_func(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = F.relu_(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else _shortcut(self.downsample, x)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        out = F.relu_(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
         return F.relu_(_add_residual(out, identity))
 
 
@@ -144,9 +152,9 @@ class BasicBlock(nn.Module):
         self.bn2 = norm_func(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else _shortcut(self.downsample, x)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
         return F.relu_(_add_residual(out, identity))
 
 
@@ -162,7 +170,7 @@ class Stem(nn.Module):
         self.bn1 = norm_func(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.relu_(conv_norm(self.conv1, self.bn1, x))
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
