@@ -17,8 +17,9 @@ channels-last on the CPU; ``--opts TEST.FOLD_FROZEN_BN False TEST.MEMORY_FORMAT 
 the unprepared model). Train step = forward with targets (assignment,
 losses) + backward + SGD step (momentum 0.9, lr 0 so that every repetition sees the same
 weights; SGD does the same work for any lr). The models run interleaved (A B C ... A B C ...),
-``--iters`` rounds after one warm-up round; the table gives the median per model and its ratio
-to the torchvision model of the same family (> 1: the project is faster). ``--amp bf16`` runs
+``--iters`` rounds after ``--warmup`` warm-up rounds (default 1; bf16 needs about 3: oneDNN's
+bf16 kernels and the allocator settle over the first few steps); the table gives the median per
+model and its ratio to the torchvision model of the same family (> 1: the project is faster). ``--amp bf16`` runs
 every model's inference and training-step forward under the same
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (weights stay float32; on CPUs with AMX / AVX-512
 BF16 the convolutions run in bf16), so both codebases get the same mixed precision.
@@ -250,16 +251,16 @@ class Bench:
         self.optimizer.step()
 
 
-def run_interleaved(benches: List[Bench], mode: str, iters: int) -> Dict[str, List[float]]:
-    """Warm-up round, then ``iters`` rounds of every model in turn; seconds per call."""
+def run_interleaved(benches: List[Bench], mode: str, iters: int, warmup: int = 1) -> Dict[str, List[float]]:
+    """``warmup`` untimed rounds, then ``iters`` rounds of every model in turn; seconds per call."""
     times: Dict[str, List[float]] = {b.name: [] for b in benches}
-    for rnd in range(iters + 1):
+    for rnd in range(iters + warmup):
         for b in benches:
             fn = b.infer if mode == "infer" else b.train_step
             t0 = time.perf_counter()
             fn()
             dt = time.perf_counter() - t0
-            if rnd > 0:
+            if rnd >= warmup:
                 times[b.name].append(dt)
     return times
 
@@ -288,7 +289,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, nargs=2, default=(512, 768), metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--iters", type=int, default=5, help="timed rounds after one warm-up round")
+    p.add_argument("--iters", type=int, default=5, help="timed rounds after the warm-up rounds")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (bf16: use 3)")
     p.add_argument("--num-gt", type=int, default=10, help="random GT boxes per image")
     p.add_argument("--models", default=",".join(ALL_MODELS),
                    help=f"comma-separated subset of {','.join(ALL_MODELS)}")
@@ -323,13 +325,14 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads, "
           f"input {args.batch} x 3 x {args.size[0]} x {args.size[1]}, {args.num_gt} GTs / image, "
-          f"{args.iters} interleaved rounds after 1 warm-up, {args.amp or 'float32'}, torchvision {'channels-last' if args.tv_channels_last else 'default layout'}, "
+          f"{args.iters} interleaved rounds after {args.warmup} warm-up, {args.amp or 'float32'}, "
+          f"torchvision {'channels-last' if args.tv_channels_last else 'default layout'}, "
           f"project opts {args.opts or 'none'}, load average {os.getloadavg()[0]:.2f} at start")
     inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt)
     benches = [Bench(n, args, inputs) for n in names]
     results: Dict[Tuple[str, str], float] = {}
     for mode in modes:
-        for name, ts in run_interleaved(benches, mode, args.iters).items():
+        for name, ts in run_interleaved(benches, mode, args.iters, args.warmup).items():
             results[(name, mode)] = statistics.median(ts)
     memory = {}
     if not args.no_memory:
