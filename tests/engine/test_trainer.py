@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import warnings
 
 import cv2
 import numpy as np
@@ -271,6 +272,29 @@ def test_resolve_amp():
         assert resolve_amp("fp16", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="SOLVER.AMP"):
         resolve_amp("fp8", cpu)
+
+
+def test_cpu_bf16_detection_and_warning(tmp_path, monkeypatch):
+    """cpu_has_native_bf16 reads the cpuinfo flags line; resolve_amp warns for bf16 on a CPU without them."""
+    from maskrcnn_benchmark.utils import amp
+
+    def cpuinfo(flags):
+        path = tmp_path / ("cpuinfo_" + "_".join(flags))
+        path.write_text("processor\t: 0\nmodel name\t: x\nflags\t\t: " + " ".join(flags) + "\n\n")
+        return str(path)
+    assert amp.cpu_has_native_bf16(cpuinfo(["fpu", "avx2", "avx512f"])) is False
+    assert amp.cpu_has_native_bf16(cpuinfo(["fpu", "avx512f", "avx512_bf16"])) is True
+    assert amp.cpu_has_native_bf16(cpuinfo(["fpu", "amx_bf16", "amx_tile"])) is True
+    assert amp.cpu_has_native_bf16(str(tmp_path / "missing")) is None
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="TEST.AMP bf16 on a CPU without native bf16"):
+        assert amp.resolve_amp("bf16", cpu, key="TEST.AMP") is torch.bfloat16
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert amp.resolve_amp("bf16", cpu) is torch.bfloat16
+        assert amp.resolve_amp("", cpu) is None
 
 
 # ---- the real detector ------------------------------------------------------------------------------------
