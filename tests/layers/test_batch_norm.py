@@ -218,3 +218,19 @@ def test_resnet_blocks_with_frozen_bn_match_the_two_step_forward(block_type):
                 h = torch.relu(h)
         ref = torch.relu(h + _reference(block.downsample[0], block.downsample[1], x64))
     torch.testing.assert_close(block(x).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_norm_under_bf16_autocast_matches_the_unfused_forward():
+    """Under CPU bf16 autocast (SOLVER.AMP bf16) the fused conv gives bf16 output close to bn(conv(x))."""
+    g = torch.Generator().manual_seed(4)
+    conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    bn = _random_frozen_bn(16, 0.0, g)
+    x = torch.randn(2, 8, 10, 10, generator=g)
+    ref = _reference(conv, bn, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv_norm(conv, bn, x)
+        unfused = bn(conv(x))
+    assert out.dtype == torch.bfloat16 and unfused.dtype == torch.bfloat16
+    scale = ref.abs().max().item()
+    assert (out.double() - ref).abs().max().item() < 0.02 * scale
+    assert (unfused.double() - ref).abs().max().item() < 0.02 * scale
