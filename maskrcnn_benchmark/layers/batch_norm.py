@@ -100,8 +100,11 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     with ``(s, t) = bn.scale_and_shift()``: the fused weight ``W * s`` is formed at every call (a
     weight-sized op, differentiable, so W still trains and gets ``grad(W * s) * s``) and the shift
     is the conv's bias. This saves the norm's two passes over the activation in the forward and
-    its multiply in the backward; the output equals the two-step one up to float32 rounding (the
-    products ``W * s`` are rounded once, ~1e-7 relative per layer, tested). Any other pair
+    its multiply in the backward, at the price of one weight-sized multiply per call (~19 ms for
+    the R-50's FrozenBN convs on a 2-core CPU, so it pays off as the activations grow: 0-2 % on a
+    512 x 768 R-50 training step, BENCHMARKS.md section 9). The output equals the two-step one up
+    to float32 rounding (the products ``W * s`` are rounded once, ~1e-7 relative per layer,
+    tested). Any other pair
     (trainable BatchNorm, GroupNorm, a deformable conv, an ``nn.Identity`` left by
     :func:`fold_frozen_batchnorm`) runs as ``norm(conv(x))``.
 
