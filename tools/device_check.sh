@@ -17,6 +17,11 @@
 # failed (the later steps still run, so one call shows everything).
 #
 #   run: bash tools/device_check.sh          (carry: .whl)
+#
+# A second call, `bash tools/device_check.sh compare`, runs only the issue-15 GPU comparison against
+# torchvision (tools/benchmarks/compare_torchvision.py --device cuda --amp fp16, batch 8, 800 x 1344;
+# at most 5 minutes, not yet run on a GPU), building the extension first only if no build is there; its table goes to
+# $OUT/compare_torchvision_cuda.md.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -48,6 +53,21 @@ fi
   "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
   "$PY" -c "import torchvision; print('torchvision', torchvision.__version__)" || true
 } 2>&1 | tee -a "$LOG"
+
+MODE="${1:-all}"
+if [ "$MODE" = "compare" ]; then
+  if ! ls maskrcnn_benchmark/_C*.so >/dev/null 2>&1; then
+    step "build (CUDA kernels)" 240 env FORCE_CUDA=1 MASKRCNN_BENCHMARK_CUDA_KERNELS=1 \
+      TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+      "$PY" setup.py build_ext --inplace
+  fi
+  step "compare with torchvision on the GPU (fp16 autocast)" 300 "$PY" tools/benchmarks/compare_torchvision.py \
+    --device cuda --amp fp16 --batch 8 --size 800 1344 --iters 5 --warmup 2 --no-memory
+  grep -E '^(\||torch |detections|load average)' "$LOG" >"$OUTDIR/compare_torchvision_cuda.md" || true
+  if [ "${#FAILED[@]}" -eq 0 ]; then echo "== compare PASSED" | tee -a "$LOG"; else
+    echo "== compare FAILED: ${FAILED[*]}" | tee -a "$LOG"; exit 1; fi
+  exit 0
+fi
 
 rm -f maskrcnn_benchmark/_C*.so
 step "build (CUDA kernels)" 240 env FORCE_CUDA=1 MASKRCNN_BENCHMARK_CUDA_KERNELS=1 \

@@ -3,7 +3,7 @@
 
     python tools/benchmarks/compare_torchvision.py [--size 512 768] [--batch 1] [--iters 5] \
         [--models retinanet,fcos,atss,dynamic_atss,tv_retinanet,tv_fcos] [--threads N] [--no-memory] \
-        [--amp bf16] [--tv-channels-last]
+        [--amp bf16] [--tv-channels-last] [--device cuda --amp fp16 --batch 8 --size 800 1344]
 
 Needs torchvision (``pip install -c <(echo torch==<your torch>) torchvision``, e.g. a venv with
 torch 2.14.1 + torchvision 0.29.1) and the project's compiled ops built for that torch.
@@ -25,6 +25,13 @@ every model's inference and training-step forward under the same
 BF16 the convolutions run in bf16), so both codebases get the same mixed precision.
 ``--tv-channels-last`` runs torchvision's models channels-last too (parameters and input batch,
 what ``MODEL.CHANNELS_LAST True`` does for the project's; torchvision has no switch for it).
+
+``--device cuda`` runs everything on the GPU (models, inputs, targets): each timed call is
+bracketed by ``torch.cuda.synchronize()``, ``--amp fp16|bf16`` is CUDA autocast (fp16 training
+steps go through one ``torch.amp.GradScaler`` per model, as the trainer does), and the peak memory
+is ``torch.cuda.max_memory_allocated`` during the first step over the allocation before it. The
+issue's GPU comparison: ``--device cuda --amp fp16 --batch 8 --size 800 1344`` (800 x 1333
+rounded up to a multiple of 32).
 
 Matched settings: FrozenBatchNorm in the backbone with the stem and res2 frozen (torchvision:
 ``trainable_layers=3``), the stride of every ResNet stage in the 3x3 conv (torchvision's layout;
@@ -102,8 +109,9 @@ def logit(p: float) -> float:
 
 
 # ---- inputs -------------------------------------------------------------------------------------
-def make_inputs(batch: int, h: int, w: int, num_gt: int, seed: int = 0):
-    """(images Tensor[B, 3, H, W], boxes list of Tensor[G, 4] xyxy, labels list of Tensor[G] in 0..79)."""
+def make_inputs(batch: int, h: int, w: int, num_gt: int, seed: int = 0, device: str = "cpu"):
+    """(images Tensor[B, 3, H, W], boxes list of Tensor[G, 4] xyxy, labels list of Tensor[G] in 0..79),
+    drawn on the CPU (the same values for every device) and moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, h, w, generator=g)
     boxes, labels = [], []
@@ -112,20 +120,20 @@ def make_inputs(batch: int, h: int, w: int, num_gt: int, seed: int = 0):
         wh = 16 + torch.rand(num_gt, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
         boxes.append(torch.cat([xy, (xy + wh).minimum(torch.tensor([float(w), float(h)]))], 1))
         labels.append(torch.randint(0, NUM_FG, (num_gt,), generator=g))
-    return images, boxes, labels
+    return images.to(device), [b.to(device) for b in boxes], [lab.to(device) for lab in labels]
 
 
 # ---- the project's models -----------------------------------------------------------------------
-def build_project(name: str, prior_prob: float, opts: List[str]):
+def build_project(name: str, prior_prob: float, opts: List[str], device: str = "cpu"):
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
     node = {"retinanet": "RETINANET", "fcos": "FCOS", "atss": "ATSS", "dynamic_atss": "ATSS"}[name]
     cfg = setup_cfg(os.path.join(ROOT, PROJECT_CONFIGS[name]), [
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHT", "", "MODEL.RESNETS.STRIDE_IN_1X1", False,
+        "MODEL.DEVICE", device, "MODEL.WEIGHT", "", "MODEL.RESNETS.STRIDE_IN_1X1", False,
         f"MODEL.{node}.NUM_CLASSES", NUM_FG + 1, f"MODEL.{node}.INFERENCE_TH", 0.05,
         f"MODEL.{node}.PRE_NMS_TOP_N", 1000, "TEST.DETECTIONS_PER_IMG", 100] + list(opts))
-    model = build_detection_model(cfg)
+    model = build_detection_model(cfg).to(device)
     nn.init.constant_(model.rpn.head.cls_logits.bias, logit(prior_prob))
     return model, cfg
 
@@ -216,11 +224,11 @@ class Bench:
         if name in PROJECT_CONFIGS:
             from maskrcnn_benchmark.modeling.detector import prepare_for_inference
 
-            model, cfg = build_project(name, args.prior_prob, args.opts)
+            model, cfg = build_project(name, args.prior_prob, args.opts, args.device)
             adapter = project_adapter
             prepare = functools.partial(prepare_for_inference, cfg=cfg)  # what test_net / Predictor do
         else:
-            model = build_torchvision(name, args.prior_prob, args.tv_channels_last)
+            model = build_torchvision(name, args.prior_prob, args.tv_channels_last).to(args.device)
             adapter = torchvision_adapter
             prepare = nn.Module.eval
         self.name = name
@@ -231,12 +239,15 @@ class Bench:
         params = [p for p in self.train_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
         self.num_detections = None
-        self.amp_dtype = {"": None, "bf16": torch.bfloat16}[args.amp]
+        self.device = torch.device(args.device)
+        self.amp_dtype = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+        # fp16 training needs loss scaling (as the trainer's SOLVER.AMP fp16); bf16 and fp32 none
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
 
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cpu", dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def infer(self):
         with torch.inference_mode(), self.autocast():
@@ -247,8 +258,18 @@ class Bench:
             loss_dict = self._losses()
             loss = sum(loss_dict.values())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def synchronize(self):
+        """Waits for the GPU's queued work (a no-op on the CPU): brackets every timed call."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def run_interleaved(benches: List[Bench], mode: str, iters: int, warmup: int = 1) -> Dict[str, List[float]]:
@@ -257,8 +278,10 @@ def run_interleaved(benches: List[Bench], mode: str, iters: int, warmup: int = 1
     for rnd in range(iters + warmup):
         for b in benches:
             fn = b.infer if mode == "infer" else b.train_step
+            b.synchronize()
             t0 = time.perf_counter()
             fn()
+            b.synchronize()
             dt = time.perf_counter() - t0
             if rnd >= warmup:
                 times[b.name].append(dt)
@@ -266,20 +289,30 @@ def run_interleaved(benches: List[Bench], mode: str, iters: int, warmup: int = 1
 
 
 def memory_worker(args) -> None:
-    """Subprocess body: peak-RSS increase (MiB) of one first step; prints a JSON line."""
+    """Subprocess body: peak-memory increase (MiB) of one first step (CPU: resident set; CUDA: the
+    caching allocator's peak allocation); prints a JSON line."""
     from maskrcnn_benchmark.utils.metric_logger import peak_rss_increase_mib
 
-    inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt)
+    inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt, device=args.device)
     bench = Bench(args.memory_worker, args, inputs)
     fn = bench.infer if args.memory_mode == "infer" else bench.train_step
-    print(json.dumps({"peak_mib": peak_rss_increase_mib(fn)}))
+    if bench.device.type == "cuda":
+        torch.cuda.synchronize(bench.device)
+        torch.cuda.reset_peak_memory_stats(bench.device)
+        before = torch.cuda.memory_allocated(bench.device)
+        fn()
+        torch.cuda.synchronize(bench.device)
+        peak = (torch.cuda.max_memory_allocated(bench.device) - before) / 2**20
+    else:
+        peak = peak_rss_increase_mib(fn)
+    print(json.dumps({"peak_mib": peak}))
 
 
 def measure_memory(name: str, mode: str, args) -> float:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", name, "--memory-mode", mode,
            "--size", str(args.size[0]), str(args.size[1]), "--batch", str(args.batch),
            "--num-gt", str(args.num_gt), "--prior-prob", str(args.prior_prob),
-           "--threads", str(torch.get_num_threads()), "--amp", args.amp]
+           "--threads", str(torch.get_num_threads()), "--amp", args.amp, "--device", args.device]
     cmd += (["--tv-channels-last"] if args.tv_channels_last else []) + (["--opts", *args.opts] if args.opts else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
@@ -300,8 +333,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--opts", nargs="*", default=[], help="extra project config overrides KEY VALUE ...")
-    p.add_argument("--amp", default="", choices=["", "bf16"],
-                   help="bf16: every model under torch.autocast('cpu', bfloat16) (default: float32)")
+    p.add_argument("--amp", default="", choices=["", "bf16", "fp16"],
+                   help="every model under torch.autocast(device, this dtype) (default: float32; fp16: CUDA only)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--tv-channels-last", action="store_true",
                    help="torchvision's models channels-last too (parameters and input)")
     p.add_argument("--memory-worker", default="", help=argparse.SUPPRESS)
@@ -311,6 +345,16 @@ def main() -> None:
         p.error(f"--size {args.size[0]} {args.size[1]}: both sides must be multiples of 32 (no padding)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device}: expected cpu or cuda[:N]")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device {args.device}: expected cpu or cuda[:N]")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if args.amp == "fp16" and device.type != "cuda":
+        p.error("--amp fp16 is CUDA autocast: use it with --device cuda (on the CPU: --amp bf16)")
     require_torchvision()
     if args.memory_worker:
         memory_worker(args)
@@ -323,12 +367,14 @@ def main() -> None:
 
     import torchvision
 
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads, "
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {where}, "
           f"input {args.batch} x 3 x {args.size[0]} x {args.size[1]}, {args.num_gt} GTs / image, "
           f"{args.iters} interleaved rounds after {args.warmup} warm-up, {args.amp or 'float32'}, "
           f"torchvision {'channels-last' if args.tv_channels_last else 'default layout'}, "
           f"project opts {args.opts or 'none'}, load average {os.getloadavg()[0]:.2f} at start")
-    inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt)
+    inputs = make_inputs(args.batch, args.size[0], args.size[1], args.num_gt, device=args.device)
     benches = [Bench(n, args, inputs) for n in names]
     results: Dict[Tuple[str, str], float] = {}
     for mode in modes:
