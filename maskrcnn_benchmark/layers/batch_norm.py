@@ -92,6 +92,14 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
+def _conv_output_numel(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """Number of elements of ``conv(x)`` (N x C_out x H_out x W_out), from the shapes alone."""
+    size = x.shape[0] * conv.out_channels
+    for dim, (k, s, p, d) in enumerate(zip(conv.kernel_size, conv.stride, conv.padding, conv.dilation)):
+        size *= max(0, (x.shape[2 + dim] + 2 * p - d * (k - 1) - 1) // s + 1)
+    return size
+
+
 def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``norm(conv(x))``; one biased convolution when ``norm`` is a FrozenBatchNorm2d after a plain
     ``nn.Conv2d`` (the ResNet stem, blocks and shortcuts with FrozenBN).
@@ -100,17 +108,21 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     with ``(s, t) = bn.scale_and_shift()``: the fused weight ``W * s`` is formed at every call (a
     weight-sized op, differentiable, so W still trains and gets ``grad(W * s) * s``) and the shift
     is the conv's bias. This saves the norm's two passes over the activation in the forward and
-    its multiply in the backward, at the price of one weight-sized multiply per call (~19 ms for
-    the R-50's FrozenBN convs on a 2-core CPU, so it pays off as the activations grow: 0-2 % on a
-    512 x 768 R-50 training step, BENCHMARKS.md section 9). The output equals the two-step one up
-    to float32 rounding (the products ``W * s`` are rounded once, ~1e-7 relative per layer,
-    tested). Any other pair
+    its multiply in the backward, at the price of one weight-sized multiply per call (and its
+    gradient). So a pair is fused only where the weight has no more elements than the conv's
+    output (an R-50 at 512 x 768: 38 of its 53 pairs, all but res4's 3x3 convs and res5; at 800 x
+    1344: 48; at 256 x 384: 31): BENCHMARKS.md section 9 has the measured effect. The output
+    equals the two-step one up to float32 rounding (the products ``W * s`` are rounded once, ~1e-7
+    relative per layer, tested). Any other pair
     (trainable BatchNorm, GroupNorm, a deformable conv, an ``nn.Identity`` left by
     :func:`fold_frozen_batchnorm`) runs as ``norm(conv(x))``.
 
     Shape: x [N, C_in, H, W] -> [N, C_out, H', W'].
     """
     if type(conv) is not nn.Conv2d or not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros":
+        return norm(conv(x))
+    if conv.weight.numel() > _conv_output_numel(conv, x):
+        # deep, low-resolution layers (an R-50's res5 on small inputs): scaling the output is cheaper
         return norm(conv(x))
     scale, shift = norm.scale_and_shift()
     weight = conv.weight * scale.to(conv.weight.dtype).reshape(-1, 1, 1, 1)

@@ -234,3 +234,17 @@ def test_conv_norm_under_bf16_autocast_matches_the_unfused_forward():
     scale = ref.abs().max().item()
     assert (out.double() - ref).abs().max().item() < 0.02 * scale
     assert (unfused.double() - ref).abs().max().item() < 0.02 * scale
+
+
+def test_conv_norm_keeps_two_steps_where_the_weight_outweighs_the_output():
+    """A pair whose weight has more elements than the conv's output (deep layers on small inputs) runs
+    as bn(conv(x)) (bit for bit); a larger input of the same pair is fused (equal within rounding)."""
+    g = torch.Generator().manual_seed(5)
+    conv = nn.Conv2d(32, 64, 3, padding=1, bias=False)  # 18432 weights
+    bn = _random_frozen_bn(64, 0.0, g)
+    small = torch.randn(1, 32, 8, 8, generator=g)  # output 4096 elements < weights: two steps
+    assert torch.equal(conv_norm(conv, bn, small), bn(conv(small)))
+    large = torch.randn(1, 32, 24, 24, generator=g)  # output 36864 elements: fused
+    fused = conv_norm(conv, bn, large)
+    assert not torch.equal(fused, bn(conv(large)))  # a different rounding: the fused path ran
+    torch.testing.assert_close(fused.double(), _reference(conv, bn, large), rtol=1e-5, atol=1e-5)
