@@ -43,10 +43,13 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
-    def scale_and_shift(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(scale [C], shift [C]) in the buffers' dtype: ``forward(x) = x * scale + shift``."""
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        return scale, self.bias - self.running_mean * scale
+    def scale_and_shift(self, dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scale [C], shift [C]), computed in ``dtype`` (default: the buffers' dtype):
+        ``forward(x) = x * scale + shift``."""
+        weight, bias, mean, var = (t if dtype is None else t.to(dtype)
+                                   for t in (self.weight, self.bias, self.running_mean, self.running_var))
+        scale = weight * (var + self.eps).rsqrt()
+        return scale, bias - mean * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.scale_and_shift()
@@ -176,8 +179,7 @@ def _fold_into_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     ``b * s + t`` with ``s = weight / sqrt(running_var + eps)``, ``t = bias - running_mean * s``.
     Folded in float64 and cast back to the conv's dtype, on the conv's device and memory format."""
     w = conv.weight.detach()
-    scale = bn.weight.double() * (bn.running_var.double() + bn.eps).rsqrt()
-    shift = bn.bias.double() - bn.running_mean.double() * scale
+    scale, shift = bn.scale_and_shift(torch.float64)
     bias = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,

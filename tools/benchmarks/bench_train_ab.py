@@ -37,8 +37,8 @@ import yaml  # noqa: E402
 from maskrcnn_benchmark.layers import batch_norm  # noqa: E402
 from maskrcnn_benchmark.modeling.backbone import resnet  # noqa: E402
 from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
-from maskrcnn_benchmark.structures import BoxList  # noqa: E402
 from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg  # noqa: E402
+from tools.benchmarks.bench_model import random_target  # noqa: E402
 
 
 # labels of the random boxes: 1..NUM_FG, valid for every shipped config (the synthetic ones have 6 classes)
@@ -68,16 +68,10 @@ def parse_variant(text: str) -> Tuple[str, List, str, bool]:
 
 
 def random_batch(batch: int, h: int, w: int, num_fg: int, seed: int = 0):
+    """``batch`` random images [B, 3, h, w] and their targets (bench_model's ``random_target``, 10 boxes each)."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, h, w, generator=g)
-    targets = []
-    for _ in range(batch):
-        xy = torch.rand(10, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
-        wh = 16 + torch.rand(10, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
-        t = BoxList(torch.cat([xy, (xy + wh).minimum(torch.tensor([float(w), float(h)]))], 1), (w, h))
-        t.add_field("labels", torch.randint(1, num_fg + 1, (10,), generator=g))
-        targets.append(t)
-    return images, targets
+    return images, [random_target(h, w, 10, num_fg, g) for _ in range(batch)]
 
 
 def make_step(config_file: str, base_opts: List, variant: Tuple[str, List, str, bool], batch, size) -> Callable[[], None]:
