@@ -37,4 +37,12 @@ TORCH_LIBRARY(maskrcnn_benchmark, m) {
       "_deform_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor offset, "
       "Tensor mask, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, "
       "int groups, int deformable_groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Winograd F(m x m, 3 x 3) transforms of the 3x3 / stride 1 / padding 1 convolution (CPU only:
+  // layers/winograd.py runs them on CPU float32 tensors; cuDNN has its own Winograd kernels).
+  // input [N, C, H, W] -> V [a * a, T, C] (a = BT.size(0) = m + 2, T = N * ceil(H / m) * ceil(W / m)).
+  m.def("winograd_input_transform(Tensor input, Tensor BT) -> Tensor");
+  // M [a * a, T, K] -> Y [N, K, H, W] (+ bias; channels-last memory format) with AT [m, a].
+  m.def("winograd_output_transform(Tensor M, Tensor AT, Tensor? bias, int N, int H, int W) -> Tensor");
+  // Gradient of winograd_output_transform's M given grad_Y [N, K, H, W]: [a * a, T, K].
+  m.def("winograd_output_transform_backward(Tensor grad, Tensor AT) -> Tensor");
 }

@@ -58,6 +58,12 @@ _C.MODEL.WEIGHT_MIN_MATCH = 0.5
 # CPU convolutions then skip their layout reorders (see BENCHMARKS.md for the measured gain).
 # Results agree with the default (False) within float32 rounding, not bit for bit.
 _C.MODEL.CHANNELS_LAST = False
+# Run the 3x3 / stride 1 / padding 1 convolutions (towers, FPN outputs, ResNet 3x3s) as Winograd
+# F(4x4, 3x3) on the CPU in float32 (layers/winograd.py): a quarter of the multiplications, in
+# training and inference. Outputs and gradients agree with the direct convolution to ~1e-5 of
+# their magnitude (the direct one: ~3e-7), not bit for bit. No effect on a GPU, under autocast or
+# torch.compile, or on maps under 64 tiles of 4 x 4. See BENCHMARKS.md for the measured gain.
+_C.MODEL.WINOGRAD = False
 # torch.compile the backbone and the dense head's conv module (nn.Module.compile: checkpoint names
 # unchanged). The first forward of every new input shape compiles (minutes for an R-50 on a small
 # CPU); assignment, losses and post-processing stay eager. Results agree with False within float32

@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["BUILD_COMMAND", "FALLBACK_DEVICE_TYPES", "OP_NAMES", "has_compiled_kernel", "load_ops",
+__all__ = ["BUILD_COMMAND", "CPU_ONLY_OP_NAMES", "FALLBACK_DEVICE_TYPES", "OP_NAMES", "has_compiled_kernel", "load_ops",
            "registered_fallbacks"]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ BUILD_COMMAND = "MAX_JOBS=2 python setup.py build_ext --inplace"
 # Every operator of the library (schemas in csrc/ops.cpp), forward ops first.
 OP_NAMES = ("nms", "batched_nms", "box_iou", "sigmoid_focal_loss", "sigmoid_focal_loss_backward",
             "deform_conv2d", "_deform_conv2d_backward")
+# Operators with a CPU kernel only (no fallback, no CUDA kernel): the Winograd transforms, which
+# layers/winograd.py calls on CPU float32 tensors only (on a GPU cuDNN picks its own algorithm).
+CPU_ONLY_OP_NAMES = ("winograd_input_transform", "winograd_output_transform",
+                     "winograd_output_transform_backward")
 
 _loaded = False
 _load_error: Optional[BaseException] = None
@@ -122,6 +126,7 @@ def _register_python_kernels() -> None:
         ns + "sigmoid_focal_loss", focal_backward, setup_context=focal_setup_context
     )
     _register_deform_conv2d(ns)
+    _register_winograd(ns)
 
 
 def _conv_out_size(size, pad: int, dil: int, k: int, stride: int):
@@ -164,6 +169,34 @@ def _register_deform_conv2d(ns: str) -> None:
         return grads + (None,) * len(ctx.params)
 
     torch.library.register_autograd(ns + "deform_conv2d", deform_backward, setup_context=deform_setup_context)
+
+
+def _register_winograd(ns: str) -> None:
+    if not hasattr(torch.ops.maskrcnn_benchmark, "winograd_input_transform"):  # an older build
+        return
+
+    def tiles(n, h, w, m):
+        return n * ((h + m - 1) // m) * ((w + m - 1) // m)
+
+    def input_fake(input, BT):
+        torch._check(input.dim() == 4, lambda: "winograd_input_transform: input must be [N, C, H, W]")
+        a = BT.shape[0]
+        n, c, h, w = input.shape
+        return input.new_empty(a * a, tiles(n, h, w, a - 2), c)
+
+    def output_fake(M, AT, bias, N, H, W):
+        torch._check(M.dim() == 3, lambda: "winograd_output_transform: M must be [a * a, T, K]")
+        return M.new_empty(N, M.shape[2], H, W).contiguous(memory_format=torch.channels_last)
+
+    def output_backward_fake(grad, AT):
+        torch._check(grad.dim() == 4, lambda: "winograd_output_transform_backward: grad must be [N, K, H, W]")
+        m = AT.shape[0]
+        n, k, h, w = grad.shape
+        return grad.new_empty((m + 2) ** 2, tiles(n, h, w, m), k)
+
+    torch.library.register_fake(ns + "winograd_input_transform", input_fake)
+    torch.library.register_fake(ns + "winograd_output_transform", output_fake)
+    torch.library.register_fake(ns + "winograd_output_transform_backward", output_backward_fake)
 
 
 def _warn_once(name: str, device_type: str, fn: Callable) -> Callable:

@@ -4,8 +4,9 @@ import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .winograd import WinogradConv2d
 
 # Device types on which torch's SyncBatchNorm can synchronise statistics (torch 2.13: not the CPU).
 SYNC_BN_DEVICE_TYPES = ("cuda", "xpu", "hpu")
@@ -122,7 +123,7 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
 
     Shape: x [N, C_in, H, W] -> [N, C_out, H', W'].
     """
-    if type(conv) is not nn.Conv2d or not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros":
+    if not _is_plain_conv(conv) or not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros":
         return norm(conv(x))
     if conv.weight.numel() > _conv_output_numel(conv, x):
         # deep, low-resolution layers (an R-50's res5 on small inputs): scaling the output is cheaper
@@ -130,7 +131,14 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     scale, shift = norm.scale_and_shift()
     weight = conv.weight * scale.to(conv.weight.dtype).reshape(-1, 1, 1, 1)
     bias = shift if conv.bias is None else conv.bias * scale + shift
-    return F.conv2d(x, weight, bias.to(weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+    # the conv's own forward with these parameters (F.conv2d; Winograd for a WinogradConv2d)
+    return conv._conv_forward(x, weight, bias.to(weight.dtype))
+
+
+def _is_plain_conv(conv: nn.Module) -> bool:
+    """An ``nn.Conv2d`` or the :class:`~.winograd.WinogradConv2d` it was converted to (not a
+    subclass with another forward, e.g. a deformable conv)."""
+    return type(conv) in (nn.Conv2d, WinogradConv2d)
 
 
 def convert_sync_batchnorm(module: nn.Module, enabled: bool, world_size: int, device: Union[str, torch.device],
@@ -175,13 +183,13 @@ def convert_sync_batchnorm(module: nn.Module, enabled: bool, world_size: int, de
 
 
 def _fold_into_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
-    """A new ``nn.Conv2d`` computing ``bn(conv(x))``: weight ``W * s`` (per output channel), bias
+    """A new conv of ``conv``'s class (``nn.Conv2d`` or ``WinogradConv2d``) computing ``bn(conv(x))``: weight ``W * s`` (per output channel), bias
     ``b * s + t`` with ``s = weight / sqrt(running_var + eps)``, ``t = bias - running_mean * s``.
     Folded in float64 and cast back to the conv's dtype, on the conv's device and memory format."""
     w = conv.weight.detach()
     scale, shift = bn.scale_and_shift(torch.float64)
     bias = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+    fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
                       padding_mode=conv.padding_mode, device="meta")
     # elementwise ops and .to(dtype) keep w's memory format (channels-last stays channels-last)
@@ -212,7 +220,7 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
         if isinstance(parent, nn.Sequential):
             children = list(parent._modules.items())
             for (name_c, conv), (name_b, bn) in zip(children, children[1:]):
-                if type(conv) is nn.Conv2d and isinstance(bn, FrozenBatchNorm2d):
+                if _is_plain_conv(conv) and isinstance(bn, FrozenBatchNorm2d):
                     parent._modules[name_c] = _fold_into_conv(conv, bn)
                     parent._modules[name_b] = nn.Identity()
                     folded += 1
@@ -222,7 +230,7 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
                 continue
             name_c = "conv" + name_b[2:]
             conv = getattr(parent, name_c, None)
-            if type(conv) is nn.Conv2d and conv.out_channels == bn.num_features:
+            if _is_plain_conv(conv) and conv.out_channels == bn.num_features:
                 setattr(parent, name_c, _fold_into_conv(conv, bn))
                 setattr(parent, name_b, nn.Identity())
                 folded += 1

@@ -59,6 +59,14 @@ def test_unfused_step_runs_and_restores_the_fused_conv_norm():
     assert resnet.conv_norm is original
 
 
-def test_bench_conv_reports_positive_throughput():
-    fwd, fwd_rate, fwd_bwd, fwd_bwd_rate = bench_conv.bench(8, 8, 8, channels_last=True, bf16=False, iters=1)
+@pytest.mark.parametrize("winograd", [False, True])
+def test_bench_conv_reports_positive_throughput(winograd, monkeypatch):
+    from maskrcnn_benchmark.layers import winograd as wino
+
+    calls = []
+    real = wino.winograd_conv2d
+    monkeypatch.setattr(wino, "winograd_conv2d", lambda *a: calls.append(1) or real(*a))
+    fwd, fwd_rate, fwd_bwd, fwd_bwd_rate = bench_conv.bench(8, 8, 8, channels_last=True, bf16=False, iters=1,
+                                                            winograd=winograd)
     assert fwd > 0 and fwd_bwd > 0 and fwd_rate > 0 and fwd_bwd_rate > 0
+    assert bool(calls) == winograd

@@ -90,11 +90,17 @@ def check_device(device: str) -> torch.device:
 
 def build_detection_model(cfg) -> GeneralizedRCNN:
     """The model of ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` (train mode); with
-    ``MODEL.COMPILE`` its backbone and head are compiled (:func:`compile_model`)."""
+    ``MODEL.WINOGRAD`` its 3x3 / stride-1 convs run as Winograd F(4x4, 3x3) on the CPU
+    (:func:`~maskrcnn_benchmark.layers.convert_to_winograd`), with ``MODEL.COMPILE`` its backbone
+    and head are compiled (:func:`compile_model`)."""
     check_supported(cfg)
     device = check_device(cfg.MODEL.DEVICE)
     model = META_ARCHITECTURES[cfg.MODEL.META_ARCHITECTURE](cfg)
     model = model.to(device)
+    if cfg.MODEL.WINOGRAD:
+        from maskrcnn_benchmark.layers import convert_to_winograd
+
+        convert_to_winograd(model)
     if cfg.MODEL.COMPILE:
         compile_model(model)
     return model
