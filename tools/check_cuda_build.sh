@@ -86,7 +86,13 @@ for name in _ops.OP_NAMES:
           f"  AutocastCPU: {'compiled' if autocast_cpu else 'MISSING':8s}  CPU: {'compiled' if cpu else 'MISSING'}")
     if not (cuda and autocast and autocast_cpu and cpu):
         missing.append(name)
+for name in _ops.CPU_ONLY_OP_NAMES:  # CPU-only helper ops (the Winograd transforms)
+    cpu = _ops.has_compiled_kernel(name, "CPU")
+    print(f"{name:30s} CPU only: {'compiled' if cpu else 'MISSING'}")
+    if not cpu:
+        missing.append(name)
 if missing:
     sys.exit(f"missing compiled kernels for: {', '.join(missing)}")
-print(f"all {len(_ops.OP_NAMES)} operators have compiled CUDA, Autocast, AutocastCPU and CPU kernels")
+print(f"all {len(_ops.OP_NAMES)} operators have compiled CUDA, Autocast, AutocastCPU and CPU kernels; "
+      f"the {len(_ops.CPU_ONLY_OP_NAMES)} CPU-only ones a CPU kernel")
 PYEOF

@@ -6,10 +6,10 @@ A 3x3 convolution's output, in tiles of 4 x 4, is ``Y = AT [(G w G^T) * (BT d BT
 input tile d (6 x 6, overlapping by 2) and filter w (Lavin & Gray, "Fast Algorithms for
 Convolutional Neural Networks", CVPR 2016): the sum over input channels becomes 36 independent
 matrix products ``M[i] = V[i] @ U[i]`` ([T, C] @ [C, K], T tiles) that run as one batched GEMM
-(``torch.bmm``) at the machine's GEMM speed, with 36 / (16 * 9) = 1/4 of a direct convolution's
-multiplications per output... plus the transforms, which are memory-bound passes over the input
-(2.25x its size) and the output (csrc/cpu/winograd_kernel.cpp). The weight transform is one small
-GEMM ``[36, 9] @ [9, C * K]``.
+(``torch.bmm``) at the machine's GEMM speed: 36 multiplications per 16 outputs and channel pair
+instead of 16 * 9, a quarter. On top come the transforms, memory-bound passes over the input
+(written 2.25x its size) and the output (csrc/cpu/winograd_kernel.cpp), and the weight transform,
+one small GEMM ``[36, 9] @ [9, C * K]``.
 
 The backward is exact for this factorisation (not a re-derivation by autograd of every op):
 ``grad_x`` is the same Winograd convolution of ``grad_y`` with the flipped, transposed filter;
@@ -25,7 +25,8 @@ default, so it is a key (default False) and BENCHMARKS.md section 9 records what
 
 Scope: :func:`winograd_applicable` -- a CPU float32 tensor outside autocast, tracing, scripting
 and ``torch.compile``, with at least :data:`MIN_TILES` output tiles (smaller maps, e.g. P6 / P7,
-pay more for the weight transform than they save). Elsewhere :class:`WinogradConv2d` is an
+pay more for the weight transform than they save) and :data:`MIN_CHANNELS` channels in and out
+(64-channel convs and the box / centerness predictors stay direct). Elsewhere :class:`WinogradConv2d` is an
 ordinary ``nn.Conv2d`` (on a GPU cuDNN chooses its own algorithm).
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch import nn
 
 from ._ops import load_ops
 
-__all__ = ["MIN_TILES", "WinogradConv2d", "convert_to_winograd", "winograd_applicable", "winograd_conv2d",
+__all__ = ["MIN_CHANNELS", "MIN_TILES", "WinogradConv2d", "convert_to_winograd", "winograd_applicable", "winograd_conv2d",
            "winograd_eligible"]
 
 TILE = 4  # output tile m; input tile a = m + 2 = 6
@@ -59,10 +60,13 @@ _AT = ((1, 1, 1, 1, 1, 0),
        (0, 1, -1, 2, -2, 0),
        (0, 1, 1, 4, 4, 0),
        (0, 1, -1, 8, -8, 1))
-# Fewest output tiles (N * ceil(H / 4) * ceil(W / 4)) for the Winograd path: below, the direct
-# convolution is faster (BENCHMARKS.md section 9: 16 x 24 maps, 24 tiles, are slower; 32 x 48, 96
-# tiles, faster).
-MIN_TILES = 64
+# Where the Winograd path is used (BENCHMARKS.md section 9 has the per-shape timings): at least
+# MIN_TILES output tiles (N * ceil(H / 4) * ceil(W / 4); 256 channels: 24 tiles slower, 48 faster
+# channels-last and even in NCHW) and at least MIN_CHANNELS input and output channels (the
+# transforms cost per channel what the GEMM saves per channel pair: 64 -> 64 breaks even, 256 -> 36
+# too, 256 -> 4 (a box predictor) is 2.6x slower, 96 -> 96 and 256 -> 80 are 1.45-1.5x faster).
+MIN_TILES = 48
+MIN_CHANNELS = 80
 
 
 def transform_matrices(dtype: torch.dtype = torch.float32):
@@ -142,7 +146,7 @@ def winograd_eligible(conv: nn.Module) -> bool:
 def winograd_applicable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`winograd_conv2d` runs (and is faster) for this input: CPU float32 ``x`` and
     ``weight`` [K, C, 3, 3], outside autocast / tracing / scripting / ``torch.compile``, with at
-    least :data:`MIN_TILES` output tiles of 4 x 4."""
+    least :data:`MIN_TILES` output tiles of 4 x 4 and ``min(C, K) >=`` :data:`MIN_CHANNELS`."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or x.shape[1] != weight.shape[1]:
@@ -152,7 +156,8 @@ def winograd_applicable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():
         return False
     n, _, h, w = x.shape
-    return n * -(-h // TILE) * -(-w // TILE) >= MIN_TILES
+    return (min(weight.shape[0], weight.shape[1]) >= MIN_CHANNELS
+            and n * -(-h // TILE) * -(-w // TILE) >= MIN_TILES)
 
 
 def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -145,22 +145,25 @@ def test_convert_only_eligible_convs_and_dispatch(monkeypatch):
     unchanged); WinogradConv2d uses Winograd on CPU float32 maps of >= MIN_TILES tiles outside
     autocast, and F.conv2d (bit-equal to nn.Conv2d) elsewhere."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1),
-                        nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=2, dilation=2),
-                        nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.Conv2d(8, 6, 3, padding=1, bias=False))
+    c = winograd.MIN_CHANNELS
+    net = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, stride=2, padding=1),
+                        nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=2, dilation=2),
+                        nn.Conv2d(c, c, 3, padding=1, groups=2), nn.Conv2d(c, c, 3, padding=1, bias=False),
+                        nn.Conv2d(c, c - 1, 3, padding=1))
     ref = copy.deepcopy(net)
     state = copy.deepcopy(net.state_dict())
-    assert convert_to_winograd(net) == 2
-    assert [type(m) is WinogradConv2d for m in net] == [True, False, False, False, False, True]
+    assert convert_to_winograd(net) == 3
+    assert [type(m) is WinogradConv2d for m in net] == [True, False, False, False, False, True, True]
     assert net.state_dict().keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
     assert convert_to_winograd(net) == 0
     calls = _count_winograd_calls(monkeypatch)
-    big = torch.randn(1, 4, 40, 64)      # 10 x 16 tiles = 160 >= MIN_TILES
+    big = torch.randn(1, c, 40, 64)      # 10 x 16 tiles = 160 >= MIN_TILES
     with torch.no_grad():
         out, expected = net(big), ref(big)
-    # the last conv sees the stride-2 map, 20 x 32 = 5 x 8 tiles: direct
+    # the later 3x3s see the stride-2 map, 20 x 32 = 5 x 8 tiles; the last has c - 1 < MIN_CHANNELS
+    # outputs: direct
     assert calls == [big.shape] and _rel(out, expected) < TOL
-    small = torch.randn(1, 4, 12, 16)    # 3 x 4 tiles
+    small = torch.randn(1, c, 12, 16)    # 3 x 4 tiles
     with torch.no_grad():
         assert torch.equal(net(small), ref(small))
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -169,19 +172,21 @@ def test_convert_only_eligible_convs_and_dispatch(monkeypatch):
     assert len(calls) == 1
 
 
-def test_conv_norm_and_fold_keep_winograd():
+def test_conv_norm_and_fold_keep_winograd(monkeypatch):
     """A WinogradConv2d followed by a FrozenBatchNorm2d: conv_norm's fused training path and the
     inference fold both run Winograd and equal the float64 two-step formula."""
     g = torch.Generator().manual_seed(3)
-    conv = nn.Conv2d(6, 10, 3, padding=1, bias=False)
-    bn = FrozenBatchNorm2d(10)
-    bn.weight.copy_(torch.rand(10, generator=g) + 0.5)
-    bn.bias.copy_(torch.randn(10, generator=g))
-    bn.running_mean.copy_(torch.randn(10, generator=g))
-    bn.running_var.copy_(torch.rand(10, generator=g) + 0.1)
+    c, k = winograd.MIN_CHANNELS, winograd.MIN_CHANNELS + 8
+    conv = nn.Conv2d(c, k, 3, padding=1, bias=False)
+    bn = FrozenBatchNorm2d(k)
+    bn.weight.copy_(torch.rand(k, generator=g) + 0.5)
+    bn.bias.copy_(torch.randn(k, generator=g))
+    bn.running_mean.copy_(torch.randn(k, generator=g))
+    bn.running_var.copy_(torch.rand(k, generator=g) + 0.1)
     block = nn.Sequential(conv, bn)
     assert convert_to_winograd(block) == 1
-    x = torch.randn(2, 6, 36, 40, generator=g, requires_grad=True)
+    x = torch.randn(2, c, 36, 40, generator=g, requires_grad=True)
+    calls = _count_winograd_calls(monkeypatch)
     scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
     shift = bn.bias.double() - bn.running_mean.double() * scale
     ref = F.conv2d(x.double(), conv.weight.double(), padding=1) * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)
@@ -192,6 +197,7 @@ def test_conv_norm_and_fold_keep_winograd():
     assert fold_frozen_batchnorm(block) == 1 and type(block[0]) is WinogradConv2d
     with torch.no_grad():
         assert _rel(block(x), ref) < TOL
+    assert len(calls) == 2
 
 
 def _detector_cfg(head, winograd_on):
@@ -205,9 +211,10 @@ def _detector_cfg(head, winograd_on):
     return cfg
 
 
-# 3x3 convs run at stride 8 (P3): res3's three stride-1 3x3s, the FPN output conv, 2 towers x
-# NUM_CONVS (the small config's ATSS: 2, FCOS's default: 4) and the three predictors
-@pytest.mark.parametrize("head, p3_convs", [("DYNAMIC_ATSS", 3 + 1 + 2 * 2 + 3), ("FCOS", 3 + 1 + 2 * 4 + 3)])
+# 128-channel 3x3 convs at stride 8 (P3): res3's three stride-1 3x3s, the FPN output conv and 2
+# towers x NUM_CONVS (the small config's ATSS: 2, FCOS's default: 4); the predictors (4 classes, 4
+# box values, 1) have under MIN_CHANNELS outputs
+@pytest.mark.parametrize("head, p3_convs", [("DYNAMIC_ATSS", 3 + 1 + 2 * 2), ("FCOS", 3 + 1 + 2 * 4)])
 def test_detector_with_winograd_matches_default(head, p3_convs, monkeypatch):
     """MODEL.WINOGRAD: the same weights give the same losses and gradients (float tolerance) and the
     same detections as the direct convolutions."""
@@ -267,3 +274,28 @@ def test_detector_with_winograd_matches_default(head, p3_convs, monkeypatch):
         same = (b.get_field("labels")[:, None] == a.get_field("labels")[None]) & (iou > 0.999)
         close = (b.get_field("scores")[:, None] - a.get_field("scores")[None]).abs() < 1e-4
         assert (same & close).any(1).float().mean() >= 0.99
+
+
+def test_runs_under_inference_mode():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 16, 12, 20, generator=g)
+    w = torch.randn(8, 16, 3, 3, generator=g)
+    with torch.inference_mode():
+        y = winograd_conv2d(x, w)
+    assert _rel(y, F.conv2d(x.double(), w.double(), padding=1)) < TOL
+
+
+def test_opcheck_fake_kernels():
+    """Schemas and fake kernels of the three transforms (torch.library.opcheck; they have no autograd
+    formula of their own: winograd_conv2d's autograd.Function differentiates through them)."""
+    BT, _, AT = winograd.transform_matrices()
+    x = torch.randn(2, 5, 9, 7)
+    tests = ("test_schema", "test_faketensor")
+    torch.library.opcheck(OPS.winograd_input_transform.default, (x, BT), test_utils=tests)
+    torch.library.opcheck(OPS.winograd_input_transform.default,
+                          (x.to(memory_format=torch.channels_last), BT), test_utils=tests)
+    M = torch.randn(36, 2 * 3 * 2, 4)
+    torch.library.opcheck(OPS.winograd_output_transform.default, (M, AT, torch.randn(4), 2, 9, 7), test_utils=tests)
+    torch.library.opcheck(OPS.winograd_output_transform.default, (M, AT, None, 2, 9, 7), test_utils=tests)
+    torch.library.opcheck(OPS.winograd_output_transform_backward.default, (torch.randn(2, 4, 9, 7), AT),
+                          test_utils=tests)
