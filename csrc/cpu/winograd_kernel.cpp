@@ -64,6 +64,27 @@ void left_multiply(const float* mat, int rows_out, int inner, int cols, int64_t 
   }
 }
 
+// out_base[(i * cols + l) * out_stride + :C] = sum_x rows[i][x][:] * coef(l, x) for i < rows_n,
+// l < cols, x < inner, with rows [rows_n][inner][C] and coef(l, x) = mat[l * l_stride + x * x_stride]
+// (the right factor of a tile transform, written to one [C] row of the transformed tensor per
+// (i, l)). Zero coefficients are skipped.
+void right_multiply(const float* rows, int64_t rows_n, int64_t inner, const float* mat, int64_t cols,
+                    int64_t l_stride, int64_t x_stride, int64_t C, float* out_base, int64_t out_stride) {
+  for (int64_t i = 0; i < rows_n; ++i) {
+    for (int64_t l = 0; l < cols; ++l) {
+      float* out = out_base + (i * cols + l) * out_stride;
+      bool written = false;
+      for (int64_t x = 0; x < inner; ++x) {
+        const float coef = mat[l * l_stride + x * x_stride];
+        if (coef == 0.f) continue;
+        axpy(C, coef, rows + (i * inner + x) * C, out, written);
+        written = true;
+      }
+      if (!written) std::fill(out, out + C, 0.f);
+    }
+  }
+}
+
 void check_matrix(const at::Tensor& mat, int64_t rows, int64_t cols, const char* name) {
   TORCH_CHECK(mat.dim() == 2 && mat.size(0) == rows && mat.size(1) == cols,
               "winograd: ", name, " must have shape [", rows, ", ", cols, "], got ", mat.sizes());
@@ -111,19 +132,7 @@ at::Tensor winograd_input_transform_cpu(const at::Tensor& input, const at::Tenso
       // rows[i][x] = sum_j BT[i][j] d[j][x]
       left_multiply(btp, a, a, a, C, src, rows.data());
       // V[i * a + l] = sum_x rows[i][x] BT[l][x]
-      for (int64_t i = 0; i < a; ++i) {
-        for (int64_t l = 0; l < a; ++l) {
-          float* out = vp + ((i * a + l) * T + t) * C;
-          bool written = false;
-          for (int64_t xx = 0; xx < a; ++xx) {
-            const float coef = btp[l * a + xx];
-            if (coef == 0.f) continue;
-            axpy(C, coef, rows.data() + (i * a + xx) * C, out, written);
-            written = true;
-          }
-          if (!written) std::fill(out, out + C, 0.f);
-        }
-      }
+      right_multiply(rows.data(), a, a, btp, a, a, 1, C, vp + t * C, T * C);
     }
   });
   return V;
@@ -229,19 +238,7 @@ at::Tensor winograd_output_transform_backward_cpu(const at::Tensor& grad, const 
       // rows[j][q] = sum_i AT[i][j] g[i][q]
       left_multiply(att.data(), a, m, m, K, src, rows.data());
       // gM[j * a + l] = sum_q rows[j][q] AT[q][l]
-      for (int64_t j = 0; j < a; ++j) {
-        for (int64_t l = 0; l < a; ++l) {
-          float* out = op + ((j * a + l) * T + t) * K;
-          bool written = false;
-          for (int64_t q = 0; q < m; ++q) {
-            const float coef = ap[q * a + l];
-            if (coef == 0.f) continue;
-            axpy(K, coef, rows.data() + (j * m + q) * K, out, written);
-            written = true;
-          }
-          if (!written) std::fill(out, out + K, 0.f);
-        }
-      }
+      right_multiply(rows.data(), a, m, ap, a, 1, a, K, op + t * K, T * K);
     }
   });
   return gM;
