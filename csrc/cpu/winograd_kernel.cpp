@@ -100,6 +100,11 @@ void check_float_cpu(const at::Tensor& t, const char* name) {
 // Tiles per image for an H x W output and tile output size m.
 inline int64_t tiles_along(int64_t size, int64_t m) { return (size + m - 1) / m; }
 
+// Tiles per parallel_for chunk: about 16384 transformed values (a * a * channels per tile).
+inline int64_t tile_grain(int64_t a, int64_t channels) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, a * a * channels));
+}
+
 at::Tensor winograd_input_transform_cpu(const at::Tensor& input, const at::Tensor& BT) {
   check_float_cpu(input, "input");
   TORCH_CHECK(input.dim() == 4, "winograd_input_transform: input must be [N, C, H, W], got ", input.sizes());
@@ -116,7 +121,7 @@ at::Tensor winograd_input_transform_cpu(const at::Tensor& input, const at::Tenso
   const float* xp = x.data_ptr<float>();
   const float* btp = bt.data_ptr<float>();
   float* vp = V.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, a * a * C));
+  const int64_t grain = tile_grain(a, C);
   at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> rows(static_cast<size_t>(a * a * C));
     std::vector<const float*> src(static_cast<size_t>(a * a));
@@ -168,7 +173,7 @@ at::Tensor winograd_output_transform_cpu(const at::Tensor& M, const at::Tensor& 
   const float* mp = mc.data_ptr<float>();
   const float* ap = at_.data_ptr<float>();
   float* yp = Y.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, a * a * K));
+  const int64_t grain = tile_grain(a, K);
   at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> rows(static_cast<size_t>(m * a * K));
     std::vector<const float*> src(static_cast<size_t>(a * a));
@@ -222,7 +227,7 @@ at::Tensor winograd_output_transform_backward_cpu(const at::Tensor& grad, const 
     for (int64_t j = 0; j < a; ++j) att[j * m + i] = ap[i * a + j];
   const float* gp = g.data_ptr<float>();
   float* op = gM.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, a * a * K));
+  const int64_t grain = tile_grain(a, K);
   at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> rows(static_cast<size_t>(a * m * K));
     std::vector<const float*> src(static_cast<size_t>(m * m));

@@ -62,7 +62,9 @@ _C.MODEL.CHANNELS_LAST = False
 # F(4x4, 3x3) on the CPU in float32 (layers/winograd.py): a quarter of the multiplications, in
 # training and inference. Outputs and gradients agree with the direct convolution to ~1e-5 of
 # their magnitude (the direct one: ~3e-7), not bit for bit. No effect on a GPU, under autocast or
-# torch.compile, or on maps under 64 tiles of 4 x 4. See BENCHMARKS.md for the measured gain.
+# torch.compile, on maps under 48 tiles of 4 x 4 or on convs with under 80 input or output
+# channels (there the direct conv is faster). Pays off with MODEL.CHANNELS_LAST True; see
+# BENCHMARKS.md for the measured gain.
 _C.MODEL.WINOGRAD = False
 # torch.compile the backbone and the dense head's conv module (nn.Module.compile: checkpoint names
 # unchanged). The first forward of every new input shape compiles (minutes for an R-50 on a small

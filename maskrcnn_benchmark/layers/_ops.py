@@ -26,8 +26,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["BUILD_COMMAND", "CPU_ONLY_OP_NAMES", "FALLBACK_DEVICE_TYPES", "OP_NAMES", "has_compiled_kernel", "load_ops",
-           "registered_fallbacks"]
+__all__ = ["BUILD_COMMAND", "CPU_ONLY_OP_NAMES", "FALLBACK_DEVICE_TYPES", "OP_NAMES", "has_compiled_kernel",
+           "load_ops", "registered_fallbacks"]
 
 logger = logging.getLogger(__name__)
 

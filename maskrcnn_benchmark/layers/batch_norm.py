@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .winograd import WinogradConv2d
+from .winograd import is_plain_conv2d
 
 # Device types on which torch's SyncBatchNorm can synchronise statistics (torch 2.13: not the CPU).
 SYNC_BN_DEVICE_TYPES = ("cuda", "xpu", "hpu")
@@ -123,7 +123,7 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
 
     Shape: x [N, C_in, H, W] -> [N, C_out, H', W'].
     """
-    if not _is_plain_conv(conv) or not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros":
+    if not is_plain_conv2d(conv) or not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros":
         return norm(conv(x))
     if conv.weight.numel() > _conv_output_numel(conv, x):
         # deep, low-resolution layers (an R-50's res5 on small inputs): scaling the output is cheaper
@@ -133,12 +133,6 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     bias = shift if conv.bias is None else conv.bias * scale + shift
     # the conv's own forward with these parameters (F.conv2d; Winograd for a WinogradConv2d)
     return conv._conv_forward(x, weight, bias.to(weight.dtype))
-
-
-def _is_plain_conv(conv: nn.Module) -> bool:
-    """An ``nn.Conv2d`` or the :class:`~.winograd.WinogradConv2d` it was converted to (not a
-    subclass with another forward, e.g. a deformable conv)."""
-    return type(conv) in (nn.Conv2d, WinogradConv2d)
 
 
 def convert_sync_batchnorm(module: nn.Module, enabled: bool, world_size: int, device: Union[str, torch.device],
@@ -183,8 +177,8 @@ def convert_sync_batchnorm(module: nn.Module, enabled: bool, world_size: int, de
 
 
 def _fold_into_conv(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
-    """A new conv of ``conv``'s class (``nn.Conv2d`` or ``WinogradConv2d``) computing ``bn(conv(x))``: weight ``W * s`` (per output channel), bias
-    ``b * s + t`` with ``s = weight / sqrt(running_var + eps)``, ``t = bias - running_mean * s``.
+    """A new conv of ``conv``'s class (``nn.Conv2d`` or ``WinogradConv2d``) computing
+    ``bn(conv(x))``: weight ``W * s`` (per output channel), bias ``b * s + t`` with ``s = weight / sqrt(running_var + eps)``, ``t = bias - running_mean * s``.
     Folded in float64 and cast back to the conv's dtype, on the conv's device and memory format."""
     w = conv.weight.detach()
     scale, shift = bn.scale_and_shift(torch.float64)
@@ -220,7 +214,7 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
         if isinstance(parent, nn.Sequential):
             children = list(parent._modules.items())
             for (name_c, conv), (name_b, bn) in zip(children, children[1:]):
-                if _is_plain_conv(conv) and isinstance(bn, FrozenBatchNorm2d):
+                if is_plain_conv2d(conv) and isinstance(bn, FrozenBatchNorm2d):
                     parent._modules[name_c] = _fold_into_conv(conv, bn)
                     parent._modules[name_b] = nn.Identity()
                     folded += 1
@@ -230,7 +224,7 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
                 continue
             name_c = "conv" + name_b[2:]
             conv = getattr(parent, name_c, None)
-            if _is_plain_conv(conv) and conv.out_channels == bn.num_features:
+            if is_plain_conv2d(conv) and conv.out_channels == bn.num_features:
                 setattr(parent, name_c, _fold_into_conv(conv, bn))
                 setattr(parent, name_b, nn.Identity())
                 folded += 1

@@ -26,8 +26,8 @@ default, so it is a key (default False) and BENCHMARKS.md section 9 records what
 Scope: :func:`winograd_applicable` -- a CPU float32 tensor outside autocast, tracing, scripting
 and ``torch.compile``, with at least :data:`MIN_TILES` output tiles (smaller maps, e.g. P6 / P7,
 pay more for the weight transform than they save) and :data:`MIN_CHANNELS` channels in and out
-(64-channel convs and the box / centerness predictors stay direct). Elsewhere :class:`WinogradConv2d` is an
-ordinary ``nn.Conv2d`` (on a GPU cuDNN chooses its own algorithm).
+(64-channel convs and the box / centerness predictors stay direct). Elsewhere
+:class:`WinogradConv2d` is an ordinary ``nn.Conv2d`` (on a GPU cuDNN chooses its own algorithm).
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ from torch import nn
 
 from ._ops import load_ops
 
-__all__ = ["MIN_CHANNELS", "MIN_TILES", "WinogradConv2d", "convert_to_winograd", "winograd_applicable", "winograd_conv2d",
-           "winograd_eligible"]
+__all__ = ["MIN_CHANNELS", "MIN_TILES", "WinogradConv2d", "convert_to_winograd", "is_plain_conv2d",
+           "winograd_applicable", "winograd_conv2d", "winograd_eligible"]
 
 TILE = 4  # output tile m; input tile a = m + 2 = 6
 # F(4x4, 3x3) with the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray, 2016)
@@ -74,7 +74,7 @@ def transform_matrices(dtype: torch.dtype = torch.float32):
     return (torch.tensor(_BT, dtype=dtype), torch.tensor(_G, dtype=dtype), torch.tensor(_AT, dtype=dtype))
 
 
-_BT32, _G32, _AT32 = transform_matrices()
+_BT32, _, _AT32 = transform_matrices()
 _KG = torch.kron(torch.tensor(_G, dtype=torch.float64), torch.tensor(_G, dtype=torch.float64)).float()  # [36, 9]
 
 
@@ -88,13 +88,14 @@ def _transform_taps(taps: torch.Tensor) -> torch.Tensor:
     return (_KG @ taps.reshape(9, -1)).view(36, taps.shape[1], taps.shape[2])
 
 
-def _conv(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """x [N, C, H, W], U [36, C, K] -> y [N, K, H, W] in x's memory format."""
+def _conv(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor],
+          memory_format: torch.memory_format) -> torch.Tensor:
+    """x [N, C, H, W], U [36, C, K] -> y [N, K, H, W] in ``memory_format``."""
     ops = load_ops()
     n, _, h, w = x.shape
     V = ops.winograd_input_transform(x, _BT32)
     y = ops.winograd_output_transform(torch.bmm(V, U), _AT32, bias, n, h, w)  # channels-last
-    return y.contiguous(memory_format=_memory_format(x))
+    return y.contiguous(memory_format=memory_format)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
@@ -106,7 +107,7 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 class _WinogradConv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
-        y = _conv(x, _transform_taps(_weight_taps(weight)), bias)
+        y = _conv(x, _transform_taps(_weight_taps(weight)), bias, _memory_format(x))
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return y
@@ -117,11 +118,10 @@ class _WinogradConv3x3(torch.autograd.Function):
         ops = load_ops()
         g = grad_y.contiguous(memory_format=torch.channels_last)  # what the transforms read
         grad_x = grad_w = grad_b = None
-        taps = _weight_taps(weight)
         if ctx.needs_input_grad[0]:
             # dL/dx = conv(grad_y, w flipped in space, in / out channels swapped), padding 1
-            flipped = _transform_taps(taps.flip(0)).transpose(1, 2)  # [36, K, C]
-            grad_x = _conv(g, flipped, None).contiguous(memory_format=_memory_format(x))
+            flipped = _transform_taps(_weight_taps(weight).flip(0)).transpose(1, 2)  # [36, K, C]
+            grad_x = _conv(g, flipped, None, _memory_format(x))
         if ctx.needs_input_grad[1]:
             V = ops.winograd_input_transform(x, _BT32)                         # [36, T, C]
             grad_M = ops.winograd_output_transform_backward(g, _AT32)         # [36, T, K]
@@ -134,11 +134,21 @@ class _WinogradConv3x3(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def is_plain_conv2d(conv: nn.Module) -> bool:
+    """An ``nn.Conv2d`` or the :class:`WinogradConv2d` it was converted to (not a subclass with
+    another forward, e.g. a deformable conv)."""
+    return type(conv) in (nn.Conv2d, WinogradConv2d)
+
+
+def _is_3x3_filter(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """x [N, C, H, W] and weight [K, C, 3, 3] with the same C."""
+    return x.dim() == 4 and weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and x.shape[1] == weight.shape[1]
+
+
 def winograd_eligible(conv: nn.Module) -> bool:
     """Whether ``conv`` is a plain 3x3 / stride 1 / padding 1 / dilation 1 / ungrouped
     ``nn.Conv2d`` with zero padding (what :func:`convert_to_winograd` converts)."""
-    return (isinstance(conv, nn.Conv2d) and type(conv) in (nn.Conv2d, WinogradConv2d)
-            and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+    return (is_plain_conv2d(conv) and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
             and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros")
 
@@ -149,7 +159,7 @@ def winograd_applicable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     least :data:`MIN_TILES` output tiles of 4 x 4 and ``min(C, K) >=`` :data:`MIN_CHANNELS`."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or x.shape[1] != weight.shape[1]:
+    if not _is_3x3_filter(x, weight):
         return False
     if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
         return False
@@ -167,7 +177,7 @@ def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     [K, C, 3, 3], bias [K] or None -> [N, K, H, W]. Differentiable in all three. float32 CPU
     tensors only (:func:`winograd_applicable` tells where it is used).
     """
-    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or x.shape[1] != weight.shape[1]:
+    if not _is_3x3_filter(x, weight):
         raise ValueError(f"winograd_conv2d: needs x [N, C, H, W] and weight [K, C, 3, 3] with the same C, got "
                          f"x {list(x.shape)} and weight {list(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
