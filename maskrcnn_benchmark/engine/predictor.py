@@ -70,19 +70,16 @@ def read_image(image: ImageInput) -> np.ndarray:
     """An image path or array -> ``np.ndarray[H, W, 3]`` uint8 BGR (a grayscale HxW array is expanded).
 
     Raises:
-        FileNotFoundError: a path that does not exist; ValueError: an undecodable file or an array of the
-        wrong shape / dtype.
+        FileNotFoundError: a path that does not exist; CorruptImageError (an OSError): an undecodable
+        or truncated file (named); ValueError: an array of the wrong shape / dtype.
     """
     if isinstance(image, (str, os.PathLike)):
-        import cv2
+        from maskrcnn_benchmark.data.datasets.base import decode_image_file
 
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file not found: {path}")
-        array = cv2.imread(path, cv2.IMREAD_COLOR)
-        if array is None:
-            raise ValueError(f"OpenCV cannot decode image file {path}")
-        return array
+        return decode_image_file(path)  # refuses truncated JPEG / PNG files, as the training loader does
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a BGR numpy image or a path, got {type(image).__name__}")
     if image.ndim == 2:
