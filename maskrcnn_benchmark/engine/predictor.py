@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.utils.checkpoint import checkpoint_metadata  # noqa: F401  (re-exported)
 
 __all__ = ["Detections", "Predictor", "read_image", "dataset_class_names", "checkpoint_metadata"]
 
@@ -93,22 +94,6 @@ def read_image(image: ImageInput) -> np.ndarray:
     return image
 
 
-def checkpoint_metadata(path: str) -> Dict[str, Any]:
-    """The non-tensor entries of one of this project's ``.pth`` checkpoints (``{}`` for other formats).
-
-    Memory-maps the file, so the weights are not read twice."""
-    if not path or not path.endswith(".pth") or not os.path.isfile(path):
-        return {}
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # a legacy (non-zip) file: its weights still load through the Checkpointer
-        logger.debug("cannot memory-map %s for metadata: %s", path, e)
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if k not in ("model", "optimizer", "scheduler", "scaler", "ema", "rng_states")}
-
-
 def _json_class_names(ann_file: str) -> Optional[List[str]]:
     with open(ann_file, encoding="utf-8") as f:
         categories = json.load(f).get("categories", [])
@@ -163,7 +148,7 @@ class Predictor:
         from maskrcnn_benchmark.modeling.dense_heads.registry import fill_num_classes_from_data, resolve_num_classes
         from maskrcnn_benchmark.modeling.dense_heads import get_num_classes
         from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
-        from maskrcnn_benchmark.utils.checkpoint import Checkpointer, resolve_weight_path
+        from maskrcnn_benchmark.utils.checkpoint import Checkpointer, model_identity, resolve_weight_path
         from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
         if cfg is None:
@@ -204,7 +189,7 @@ class Predictor:
         self.model = build_detection_model(cfg)
         if weights:
             Checkpointer(self.model, save_to_disk=False, logger=logger).load_weights(
-                weights, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
+                weights, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN), identity=model_identity(cfg), for_inference=True)
         else:
             logger.warning("Predictor: no weights given (and MODEL.WEIGHT is empty): the model is untrained")
         prepare_for_inference(self.model.to(self.device), cfg, logger)

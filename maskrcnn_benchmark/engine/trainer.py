@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.modeling.dense_heads.registry import resolve_num_classes
-from maskrcnn_benchmark.utils.checkpoint import Checkpointer, select_rng_state
+from maskrcnn_benchmark.utils.checkpoint import Checkpointer, model_identity, select_rng_state
 from maskrcnn_benchmark.utils.amp import resolve_amp  # noqa: F401  (re-exported: the trainer's API)
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size, is_main_process
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config
@@ -169,7 +169,8 @@ def _train(cfg, local_rank: int, distributed: bool, skip_test: bool) -> nn.Modul
         extra = {}
         # fine-tuning: the class-dependent predictors of a checkpoint with another class count are skipped
         checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
-                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH, allow_class_change=True)
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH, allow_class_change=True,
+                                  identity=model_identity(cfg))
         checkpointer.ema = ModelEMA(model, ema_decay) if ema_decay > 0 else None  # starts from the loaded weights
     ema = checkpointer.ema
     if cfg.SOLVER.MAX_ITER <= start_iter:
