@@ -17,8 +17,8 @@ from maskrcnn_benchmark.utils.amp import resolve_amp  # noqa: F401  (re-exported
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size, is_main_process
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config
 
-from .hooks import (EMAHook, HookBase, LoggingHook, MetricsHook, NonFiniteLossCheck, PeriodicCheckpoint,
-                    PeriodicEvaluation, TrainState, run_training)
+from .hooks import (EMAHook, HeartbeatHook, HookBase, LoggingHook, MetricsHook, NonFiniteLossCheck,
+                    PeriodicCheckpoint, PeriodicEvaluation, TrainState, run_training)
 
 
 # ---- mixed precision ----------------------------------------------------------------------
@@ -69,7 +69,7 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
              clip_grad_norm: float = 0.0, test_fn: Optional[Callable[[int], Any]] = None, test_period: int = 0,
              test_final: bool = False, ema=None, metrics_dir: str = "", tensorboard: bool = True,
              rng_state: Optional[Dict[str, Any]] = None, logger: Optional[logging.Logger] = None,
-             hooks: Sequence[HookBase] = ()) -> None:
+             hooks: Sequence[HookBase] = (), heartbeat=None) -> None:
     """Run SGD from ``arguments["iteration"]`` to ``max_iter`` (:func:`~.hooks.run_training` with
     :func:`default_hooks` followed by ``hooks``).
 
@@ -91,6 +91,8 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
         rng_state: random generator snapshot to restore when resuming (after the loader iterator exists,
             so a resumed run draws exactly the numbers the uninterrupted run would).
         hooks: extra :class:`~.hooks.HookBase` hooks, run after the default ones.
+        heartbeat: a :class:`~maskrcnn_benchmark.utils.heartbeat.Heartbeat` (stall watchdog), started
+            here, fed by a first :class:`~.hooks.HeartbeatHook` and stopped at the end, however it ends.
     A non-finite loss raises ``FloatingPointError`` before the update; nothing is saved afterwards.
     """
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, device=device,
@@ -99,7 +101,14 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
                        logger=logger or logging.getLogger("maskrcnn_benchmark.trainer"))
     all_hooks = default_hooks(checkpointer, checkpoint_period, log_period, test_fn, test_period, test_final,
                               ema=ema, metrics_dir=metrics_dir, tensorboard=tensorboard) + list(hooks)
-    run_training(state, data_loader, all_hooks, rng_state=rng_state)
+    if heartbeat is None:
+        run_training(state, data_loader, all_hooks, rng_state=rng_state)
+        return
+    heartbeat.start()
+    try:
+        run_training(state, data_loader, [HeartbeatHook(heartbeat)] + all_hooks, rng_state=rng_state)
+    finally:
+        heartbeat.stop()
 
 
 # ---- entry point ------------------------------------------------------------------------------------
@@ -192,8 +201,18 @@ def _train(cfg, local_rank: int, distributed: bool, skip_test: bool) -> nn.Modul
              scaler=scaler, clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
              test_fn=None if skip_test else test_fn, test_period=cfg.SOLVER.TEST_PERIOD, test_final=True,
              ema=ema, metrics_dir=cfg.OUTPUT_DIR if is_main_process() else "",
-             rng_state=select_rng_state(extra), logger=logger)
+             rng_state=select_rng_state(extra), logger=logger, heartbeat=_heartbeat(cfg))
     return unwrap_model(model)
+
+
+def _heartbeat(cfg):
+    """The stall watchdog of a run (None without OUTPUT_DIR or with DIST_STALL_TIMEOUT_S 0)."""
+    from maskrcnn_benchmark.utils.heartbeat import Heartbeat
+
+    if not cfg.OUTPUT_DIR or cfg.DIST_STALL_TIMEOUT_S <= 0:
+        return None
+    return Heartbeat(cfg.OUTPUT_DIR, get_rank(), get_world_size(), cfg.DIST_HEARTBEAT_PERIOD_S,
+                     cfg.DIST_STALL_TIMEOUT_S)
 
 
 RESUME_RULE = ("the config in force decides the schedule and hyperparameters (SOLVER.STEPS, BASE_LR, GAMMA, "
