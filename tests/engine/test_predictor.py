@@ -135,3 +135,14 @@ def test_read_image_errors(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         read_image(np.zeros((4, 4, 3), np.float32))
     assert read_image(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+
+
+def test_predictor_refuses_weights_missing_tensors(setup, tmp_path):
+    data = torch.load(setup["weights"], weights_only=True)
+    dropped = sorted(k for k in data["model"] if "bbox_pred" in k)
+    data["model"] = {k: v for k, v in data["model"].items() if k not in dropped}
+    path = str(tmp_path / "partial.pth")
+    torch.save(data, path)
+    with pytest.raises(ValueError, match=rf"partial\.pth: {len(dropped)} of the model's tensors are not in it "
+                                         rf"\({dropped[0]}"):
+        Predictor(SMALL_CONFIG, path, opts=setup["opts"], device="cpu")
