@@ -49,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     with training_lock(cfg.OUTPUT_DIR):  # before log.txt: a refused run writes nothing there
         logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, 0)
         start = time.time()
-        model = train(cfg, skip_test=False)
+        model = train(cfg, skip_test=False, output_dir_locked=True)
         elapsed = time.time() - start
 
     val_name = cfg.DATASETS.TEST[0]

@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None):
             with open(args.config_file, encoding="utf-8") as f:
                 logger.info("Loaded config file %s:\n%s", args.config_file, f.read())
         logger.info("Running with config:\n%s", cfg)
-        return train(cfg, local_rank, distributed, skip_test=args.skip_test)
+        return train(cfg, local_rank, distributed, skip_test=args.skip_test, output_dir_locked=True)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
 
 
 # ---- entry point ------------------------------------------------------------------------------------
-def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool = False) -> nn.Module:
+def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool = False,
+          output_dir_locked: bool = False) -> nn.Module:
     """Train the model of ``cfg`` (resuming from ``cfg.OUTPUT_DIR`` when it has a checkpoint); evaluate on
     DATASETS.TEST at the end (and every SOLVER.TEST_PERIOD iterations) unless ``skip_test`` (with
     SOLVER.EMA_DECAY > 0: the EMA weights); write OUTPUT_DIR/metrics.jsonl (and TensorBoard events).
@@ -123,13 +124,16 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
 
     The run holds a lock on OUTPUT_DIR (:func:`~maskrcnn_benchmark.utils.run_lock.training_lock`: a
     second run on the folder stops at once naming the holder) and first removes the temp files of
-    writes an earlier, killed run left. Returns the trained model (unwrapped from DDP).
+    writes an earlier, killed run left; ``output_dir_locked``: the caller already holds it (the tools
+    take it before they write log.txt). Returns the trained model (unwrapped from DDP).
     """
     from maskrcnn_benchmark.utils.run_lock import training_lock
 
     if cfg.SOLVER.MAX_ITER <= 0:
         raise ValueError(f"SOLVER.MAX_ITER must be positive (the number of training iterations), got "
                          f"{cfg.SOLVER.MAX_ITER}")
+    if output_dir_locked:
+        return _train(cfg, local_rank, distributed, skip_test)
     with training_lock(cfg.OUTPUT_DIR, distributed):
         return _train(cfg, local_rank, distributed, skip_test)
 

@@ -128,7 +128,7 @@ class Heartbeat:
         record = {"rank": self.rank, "beats": self.beats, "progress": self._progress, "iteration": self.iteration,
                   "phase": self.phase, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
         path = self._path(self.rank)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{id(self)}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(record, f)
         os.replace(tmp, path)

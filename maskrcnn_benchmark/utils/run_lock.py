@@ -120,28 +120,14 @@ class OutputDirLock:
         self.release()
 
 
-_held: dict = {}  # realpath of a directory -> nesting depth of training_lock in this process
-
-
 @contextlib.contextmanager
 def training_lock(directory: str, distributed: bool = False) -> Iterator[Optional[OutputDirLock]]:
     """Hold the lock on ``directory`` for the ``with`` body (rank 0 takes it; with ``distributed``
     every rank raises :class:`OutputDirLockedError` when rank 0 could not). On entry, once the
     lock is held, the temporary files of atomic writes that an earlier run left behind when it was
-    killed are removed (:func:`~maskrcnn_benchmark.utils.io.remove_stale_temp_files`).
-
-    Re-entrant: a tool takes the lock before it writes anything into ``directory`` (``log.txt``),
-    and the ``train`` it calls enters it again without a second acquisition (yields None)."""
+    killed are removed (:func:`~maskrcnn_benchmark.utils.io.remove_stale_temp_files`)."""
     if not directory:
         yield None
-        return
-    key = os.path.realpath(directory)
-    if _held.get(key):
-        _held[key] += 1
-        try:
-            yield None
-        finally:
-            _held[key] -= 1
         return
     lock, error = None, None
     if get_rank() == 0:
@@ -154,7 +140,6 @@ def training_lock(directory: str, distributed: bool = False) -> Iterator[Optiona
         error = all_gather(error)[0]
     if error is not None:
         raise OutputDirLockedError(error)
-    _held[key] = 1
     try:
         if lock is not None:
             from .io import remove_stale_temp_files
@@ -165,6 +150,5 @@ def training_lock(directory: str, distributed: bool = False) -> Iterator[Optiona
                                directory, ", ".join(os.path.relpath(p, directory) for p in removed))
         yield lock
     finally:
-        _held.pop(key, None)
         if lock is not None:
             lock.release()
