@@ -91,4 +91,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
 
 
 if __name__ == "__main__":
-    main()
+    from maskrcnn_benchmark.utils.errors import run_tool  # user-input errors: status 2, no traceback
+
+    run_tool(main)

@@ -84,4 +84,6 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from maskrcnn_benchmark.utils.errors import run_tool  # user-input errors: status 2, no traceback
+
+    run_tool(main)

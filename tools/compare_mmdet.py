@@ -145,7 +145,7 @@ def compare(name: str, height: int, width: int, seed: int) -> float:
     return worst
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS) + ["all"], default="all")
     parser.add_argument("--height", type=int, default=256)
@@ -153,7 +153,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mmcv-lite", action="store_true",
                         help="patch mmcv-lite's version and stub mmcv._ext so mmdetection 3.3 imports")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         if args.mmcv_lite:
             _mmcv_lite_shim()
@@ -167,4 +167,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from maskrcnn_benchmark.utils.errors import run_tool  # user-input errors: status 2, no traceback
+
+    run_tool(main)

@@ -41,15 +41,16 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from maskrcnn_benchmark.data.build import _catalog
     from maskrcnn_benchmark.engine.trainer import train
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import mkdir, setup_cfg
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.utils.run_lock import training_lock
     from tools.visualize_detections import visualize_images
 
     cfg = setup_cfg(args.config_file, args.opts, allow_python=args.allow_python_config)
-    mkdir(cfg.OUTPUT_DIR)
-    logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, 0)
-    start = time.time()
-    model = train(cfg, skip_test=False)
-    elapsed = time.time() - start
+    with training_lock(cfg.OUTPUT_DIR):  # before log.txt: a refused run writes nothing there
+        logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, 0)
+        start = time.time()
+        model = train(cfg, skip_test=False, output_dir_locked=True)
+        elapsed = time.time() - start
 
     val_name = cfg.DATASETS.TEST[0]
     metrics_path = os.path.join(cfg.OUTPUT_DIR, "inference", val_name, "metrics.json")
@@ -75,4 +76,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from maskrcnn_benchmark.utils.errors import run_tool  # user-input errors: status 2, no traceback
+
+    run_tool(main)

@@ -21,7 +21,8 @@ from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size  # noqa: E402
 from maskrcnn_benchmark.utils.launch import add_distributed_args, init_distributed  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args, mkdir  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args  # noqa: E402
+from maskrcnn_benchmark.utils.run_lock import training_lock  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,18 +41,19 @@ def main(argv: Optional[List[str]] = None):
     args = parser.parse_args(argv)
     cfg = cfg_from_args(parser, args)
     distributed, local_rank = init_distributed(args.local_rank, cfg.MODEL.DEVICE, timeout_s=cfg.DIST_TIMEOUT_S)
-    if cfg.OUTPUT_DIR:
-        mkdir(cfg.OUTPUT_DIR)
-    logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, get_rank())
-    logger.info("Using %d process(es)", get_world_size())
-    logger.info("Arguments: %s", args)
-    logger.info("Environment:\n%s", collect_env_info())
-    if args.config_file:
-        with open(args.config_file, encoding="utf-8") as f:
-            logger.info("Loaded config file %s:\n%s", args.config_file, f.read())
-    logger.info("Running with config:\n%s", cfg)
-    return train(cfg, local_rank, distributed, skip_test=args.skip_test)
+    with training_lock(cfg.OUTPUT_DIR, distributed):  # before log.txt: a refused run writes nothing there
+        logger = setup_logger("maskrcnn_benchmark", cfg.OUTPUT_DIR, get_rank())
+        logger.info("Using %d process(es)", get_world_size())
+        logger.info("Arguments: %s", args)
+        logger.info("Environment:\n%s", collect_env_info())
+        if args.config_file:
+            with open(args.config_file, encoding="utf-8") as f:
+                logger.info("Loaded config file %s:\n%s", args.config_file, f.read())
+        logger.info("Running with config:\n%s", cfg)
+        return train(cfg, local_rank, distributed, skip_test=args.skip_test, output_dir_locked=True)
 
 
 if __name__ == "__main__":
-    main()
+    from maskrcnn_benchmark.utils.errors import run_tool  # user-input errors: status 2, no traceback
+
+    run_tool(main)

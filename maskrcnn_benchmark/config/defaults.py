@@ -528,3 +528,11 @@ _C.SEED = 0
 # testing): a rank that waits longer for a stalled or dead process stops with an error naming
 # itself and the operation, instead of hanging (torch's default is 30 minutes).
 _C.DIST_TIMEOUT_S = 600
+# Stall watchdog of training (maskrcnn_benchmark/utils/heartbeat.py): every rank writes a heartbeat
+# to OUTPUT_DIR/.heartbeat/ every DIST_HEARTBEAT_PERIOD_S seconds (> 0) from a background thread.
+# A rank silent for DIST_STALL_TIMEOUT_S seconds (stopped, frozen, dead) is reported as an error
+# naming it and its last iteration, and so is a run where no rank finished a training step for that
+# long; evaluation and checkpoint writing are exempt from the progress check (no false alarm).
+# With the defaults a stalled rank is reported within ~2.5 minutes. 0 disables the watchdog.
+_C.DIST_HEARTBEAT_PERIOD_S = 10.0
+_C.DIST_STALL_TIMEOUT_S = 120

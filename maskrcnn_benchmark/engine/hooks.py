@@ -249,6 +249,24 @@ class PeriodicEvaluation(HookBase):
             self._evaluate(self.state.max_iter)
 
 
+class HeartbeatHook(HookBase):
+    """Tells the stall watchdog (:class:`~maskrcnn_benchmark.utils.heartbeat.Heartbeat`) what the loop
+    does: phase ``"step"`` (monitored for progress) from ``before_step``, and after each step the
+    finished iteration and phase ``"hooks"`` (evaluation, checkpoint writing: exempt). It must be
+    the first hook, so that ``"hooks"`` is announced before the other hooks' ``after_step``."""
+
+    def __init__(self, heartbeat):
+        self.heartbeat = heartbeat
+
+    def before_step(self):
+        from maskrcnn_benchmark.utils.heartbeat import MONITORED_PHASE
+
+        self.heartbeat.update(phase=MONITORED_PHASE)
+
+    def after_step(self):
+        self.heartbeat.update(iteration=self.state.iteration, phase="hooks")
+
+
 class EMAHook(HookBase):
     """After every update: ``ema.update(model)`` (:class:`~maskrcnn_benchmark.solver.ema.ModelEMA`:
     ``ema = decay * ema + (1 - decay) * w`` for every parameter and buffer). It runs before the

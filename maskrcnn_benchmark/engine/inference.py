@@ -124,6 +124,8 @@ def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: O
 def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     """The model of ``cfg`` for evaluation: NUM_CLASSES 0 filled in from the training data, weights
     from MODEL.WEIGHT, else the last checkpoint of OUTPUT_DIR (a warning when there is neither).
+    MODEL.WEIGHT must give every model tensor, be finite and not be a checkpoint of another
+    architecture / head / backbone (errors naming the tensors or both names).
 
     Returns ``(cfg, model)`` (the cfg with NUM_CLASSES resolved; the model on MODEL.DEVICE, made an
     inference-only model by ``prepare_for_inference``: not for training or saving). Shared by
@@ -131,7 +133,7 @@ def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     """
     from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
-    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer, model_identity
 
     logger = logger or logging.getLogger("maskrcnn_benchmark.test")
     cfg = fill_num_classes_from_data(cfg)
@@ -139,7 +141,7 @@ def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
     if cfg.MODEL.WEIGHT:
         checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
-                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH)
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH, identity=model_identity(cfg), for_inference=True)
     elif checkpointer.has_checkpoint():
         checkpointer.resume()
     else:

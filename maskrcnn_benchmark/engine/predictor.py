@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.utils.checkpoint import checkpoint_metadata  # noqa: F401  (re-exported)
 
 __all__ = ["Detections", "Predictor", "read_image", "dataset_class_names", "checkpoint_metadata"]
 
@@ -70,19 +71,16 @@ def read_image(image: ImageInput) -> np.ndarray:
     """An image path or array -> ``np.ndarray[H, W, 3]`` uint8 BGR (a grayscale HxW array is expanded).
 
     Raises:
-        FileNotFoundError: a path that does not exist; ValueError: an undecodable file or an array of the
-        wrong shape / dtype.
+        FileNotFoundError: a path that does not exist; CorruptImageError (an OSError): an undecodable
+        or truncated file (named); ValueError: an array of the wrong shape / dtype.
     """
     if isinstance(image, (str, os.PathLike)):
-        import cv2
+        from maskrcnn_benchmark.data.datasets.base import decode_image_file
 
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file not found: {path}")
-        array = cv2.imread(path, cv2.IMREAD_COLOR)
-        if array is None:
-            raise ValueError(f"OpenCV cannot decode image file {path}")
-        return array
+        return decode_image_file(path)  # refuses truncated JPEG / PNG files, as the training loader does
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a BGR numpy image or a path, got {type(image).__name__}")
     if image.ndim == 2:
@@ -94,22 +92,6 @@ def read_image(image: ImageInput) -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"empty image of shape {list(image.shape)}")
     return image
-
-
-def checkpoint_metadata(path: str) -> Dict[str, Any]:
-    """The non-tensor entries of one of this project's ``.pth`` checkpoints (``{}`` for other formats).
-
-    Memory-maps the file, so the weights are not read twice."""
-    if not path or not path.endswith(".pth") or not os.path.isfile(path):
-        return {}
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # a legacy (non-zip) file: its weights still load through the Checkpointer
-        logger.debug("cannot memory-map %s for metadata: %s", path, e)
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if k not in ("model", "optimizer", "scheduler", "scaler", "ema", "rng_states")}
 
 
 def _json_class_names(ann_file: str) -> Optional[List[str]]:
@@ -166,7 +148,7 @@ class Predictor:
         from maskrcnn_benchmark.modeling.dense_heads.registry import fill_num_classes_from_data, resolve_num_classes
         from maskrcnn_benchmark.modeling.dense_heads import get_num_classes
         from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
-        from maskrcnn_benchmark.utils.checkpoint import Checkpointer, resolve_weight_path
+        from maskrcnn_benchmark.utils.checkpoint import Checkpointer, model_identity, resolve_weight_path
         from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
         if cfg is None:
@@ -207,7 +189,7 @@ class Predictor:
         self.model = build_detection_model(cfg)
         if weights:
             Checkpointer(self.model, save_to_disk=False, logger=logger).load_weights(
-                weights, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
+                weights, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN), identity=model_identity(cfg), for_inference=True)
         else:
             logger.warning("Predictor: no weights given (and MODEL.WEIGHT is empty): the model is untrained")
         prepare_for_inference(self.model.to(self.device), cfg, logger)

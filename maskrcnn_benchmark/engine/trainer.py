@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.modeling.dense_heads.registry import resolve_num_classes
-from maskrcnn_benchmark.utils.checkpoint import Checkpointer, select_rng_state
+from maskrcnn_benchmark.utils.checkpoint import Checkpointer, model_identity, select_rng_state
 from maskrcnn_benchmark.utils.amp import resolve_amp  # noqa: F401  (re-exported: the trainer's API)
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size, is_main_process
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config
 
-from .hooks import (EMAHook, HookBase, LoggingHook, MetricsHook, NonFiniteLossCheck, PeriodicCheckpoint,
-                    PeriodicEvaluation, TrainState, run_training)
+from .hooks import (EMAHook, HeartbeatHook, HookBase, LoggingHook, MetricsHook, NonFiniteLossCheck,
+                    PeriodicCheckpoint, PeriodicEvaluation, TrainState, run_training)
 
 
 # ---- mixed precision ----------------------------------------------------------------------
@@ -69,7 +69,7 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
              clip_grad_norm: float = 0.0, test_fn: Optional[Callable[[int], Any]] = None, test_period: int = 0,
              test_final: bool = False, ema=None, metrics_dir: str = "", tensorboard: bool = True,
              rng_state: Optional[Dict[str, Any]] = None, logger: Optional[logging.Logger] = None,
-             hooks: Sequence[HookBase] = ()) -> None:
+             hooks: Sequence[HookBase] = (), heartbeat=None) -> None:
     """Run SGD from ``arguments["iteration"]`` to ``max_iter`` (:func:`~.hooks.run_training` with
     :func:`default_hooks` followed by ``hooks``).
 
@@ -91,6 +91,8 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
         rng_state: random generator snapshot to restore when resuming (after the loader iterator exists,
             so a resumed run draws exactly the numbers the uninterrupted run would).
         hooks: extra :class:`~.hooks.HookBase` hooks, run after the default ones.
+        heartbeat: a :class:`~maskrcnn_benchmark.utils.heartbeat.Heartbeat` (stall watchdog), started
+            here, fed by a first :class:`~.hooks.HeartbeatHook` and stopped at the end, however it ends.
     A non-finite loss raises ``FloatingPointError`` before the update; nothing is saved afterwards.
     """
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, device=device,
@@ -99,11 +101,19 @@ def do_train(model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, sc
                        logger=logger or logging.getLogger("maskrcnn_benchmark.trainer"))
     all_hooks = default_hooks(checkpointer, checkpoint_period, log_period, test_fn, test_period, test_final,
                               ema=ema, metrics_dir=metrics_dir, tensorboard=tensorboard) + list(hooks)
-    run_training(state, data_loader, all_hooks, rng_state=rng_state)
+    if heartbeat is None:
+        run_training(state, data_loader, all_hooks, rng_state=rng_state)
+        return
+    heartbeat.start()
+    try:
+        run_training(state, data_loader, [HeartbeatHook(heartbeat)] + all_hooks, rng_state=rng_state)
+    finally:
+        heartbeat.stop()
 
 
 # ---- entry point ------------------------------------------------------------------------------------
-def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool = False) -> nn.Module:
+def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool = False,
+          output_dir_locked: bool = False) -> nn.Module:
     """Train the model of ``cfg`` (resuming from ``cfg.OUTPUT_DIR`` when it has a checkpoint); evaluate on
     DATASETS.TEST at the end (and every SOLVER.TEST_PERIOD iterations) unless ``skip_test`` (with
     SOLVER.EMA_DECAY > 0: the EMA weights); write OUTPUT_DIR/metrics.jsonl (and TensorBoard events).
@@ -114,13 +124,16 @@ def train(cfg, local_rank: int = 0, distributed: bool = False, skip_test: bool =
 
     The run holds a lock on OUTPUT_DIR (:func:`~maskrcnn_benchmark.utils.run_lock.training_lock`: a
     second run on the folder stops at once naming the holder) and first removes the temp files of
-    writes an earlier, killed run left. Returns the trained model (unwrapped from DDP).
+    writes an earlier, killed run left; ``output_dir_locked``: the caller already holds it (the tools
+    take it before they write log.txt). Returns the trained model (unwrapped from DDP).
     """
     from maskrcnn_benchmark.utils.run_lock import training_lock
 
     if cfg.SOLVER.MAX_ITER <= 0:
         raise ValueError(f"SOLVER.MAX_ITER must be positive (the number of training iterations), got "
                          f"{cfg.SOLVER.MAX_ITER}")
+    if output_dir_locked:
+        return _train(cfg, local_rank, distributed, skip_test)
     with training_lock(cfg.OUTPUT_DIR, distributed):
         return _train(cfg, local_rank, distributed, skip_test)
 
@@ -169,7 +182,8 @@ def _train(cfg, local_rank: int, distributed: bool, skip_test: bool) -> nn.Modul
         extra = {}
         # fine-tuning: the class-dependent predictors of a checkpoint with another class count are skipped
         checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
-                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH, allow_class_change=True)
+                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH, allow_class_change=True,
+                                  identity=model_identity(cfg))
         checkpointer.ema = ModelEMA(model, ema_decay) if ema_decay > 0 else None  # starts from the loaded weights
     ema = checkpointer.ema
     if cfg.SOLVER.MAX_ITER <= start_iter:
@@ -191,8 +205,18 @@ def _train(cfg, local_rank: int, distributed: bool, skip_test: bool) -> nn.Modul
              scaler=scaler, clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
              test_fn=None if skip_test else test_fn, test_period=cfg.SOLVER.TEST_PERIOD, test_final=True,
              ema=ema, metrics_dir=cfg.OUTPUT_DIR if is_main_process() else "",
-             rng_state=select_rng_state(extra), logger=logger)
+             rng_state=select_rng_state(extra), logger=logger, heartbeat=_heartbeat(cfg))
     return unwrap_model(model)
+
+
+def _heartbeat(cfg):
+    """The stall watchdog of a run (None without OUTPUT_DIR or with DIST_STALL_TIMEOUT_S 0)."""
+    from maskrcnn_benchmark.utils.heartbeat import Heartbeat
+
+    if not cfg.OUTPUT_DIR or cfg.DIST_STALL_TIMEOUT_S <= 0:
+        return None
+    return Heartbeat(cfg.OUTPUT_DIR, get_rank(), get_world_size(), cfg.DIST_HEARTBEAT_PERIOD_S,
+                     cfg.DIST_STALL_TIMEOUT_S)
 
 
 RESUME_RULE = ("the config in force decides the schedule and hyperparameters (SOLVER.STEPS, BASE_LR, GAMMA, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._ops import load_ops
+from .nms import check_tensor_args, cpu_half_as_float
 
 __all__ = ["box_iou"]
 
@@ -12,13 +13,15 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU matrix of two box sets.
 
     Args:
-        boxes1: [N, 4] float32/float64 boxes, continuous x1, y1, x2, y2 (no "+1").
+        boxes1: [N, 4] float32/float64 boxes, continuous x1, y1, x2, y2 (no "+1"); float16 / bfloat16 on
+            the CPU are computed in float32 (the result has the input dtype).
         boxes2: [M, 4] boxes of the same dtype and device.
 
     Returns:
         [N, M] IoU; 0 where the union is 0 (never NaN). Not differentiable (use
         ``structures.box_ops`` for differentiable box overlaps).
     """
-    if boxes1.device != boxes2.device:
-        raise ValueError(f"box_iou: boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}")
-    return load_ops().box_iou(boxes1, boxes2)
+    check_tensor_args("box_iou", boxes1=boxes1, boxes2=boxes2)
+    dtype = boxes1.dtype
+    boxes1, boxes2 = cpu_half_as_float(boxes1, boxes2)
+    return load_ops().box_iou(boxes1, boxes2).to(dtype)

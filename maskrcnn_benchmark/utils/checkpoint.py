@@ -92,7 +92,8 @@ def load_weight_file(path: str, stage_with_dcn: Optional[Sequence[bool]] = None)
 
 
 def load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], min_match: float = 0.0,
-                       source: str = "the weights", allow_class_change: bool = False) -> None:
+                       source: str = "the weights", allow_class_change: bool = False,
+                       require_all: bool = False) -> None:
     """Load ``state_dict`` into ``model`` by name suffix (``load_state_dict_flexible``: maps the original
     maskrcnn-benchmark names, errors on shape mismatches, logs what was skipped).
 
@@ -103,9 +104,16 @@ def load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], mi
     ``min_match`` (MODEL.WEIGHT_MIN_MATCH): least share of ``state_dict``'s tensors that must load;
     fewer (or none at all, when ``min_match`` > 0) raises ``ValueError`` naming ``source`` and listing
     the tensors that matched nothing. 0 accepts anything.
+
+    ``require_all`` (inference: test_net, the Predictor, export): every model tensor must come from
+    ``state_dict``; missing ones raise ``UserInputError`` naming them (a randomly initialised branch
+    would be evaluated). Otherwise (training from partial weights) they are named in a warning.
+    Tensors holding NaN / inf are always refused (``UserInputError`` naming them).
     """
+    from .errors import UserInputError
     from .model_serialization import load_state_dict_flexible
 
+    check_finite_weights(state_dict, source)
     report = load_state_dict_flexible(unwrap_model(model), state_dict, allow_class_change=allow_class_change)
     used = len(set(report.matched.values())) + len(report.skipped)
     total = len(state_dict)
@@ -118,6 +126,14 @@ def load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], mi
             f"below MODEL.WEIGHT_MIN_MATCH {min_match:g}: is it the right file for this model? Not matched: "
             f"{listed}. Model keys look like: {', '.join(report.missing[:3])}. To fine-tune from it anyway, "
             f"set MODEL.WEIGHT_MIN_MATCH 0")
+    if report.missing and require_all:
+        raise UserInputError(f"{source}: {len(report.missing)} of the model's tensors are not in it "
+                             f"({_listed(report.missing)}); for inference every tensor must come from the weight "
+                             f"file (is it a checkpoint of this model, or a backbone-only / partial file?)")
+    if report.missing and used:
+        logging.getLogger("maskrcnn_benchmark.checkpoint").warning(
+            "%s: %d model tensor(s) are not in it and keep their initialisation: %s", source,
+            len(report.missing), _listed(report.missing, 20))
     if used == 0:
         logging.getLogger("maskrcnn_benchmark.checkpoint").warning(
             "%s: none of its %d tensors matched the model (MODEL.WEIGHT_MIN_MATCH 0): the model keeps its "
@@ -138,15 +154,83 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any]
         group.update(hyper)
 
 
-def check_finite_state(state_dict: Dict[str, torch.Tensor], what: str) -> None:
-    """Raise ``FloatingPointError`` naming the floating-point tensors of ``state_dict`` that hold NaN/inf."""
+def nonfinite_tensors(state_dict: Dict[str, torch.Tensor]) -> List[str]:
+    """Names of the floating-point tensors of ``state_dict`` that hold NaN or inf (one host
+    synchronisation when all are finite)."""
     floats = [(k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     if not floats or bool(torch.stack([torch.isfinite(v).all() for _, v in floats]).all()):
-        return
-    bad = [k for k, v in floats if not bool(torch.isfinite(v).all())]
-    raise FloatingPointError(f"refusing to write {what}: {len(bad)} model tensor(s) hold NaN or inf "
-                             f"({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}); the previous "
-                             f"checkpoint is kept")
+        return []
+    return [k for k, v in floats if not bool(torch.isfinite(v).all())]
+
+
+def _listed(names: Sequence[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def check_finite_state(state_dict: Dict[str, torch.Tensor], what: str) -> None:
+    """Raise ``FloatingPointError`` naming the floating-point tensors of ``state_dict`` that hold NaN/inf."""
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise FloatingPointError(f"refusing to write {what}: {len(bad)} model tensor(s) hold NaN or inf "
+                                 f"({_listed(bad)}); the previous checkpoint is kept")
+
+
+def check_finite_weights(state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """``UserInputError`` naming the tensors of loaded weights ``source`` that hold NaN or inf."""
+    from .errors import UserInputError
+
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise UserInputError(f"{source}: {len(bad)} tensor(s) hold NaN or inf ({_listed(bad)}); a model with "
+                             f"them would give no usable detections. Use an earlier checkpoint")
+
+
+def checkpoint_metadata(path: str) -> Dict[str, Any]:
+    """The non-tensor entries of one of this project's ``.pth`` checkpoints (``{}`` for other formats):
+    ``iteration``, ``class_names``, ``config`` (the yaml of the run that saved it), ...
+
+    Memory-maps the file, so the weights are not read twice."""
+    if not path or not path.endswith(".pth") or not os.path.isfile(path):
+        return {}
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a legacy (non-zip) file: its weights still load through the Checkpointer
+        logging.getLogger(__name__).debug("cannot memory-map %s for metadata: %s", path, e)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k not in ("model",) + _SOLVER_KEYS + ("rng_states",)}
+
+
+def model_identity(cfg) -> Dict[str, str]:
+    """What a checkpoint must have been trained as to load into the model of ``cfg``:
+    ``{"MODEL.META_ARCHITECTURE", "MODEL.HEAD" (the resolved head), "MODEL.BACKBONE.CONV_BODY"}``;
+    empty entries for keys a (foreign or old) config lacks."""
+    from maskrcnn_benchmark.modeling.dense_heads.registry import head_name
+
+    model = cfg.get("MODEL", {}) if hasattr(cfg, "get") else {}
+    try:
+        head = head_name(cfg)
+    except (AttributeError, KeyError, ValueError):
+        head = ""
+    return {"MODEL.META_ARCHITECTURE": str(model.get("META_ARCHITECTURE", "")), "MODEL.HEAD": str(head),
+            "MODEL.BACKBONE.CONV_BODY": str(model.get("BACKBONE", {}).get("CONV_BODY", ""))}
+
+
+def identity_mismatches(saved_config: Any, expected: Dict[str, str]) -> List[str]:
+    """``["MODEL.HEAD: checkpoint FCOS, config DYNAMIC_ATSS", ...]`` for every entry of ``expected``
+    (:func:`model_identity` of the config in force) that the checkpoint's stored config
+    (``saved_config``: its ``"config"`` yaml text) names differently; [] when it stores none."""
+    if not isinstance(saved_config, str) or not expected:
+        return []
+    from yacs.config import CfgNode
+
+    try:
+        saved = model_identity(CfgNode.load_cfg(saved_config))
+    except Exception:  # noqa: BLE001 - an unreadable stored config cannot be compared
+        return []
+    return [f"{key}: checkpoint {saved[key]}, config {value}" for key, value in expected.items()
+            if saved.get(key) and value and saved[key] != value]
 
 
 def read_checkpoint(path: str) -> Dict[str, Any]:
@@ -341,6 +425,7 @@ class Checkpointer:
         milestones / warmup / base lrs (``WarmupMultiStepLR.load_state_dict`` takes only the position).
         """
         data = dict(data)
+        check_finite_weights(data["model"], f"the checkpoint to resume in {self.save_dir or 'save_dir'}")
         unwrap_model(self.model).load_state_dict(data.pop("model"))
         for key in _SOLVER_KEYS:
             obj = getattr(self, key)
@@ -370,20 +455,36 @@ class Checkpointer:
         return {} if data is None else self.restore(data)
 
     def load_weights(self, path: str, stage_with_dcn: Optional[Sequence[bool]] = None,
-                     min_match: float = 0.5, allow_class_change: bool = False) -> None:
+                     min_match: float = 0.5, allow_class_change: bool = False,
+                     identity: Optional[Dict[str, str]] = None, for_inference: bool = False) -> None:
         """Load model weights only (fine-tuning / testing); the solver state is not touched.
 
         One of our checkpoints with EMA weights (an "ema" entry) gives those (:func:`load_weight_file`).
         ``stage_with_dcn``: MODEL.RESNETS.STAGE_WITH_DCN, to map ImageNet conv2 weights into DCN layers.
         ``min_match``: MODEL.WEIGHT_MIN_MATCH (see :func:`load_model_weights`).
         ``allow_class_change``: fine-tuning to another class count (see :func:`load_model_weights`).
+        ``identity``: :func:`model_identity` of the config in force; one of our checkpoints whose stored
+        config names another architecture, head or backbone is refused naming both (in training with
+        ``min_match`` 0 only a warning). ``for_inference``: every model tensor must be loaded
+        (``require_all`` of :func:`load_model_weights`).
         Raises FileNotFoundError naming ``path`` when it does not exist, ValueError when it is not a
-        weight file or too few of its tensors match the model."""
+        weight file, holds NaN / inf, is of another model, or too few of its tensors match the model."""
         if not path:
             return
+        from .errors import UserInputError
+
         self.logger.info("Loading weights from %s", path)
-        load_model_weights(self.model, load_weight_file(path, stage_with_dcn), min_match,
-                           source=f"MODEL.WEIGHT {path}", allow_class_change=allow_class_change)
+        source = f"MODEL.WEIGHT {path}"
+        mismatches = identity_mismatches(checkpoint_metadata(resolve_weight_path(path)).get("config"), identity or {})
+        if mismatches:
+            msg = (f"{source} was trained as another model ({'; '.join(mismatches)}): its tensors would load "
+                   f"into the wrong layers")
+            if for_inference or min_match > 0:
+                raise UserInputError(msg + ("; to fine-tune from it anyway, set MODEL.WEIGHT_MIN_MATCH 0"
+                                            if not for_inference else ""))
+            self.logger.warning("%s; loading it anyway (MODEL.WEIGHT_MIN_MATCH 0)", msg)
+        load_model_weights(self.model, load_weight_file(path, stage_with_dcn), min_match, source=source,
+                           allow_class_change=allow_class_change, require_all=for_inference)
 
     def load(self, weight: str = "", use_latest: bool = True,
              stage_with_dcn: Optional[Sequence[bool]] = None, min_match: float = 0.5) -> Dict[str, Any]:

@@ -7,11 +7,13 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import IO, Any, Callable, Iterator, Union
+from typing import IO, Any, Callable, Iterator, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
+    "naming_path",
+    "os_error_with_path",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -22,6 +24,36 @@ __all__ = [
 ]
 
 _TEMP_SUFFIX = ".tmp"
+
+
+def os_error_with_path(exc: BaseException, path: PathLike) -> Optional[OSError]:
+    """An ``OSError`` naming ``path`` for a write error that does not name it (disk full ENOSPC, file
+    too large EFBIG under ``ulimit -f``, ...), found in ``exc`` or its chain (``torch.save`` re-raises
+    the OSError of the file's ``write`` as a RuntimeError without it); None when ``exc`` holds none
+    or it already names a file. The subclass follows the errno (``OSError(ENOENT, ...)`` is a
+    ``FileNotFoundError``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            if exc.filename is not None:
+                return None
+            return OSError(exc.errno, f"{exc.strerror or os.strerror(exc.errno)} while writing", os.fspath(path))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def naming_path(path: PathLike) -> Iterator[None]:
+    """Re-raise a write error of the ``with`` body that does not name its file as an ``OSError``
+    naming ``path`` (:func:`os_error_with_path`), chained to the original."""
+    try:
+        yield
+    except Exception as e:
+        named = os_error_with_path(e, path)
+        if named is None:
+            raise
+        raise named from e
 
 
 def fsync_dir(path: PathLike) -> None:
@@ -42,7 +74,8 @@ def fsync_dir(path: PathLike) -> None:
 def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temp file next to ``path``; on success fsync it and ``os.replace`` it onto ``path``.
 
-    On an exception the temp file is removed and ``path`` is left untouched.
+    On an exception the temp file is removed and ``path`` is left untouched; a write error that
+    does not name its file (disk full, file too large) is re-raised as an ``OSError`` naming ``path``.
 
     Args:
         path: final destination.
@@ -55,7 +88,7 @@ def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=_TEMP_SUFFIX, dir=directory)
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
+        with naming_path(path), os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -23,6 +23,8 @@ import os
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
+from .io import naming_path
+
 __all__ = ["METRICS_FILE", "MetricsWriter", "read_metrics", "metric_series", "scalar_keys", "truncate_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
@@ -64,8 +66,9 @@ class MetricsWriter:
             raise ValueError("metrics: pass the iteration as the first argument, not as a keyword")
         record = {"iteration": int(iteration)}
         record.update({str(k): _to_json_value(k, v) for k, v in scalars.items()})
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
+        with naming_path(self.path):  # disk full / file too large: name the file
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
         return record
 
     def close(self) -> None:

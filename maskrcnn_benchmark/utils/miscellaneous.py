@@ -81,6 +81,8 @@ def _merge_config_file(cfg, config_file: str, allow_python: bool) -> None:
     if ext not in YAML_EXTENSIONS + ((".py",) if allow_python else ()):
         raise ValueError(f"config file {config_file} must be a .yaml or .yml file (got {ext or 'no extension'!r})")
     try:
+        if ext in YAML_EXTENSIONS:
+            _check_yaml_mapping(config_file)
         cfg.merge_from_file(config_file)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -89,11 +91,46 @@ def _merge_config_file(cfg, config_file: str, allow_python: bool) -> None:
         raise ValueError(f"config file {config_file}: invalid YAML{where}: {problem}") from None
 
 
+def _check_yaml_mapping(config_file: str) -> None:
+    """``UserInputError`` naming ``config_file`` when its top level is not a mapping (a list, a string,
+    a number); an empty file is accepted (it changes nothing)."""
+    import yaml
+
+    from .errors import UserInputError
+
+    with open(config_file, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if data is not None and not isinstance(data, dict):
+        raise UserInputError(f"config file {config_file}: the top level must be a mapping of config keys "
+                             f"(e.g. 'MODEL:' / 'SOLVER:' sections), got a {type(data).__name__}")
+
+
+def check_finite_config(cfg, source: str = "the config") -> None:
+    """``UserInputError`` naming every float config key (or float inside a list key) that is NaN or
+    infinite (e.g. ``BASE_LR: .nan`` in a yaml); ``source`` says where the values came from."""
+    import math
+
+    from .errors import UserInputError
+
+    def finite(value) -> bool:
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, tuple):
+            return all(finite(v) for v in value)
+        return True
+
+    bad = [f"{key} = {value!r}" for key, value in flatten_config(cfg).items() if not finite(value)]
+    if bad:
+        raise UserInputError(f"{source}: non-finite value(s) for {len(bad)} key(s): {', '.join(bad)}; every "
+                             f"number in the config must be finite")
+
+
 def setup_cfg(config_file: str = "", opts=None, base_cfg=None, allow_python: bool = False):
     """A merged copy of the default config: ``config_file`` (yaml), then ``KEY VALUE`` ``opts``; frozen.
 
     ``allow_python``: accept a ``.py`` config file (yacs executes it; ``--allow-python-config``).
-    Raises ValueError for another extension or a yaml syntax error (naming the file and line)."""
+    Raises ValueError for another extension, a yaml syntax error (naming the file and line), a yaml
+    whose top level is not a mapping (naming the file) or a NaN / infinite number (naming the key)."""
     if base_cfg is None:
         from maskrcnn_benchmark.config import cfg as base_cfg
     cfg = base_cfg.clone()
@@ -101,6 +138,7 @@ def setup_cfg(config_file: str = "", opts=None, base_cfg=None, allow_python: boo
         _merge_config_file(cfg, config_file, allow_python)
     check_config_keys(cfg, opts)
     cfg.merge_from_list(list(opts or []))
+    check_finite_config(cfg, f"config file {config_file} and the overrides" if config_file else "the overrides")
     _resolve_legacy_head(cfg, config_file)
     cfg.freeze()
     return cfg

@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 
 import cv2
 import numpy as np
@@ -78,12 +79,86 @@ def test_transforms_applied(tmp_path):
     assert image.shape == (3, 30, 40) and target.size == (20, 15)
 
 
-def test_missing_image_names_file_and_json(tmp_path):
+def test_missing_image_found_when_built(tmp_path):
     ann, root = _write_dataset(tmp_path)
     (tmp_path / "images" / "im8.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 2 image files listed in .*ann\.json do not exist under "
+                                                r".*images: 'im8\.png'$"):
+        COCODataset(ann, root, True)
+    assert len(COCODataset(ann, root, False, check_image_files=False)) == 3
+
+
+def test_image_removed_after_build_names_file_and_json(tmp_path):
+    ann, root = _write_dataset(tmp_path)
     ds = COCODataset(ann, root, True)
+    (tmp_path / "images" / "im8.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"im8\.png.*ann\.json"):
         ds[1]
+
+
+def test_many_missing_images_counted_and_first_listed(tmp_path):
+    images = [{"id": i, "file_name": f"sub/im{i}.png", "height": 30, "width": 40} for i in range(1, 26)]
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    ann, root = _write_dataset(tmp_path, annotations=[], images=images)
+    for i in range(4, 26):
+        (tmp_path / "images" / "sub" / f"im{i}.png").unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        COCODataset(ann, root, False)
+    msg = str(err.value)
+    assert msg.startswith("22 of 25 image files listed in")
+    assert ", ".join(f"'sub/im{i}.png'" for i in range(4, 14)) + ", ..." in msg and "im14.png" not in msg
+
+
+def test_file_names_outside_the_image_folder_are_counted(tmp_path, caplog):
+    ann, root = _write_dataset(tmp_path)
+    data = json.loads(open(ann).read())
+    outside = tmp_path / "outside.png"
+    cv2.imwrite(str(outside), np.zeros((30, 40, 3), np.uint8))
+    data["images"][0]["file_name"] = "../outside.png"
+    data["images"][1]["file_name"] = str(outside)
+    open(ann, "w").write(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="maskrcnn_benchmark.data.datasets.base"):
+        ds = COCODataset(ann, root, False)
+    assert len(ds) == 3
+    msgs = [r.getMessage() for r in caplog.records if "leave the image folder" in r.getMessage()]
+    assert len(msgs) == 1 and "2 of 3 file_name entries" in msgs[0] and "'../outside.png'" in msgs[0]
+
+
+def test_duplicate_annotation_ids_refused(tmp_path):
+    ann, root = _write_dataset(tmp_path)
+    data = json.loads(open(ann).read())
+    for a in data["annotations"][1:4]:
+        a["id"] = 1  # 3 annotations reuse id 1
+    data["annotations"][5]["id"] = 5  # and one reuses id 5
+    open(ann, "w").write(json.dumps(data))
+    with pytest.raises(ValueError, match=r"ann\.json: 4 annotation\(s\) reuse an id \(2 distinct id\(s\), "
+                                         r"e\.g\. \[1, 5\]\); annotation ids must be unique"):
+        COCODataset(ann, root, False)
+
+
+@pytest.mark.parametrize("value", ["0", "1", None, 2, -1, 0.5, "yes"])
+def test_iscrowd_not_0_or_1_refused_with_count(tmp_path, value):
+    ann, root = _write_dataset(tmp_path)
+    data = json.loads(open(ann).read())
+    for a in data["annotations"][:3]:
+        a["iscrowd"] = value
+    open(ann, "w").write(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"ann\.json: 3 annotation\(s\) have an 'iscrowd' that is not 0 or 1 "
+                                         rf"\(id 1: {re.escape(repr(value))}; id 2"):
+        COCODataset(ann, root, False)
+
+
+def test_iscrowd_bool_and_float_accepted_as_int(tmp_path):
+    ann, root = _write_dataset(tmp_path)
+    data = json.loads(open(ann).read())
+    data["annotations"][0]["iscrowd"] = False
+    data["annotations"][1]["iscrowd"] = 0.0
+    data["annotations"][2]["iscrowd"] = True  # the crowd box
+    del data["annotations"][3]["iscrowd"]  # absent: not crowd
+    open(ann, "w").write(json.dumps(data))
+    ds = COCODataset(ann, root, True)
+    assert [a["iscrowd"] for a in ds.coco.dataset["annotations"][:3]] == [0, 0, 1]
+    assert ds.get_groundtruth(0).get_field("labels").tolist() == [3, 2]  # crowd box excluded as before
 
 
 def test_corrupt_image_names_file(tmp_path):

@@ -113,6 +113,15 @@ def test_missing_split_and_annotation_name_the_file(tmp_path):
         PascalVOCDataset(root, "test")
 
 
+def test_missing_images_found_when_built(tmp_path):
+    root = _write_voc(tmp_path / "v", {i: (10, 10, [("a", (1, 1, 5, 5), 0)]) for i in ("x", "y", "z")})
+    for i in ("x", "z"):
+        os.remove(os.path.join(root, "JPEGImages", f"{i}.jpg"))
+    with pytest.raises(FileNotFoundError, match=r"2 of 3 image files listed in .*test\.txt do not exist under "
+                                                r".*JPEGImages: 'x\.jpg', 'z\.jpg'$"):
+        PascalVOCDataset(root, "test")
+
+
 def test_catalog_voc_forms(tmp_path, monkeypatch):
     root = _write_voc(tmp_path / "VOCdevkit" / "VOC2007", {"x": (10, 10, [("a", (1, 1, 5, 5), 0)])})
     assert split_voc_path(f"{root}:test") == (root, "test")

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -135,3 +136,45 @@ def test_test_net_missing_weight(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         _load_tool("test_net").main(["--config-file", SMALL_CONFIG, "MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CLASSES",
                                      "2", "OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHT", str(tmp_path / "missing.pth")])
+
+
+def test_build_test_model_refuses_partial_nonfinite_or_other_head_checkpoints(tmp_path):
+    """What test_net / export load (build_test_model): a checkpoint without the box-regression tensors,
+    one with a NaN weight, and one whose stored config names another head are refused, naming the
+    tensors or both heads; the complete checkpoint of the same head loads."""
+    from maskrcnn_benchmark.engine.inference import build_test_model
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    cfg = setup_cfg(SMALL_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CLASSES", "2", "OUTPUT_DIR", str(tmp_path)])
+    state = build_detection_model(cfg).state_dict()
+    regression = sorted(k for k in state if "bbox_pred" in k)
+    assert regression
+
+    def saved(name, model_state, head=cfg.MODEL.HEAD):
+        other = cfg.clone()
+        other.defrost()
+        other.MODEL.HEAD = head
+        path = str(tmp_path / f"{name}.pth")
+        torch.save({"model": model_state, "config": other.dump(), "iteration": 1}, path)
+        return path
+
+    def _with_weight(base, path):
+        c = base.clone()
+        c.defrost()
+        c.MODEL.WEIGHT = path
+        c.freeze()
+        return c
+
+    partial = {k: v for k, v in state.items() if k not in regression}
+    with pytest.raises(ValueError, match=rf"partial\.pth: {len(regression)} of the model's tensors are not in it "
+                                         rf"\({re.escape(', '.join(regression))}\)"):
+        build_test_model(_with_weight(cfg, saved("partial", partial)))
+    nan = dict(state)
+    nan[regression[0]] = state[regression[0]].clone().fill_(float("nan"))
+    with pytest.raises(ValueError, match=rf"nan\.pth: 1 tensor\(s\) hold NaN or inf \({re.escape(regression[0])}\)"):
+        build_test_model(_with_weight(cfg, saved("nan", nan)))
+    with pytest.raises(ValueError, match=rf"MODEL\.HEAD: checkpoint FCOS, config {cfg.MODEL.HEAD}"):
+        build_test_model(_with_weight(cfg, saved("fcos", state, head="FCOS")))
+    _, model = build_test_model(_with_weight(cfg, saved("ok", state)))
+    assert torch.equal(model.state_dict()[regression[0]], state[regression[0]])

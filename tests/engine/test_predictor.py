@@ -9,6 +9,7 @@ import torch
 
 from maskrcnn_benchmark.data import make_data_loader
 from maskrcnn_benchmark.engine.inference import compute_on_dataset
+from maskrcnn_benchmark.data.datasets.base import CorruptImageError
 from maskrcnn_benchmark.engine.predictor import Detections, Predictor, read_image
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer
@@ -107,14 +108,41 @@ def test_class_names_from_checkpoint_metadata(setup, tmp_path):
     assert predictor.class_names == ["__background__", "cat", "dog"]
 
 
+def test_read_image_refuses_truncated_jpeg(tmp_path):
+    """OpenCV decodes a truncated JPEG with grey filler; the Predictor refuses it naming the file, as the
+    training loader does (the complete file decodes to the written pixels)."""
+    import cv2
+
+    image = (np.arange(64 * 48 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    ok, data = cv2.imencode(".jpg", image)
+    full, cut = tmp_path / "full.jpg", tmp_path / "cut.jpg"
+    full.write_bytes(data.tobytes())
+    cut.write_bytes(data.tobytes()[: len(data) // 2])
+    assert np.array_equal(read_image(str(full)), cv2.imdecode(data, cv2.IMREAD_COLOR))
+    assert cv2.imread(str(cut)) is not None  # what the Predictor used to accept
+    with pytest.raises(CorruptImageError, match=r"cut\.jpg: truncated JPEG"):
+        read_image(str(cut))
+
+
 def test_read_image_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         read_image(str(tmp_path / "nope.jpg"))
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="bad.jpg"):
+    with pytest.raises(CorruptImageError, match="bad.jpg: corrupt or not an image"):
         read_image(str(tmp_path / "bad.jpg"))
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         read_image(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         read_image(np.zeros((4, 4, 3), np.float32))
     assert read_image(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+
+
+def test_predictor_refuses_weights_missing_tensors(setup, tmp_path):
+    data = torch.load(setup["weights"], weights_only=True)
+    dropped = sorted(k for k in data["model"] if "bbox_pred" in k)
+    data["model"] = {k: v for k, v in data["model"].items() if k not in dropped}
+    path = str(tmp_path / "partial.pth")
+    torch.save(data, path)
+    with pytest.raises(ValueError, match=rf"partial\.pth: {len(dropped)} of the model's tensors are not in it "
+                                         rf"\({dropped[0]}"):
+        Predictor(SMALL_CONFIG, path, opts=setup["opts"], device="cpu")

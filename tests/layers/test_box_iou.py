@@ -98,8 +98,27 @@ def test_box_iou_bad_inputs(b1, b2, match):
 
 
 def test_box_iou_device_mismatch():
-    with pytest.raises(ValueError, match="box_iou: boxes1 and boxes2 must be on the same device"):
+    with pytest.raises(ValueError, match="box_iou: boxes2 must be on the device of boxes1"):
         box_iou(torch.zeros(3, 4), torch.zeros(2, 4, device="meta"))
+
+
+@pytest.mark.parametrize("which", ["boxes1", "boxes2"])
+def test_box_iou_none_is_named(which):
+    args = {"boxes1": torch.zeros(3, 4), "boxes2": torch.zeros(2, 4)}
+    args[which] = None
+    with pytest.raises(TypeError, match=f"box_iou: {which} must be a torch.Tensor, got NoneType"):
+        box_iou(**args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_box_iou_half_on_cpu_computed_in_float32(dtype):
+    """Half inputs (as torchvision accepts): the IoU of the half-rounded boxes, computed in float32,
+    returned in the input dtype."""
+    g = torch.Generator().manual_seed(3)
+    b1, b2 = random_boxes(7, g, dtype=dtype), random_boxes(5, g, dtype=dtype)
+    out = box_iou(b1, b2)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, box_iou_ref(b1, b2).to(dtype), rtol=0, atol=torch.finfo(dtype).eps)
 
 
 def test_opcheck():

@@ -147,7 +147,6 @@ def test_batched_nms_one_class_equals_nms_and_classes_do_not_interact():
         ((torch.zeros(3, 4), torch.zeros(2), 0.5), r"nms: scores must have shape \[N\] with N = 3"),
         ((torch.zeros(3, 4), torch.zeros(3, 1), 0.5), r"nms: scores must have shape \[N\], got \[3, 1\]"),
         ((torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3), 0.5), r"nms: boxes must be float32 or float64, got Long"),
-        ((torch.zeros(3, 4, dtype=torch.half), torch.zeros(3), 0.5), r"nms: boxes must be float32 or float64"),
         ((torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64), 0.5), r"nms: scores must be a floating point tensor"),
     ],
 )
@@ -170,6 +169,29 @@ def test_device_mismatch_is_reported():
         nms(torch.zeros(3, 4), torch.zeros(3, device="meta"), 0.5)
     with pytest.raises(ValueError, match="batched_nms: idxs must be on the device of boxes"):
         batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3, dtype=torch.int64, device="meta"), 0.5)
+
+
+@pytest.mark.parametrize("missing", ["boxes", "scores", "idxs"])
+def test_batched_nms_none_argument_is_named(missing):
+    args = {"boxes": torch.zeros(3, 4), "scores": torch.zeros(3), "idxs": torch.zeros(3, dtype=torch.int64)}
+    args[missing] = None
+    with pytest.raises(TypeError, match=f"batched_nms: {missing} must be a torch.Tensor, got NoneType"):
+        batched_nms(iou_threshold=0.5, **args)
+    if missing != "idxs":
+        args.pop("idxs")
+        with pytest.raises(TypeError, match=f"nms: {missing} must be a torch.Tensor, got NoneType"):
+            nms(iou_threshold=0.5, **args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(3))
+def test_half_on_cpu_equals_float32_of_the_rounded_inputs(dtype, seed):
+    """float16 / bfloat16 CPU boxes (torchvision accepts them): the kept indices are those of NMS on
+    the same (rounded) values in float32, by the plain reference."""
+    boxes, scores = random_boxes(60, seed).to(dtype), random_scores(60, seed).to(dtype)
+    idxs = torch.randint(3, (60,), generator=torch.Generator().manual_seed(seed))
+    assert nms(boxes, scores, 0.5).tolist() == nms_ref(boxes.float(), scores.float(), 0.5)
+    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == nms_ref(boxes.float(), scores.float(), 0.5, idxs)
 
 
 def test_opcheck():

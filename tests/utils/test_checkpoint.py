@@ -1,4 +1,5 @@
 """Checkpointer: round trip, atomic saves (a crash keeps the previous checkpoint), weight loading."""
+import logging
 import os
 import random
 
@@ -308,3 +309,78 @@ def test_ema_saved_and_restored_exactly(tmp_path):
     for k, v in ema.model.state_dict().items():
         assert torch.equal(model3.state_dict()[k], v), k
     assert not torch.equal(model3[0].weight, model[0].weight)
+
+
+def test_nonfinite_weights_refused_naming_the_tensors(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["0.weight"][1, 2] = float("nan")
+    state["1.bias"][0] = float("inf")
+    path = tmp_path / "nan.pth"
+    torch.save({"model": state}, path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for kwargs in ({}, {"for_inference": True}):
+        with pytest.raises(ValueError, match=r"nan\.pth: 2 tensor\(s\) hold NaN or inf \(0\.weight, 1\.bias\)"):
+            Checkpointer(model).load_weights(str(path), **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing loaded
+
+
+def test_nonfinite_resume_refused(tmp_path):
+    model = nn.Linear(3, 2)
+    ck = Checkpointer(model, save_dir=str(tmp_path), save_to_disk=True)
+    ck.save("model_0000001", iteration=1)
+    data = torch.load(tmp_path / "model_0000001.pth", weights_only=True)
+    data["model"]["bias"][1] = float("nan")
+    torch.save(data, tmp_path / "model_0000001.pth")
+    with pytest.raises(ValueError, match=r"checkpoint to resume in .*: 1 tensor\(s\) hold NaN or inf \(bias\)"):
+        Checkpointer(nn.Linear(3, 2), save_dir=str(tmp_path)).resume()
+
+
+def test_missing_tensors_error_for_inference_warning_for_training(tmp_path, caplog):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    partial = tmp_path / "partial.pth"
+    torch.save({"0.weight": torch.ones(4, 3), "0.bias": torch.ones(4)}, partial)
+    with pytest.raises(ValueError, match=r"partial\.pth: 2 of the model's tensors are not in it \(1\.bias, "
+                                         r"1\.weight\); for inference every tensor must come from the weight file"):
+        Checkpointer(model).load_weights(str(partial), for_inference=True)
+    with caplog.at_level(logging.WARNING, logger="maskrcnn_benchmark.checkpoint"):
+        Checkpointer(model).load_weights(str(partial))
+    assert torch.equal(model[0].weight, torch.ones(4, 3))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("partial.pth: 2 model tensor(s) are not in it and keep their initialisation: 1.bias, 1.weight" in m
+               for m in warned)
+
+
+def _checkpoint_of(tmp_path, head: str, body: str = "R-18-FPN-RETINANET") -> str:
+    """One of our checkpoints of ``nn.Linear(3, 2)`` whose stored config names ``head`` / ``body``."""
+    from maskrcnn_benchmark.config import cfg as defaults
+
+    saved = defaults.clone()
+    saved.MODEL.HEAD, saved.MODEL.BACKBONE.CONV_BODY = head, body
+    ck = Checkpointer(nn.Linear(3, 2), save_dir=str(tmp_path / head), save_to_disk=True)
+    return ck.save("model_final", iteration=10, config=saved.dump())
+
+
+def test_checkpoint_of_another_head_or_backbone_refused_with_both_names(tmp_path, caplog):
+    from maskrcnn_benchmark.config import cfg as defaults
+    from maskrcnn_benchmark.utils.checkpoint import model_identity
+
+    path = _checkpoint_of(tmp_path, "FCOS")
+    cfg = defaults.clone()
+    cfg.MODEL.HEAD, cfg.MODEL.BACKBONE.CONV_BODY = "DYNAMIC_ATSS", "R-18-FPN-RETINANET"
+    identity = model_identity(cfg)
+    assert identity == {"MODEL.META_ARCHITECTURE": "GeneralizedRCNN", "MODEL.HEAD": "DYNAMIC_ATSS",
+                        "MODEL.BACKBONE.CONV_BODY": "R-18-FPN-RETINANET"}
+    for kwargs in ({"for_inference": True}, {"min_match": 0.5}):
+        with pytest.raises(ValueError, match=r"model_final\.pth was trained as another model \(MODEL\.HEAD: "
+                                             r"checkpoint FCOS, config DYNAMIC_ATSS\)"):
+            Checkpointer(nn.Linear(3, 2)).load_weights(path, identity=identity, **kwargs)
+    with caplog.at_level(logging.WARNING, logger="maskrcnn_benchmark.checkpoint"):  # training, WEIGHT_MIN_MATCH 0
+        Checkpointer(nn.Linear(3, 2)).load_weights(path, identity=identity, min_match=0)
+    assert any("checkpoint FCOS, config DYNAMIC_ATSS" in r.getMessage() for r in caplog.records)
+    cfg.MODEL.HEAD, cfg.MODEL.BACKBONE.CONV_BODY = "FCOS", "R-50-FPN-RETINANET"
+    with pytest.raises(ValueError, match=r"MODEL\.BACKBONE\.CONV_BODY: checkpoint R-18-FPN-RETINANET, config "
+                                         r"R-50-FPN-RETINANET"):
+        Checkpointer(nn.Linear(3, 2)).load_weights(path, identity=model_identity(cfg), for_inference=True)
+    cfg.MODEL.BACKBONE.CONV_BODY = "R-18-FPN-RETINANET"  # the same model: loads
+    Checkpointer(nn.Linear(3, 2)).load_weights(path, identity=model_identity(cfg), for_inference=True)

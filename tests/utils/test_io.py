@@ -43,3 +43,71 @@ def test_replace_existing_and_reject_read_mode(tmp_path):
     with pytest.raises(ValueError, match="write modes"):
         with atomic_open(target, "r"):
             pass
+
+
+def test_disk_full_error_names_the_path(tmp_path):
+    """ENOSPC raised by a write (no file name in it) comes back naming the destination; the old content
+    and no temp file remain."""
+    import errno
+
+    from maskrcnn_benchmark.utils.metrics_io import MetricsWriter
+
+    target = tmp_path / "bbox.json"
+    target.write_text("old")
+
+    def full(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as e:
+        atomic_torch_save({"x": 1}, str(target), save_fn=full)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert str(target) in str(e.value) and "No space left on device" in str(e.value)
+    assert target.read_text() == "old" and _leftovers(tmp_path) == []
+
+    writer = MetricsWriter(str(tmp_path / "metrics.jsonl"))
+
+    class FullFile:
+        closed = False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer._file = FullFile()
+    with pytest.raises(OSError, match=r"No space left on device while writing: .*metrics\.jsonl"):
+        writer.write(1, loss=0.5)
+
+
+def test_file_size_limit_errors_name_the_path(tmp_path):
+    """Under ``ulimit -f`` (RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail with EFBIG) the checkpoint,
+    json and metrics writers raise errors naming their file (torch.save alone says 'unexpected pos')."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {root!r})
+        import torch
+        from torch import nn
+        from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+        from maskrcnn_benchmark.utils.io import atomic_write_json
+        from maskrcnn_benchmark.utils.metrics_io import MetricsWriter
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        out = {str(tmp_path)!r}
+        writer = MetricsWriter(out + "/metrics.jsonl")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+        jobs = [lambda: Checkpointer(nn.Linear(100, 100), save_dir=out, save_to_disk=True).save("model_final"),
+                lambda: atomic_write_json(out + "/bbox.json", list(range(10000))),
+                lambda: [writer.write(i, loss=0.5, note="x" * 100) for i in range(1000)]]
+        for job in jobs:
+            try:
+                job()
+                print("no error")
+            except OSError as e:
+                print(e.errno, e.filename)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert lines[:3] == [f"27 {tmp_path / name}" for name in ("model_final.pth", "bbox.json", "metrics.jsonl")]

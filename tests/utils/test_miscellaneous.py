@@ -132,3 +132,34 @@ def test_explicit_head_wins_over_the_file_name(tmp_path, caplog):
     # a file with HEAD set and a misleading name keeps its HEAD; other legacy flags are untouched
     (tmp_path / "dynamic_atss_fcos.yaml").write_text("MODEL:\n  FCOS_ON: True\n")
     assert setup_cfg(str(tmp_path / "dynamic_atss_fcos.yaml")).MODEL.HEAD == ""
+
+
+@pytest.mark.parametrize("text, kind", [("- MODEL\n- SOLVER\n", "list"), ("just a string\n", "str"),
+                                        ("42\n", "int")])
+def test_yaml_top_level_not_a_mapping_names_the_file(tmp_path, text, kind):
+    path = tmp_path / "listy.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"config file .*listy\.yaml: the top level must be a mapping.*got a {kind}"):
+        setup_cfg(str(path))
+
+
+def test_empty_yaml_changes_nothing(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing\n")
+    assert setup_cfg(str(path)).SOLVER.BASE_LR == setup_cfg().SOLVER.BASE_LR
+
+
+@pytest.mark.parametrize("text, key", [("SOLVER:\n  BASE_LR: .nan\n", "SOLVER.BASE_LR"),
+                                       ("SOLVER:\n  BASE_LR: -.inf\n", "SOLVER.BASE_LR"),
+                                       ("MODEL:\n  RETINANET:\n    ASPECT_RATIOS: [0.5, .inf]\n",
+                                        "MODEL.RETINANET.ASPECT_RATIOS")])
+def test_non_finite_float_in_yaml_names_the_key(tmp_path, text, key):
+    path = tmp_path / "nan.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"nan\.yaml.*non-finite value\(s\) for 1 key\(s\): {key} = "):
+        setup_cfg(str(path))
+
+
+def test_non_finite_float_override_names_the_key():
+    with pytest.raises(ValueError, match=r"the overrides: non-finite value\(s\) for 1 key\(s\): SOLVER.BASE_LR = inf"):
+        setup_cfg("", ["SOLVER.BASE_LR", "1e999"])

@@ -3,7 +3,8 @@ tolerant ``__getitem__`` (:class:`DetectionDataset`). COCO and Pascal VOC subcla
 from __future__ import annotations
 
 import logging
-from typing import Callable, List, Optional, Tuple, Union
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import cv2
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from maskrcnn_benchmark.data.transforms.transforms import apply_transforms
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-__all__ = ["CorruptImageError", "DetectionDataset", "decode_image_file"]
+__all__ = ["CorruptImageError", "DetectionDataset", "check_image_files", "decode_image_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,55 @@ def decode_image_file(path: str) -> np.ndarray:
     if problem is not None:
         raise CorruptImageError(f"cannot decode image file {path}: {problem}")
     return image
+
+
+def _folder_files(folder: str, cache: Dict[str, Optional[Set[str]]]) -> Optional[Set[str]]:
+    """Names of the entries of ``folder`` (one ``os.scandir``, cached), None if it cannot be listed."""
+    if folder not in cache:
+        try:
+            with os.scandir(folder) as it:
+                cache[folder] = {entry.name for entry in it}
+        except OSError:
+            cache[folder] = None
+    return cache[folder]
+
+
+def check_image_files(root: str, file_names: Sequence[str], source: str, show: int = 10) -> None:
+    """Check at dataset build time that every image file exists (one ``os.scandir`` per folder, so
+    118k COCO images cost one directory listing, not 118k ``stat`` calls), and warn about entries
+    that leave ``root``.
+
+    Args:
+        root: the image folder the names are relative to.
+        file_names: the images' ``file_name`` entries (relative; ``../`` or absolute ones are
+            counted in a warning: they read files outside ``root``).
+        source: what lists them (the annotation file), for the messages.
+        show: how many missing names the error lists.
+
+    Raises:
+        FileNotFoundError: naming the count of missing files, the first ``show`` of them, ``root``
+            and ``source``.
+    """
+    root_abs = os.path.abspath(root)
+    cache: Dict[str, Optional[Set[str]]] = {}
+    missing: List[str] = []
+    outside: List[str] = []
+    for name in file_names:
+        path = os.path.normpath(os.path.join(root_abs, name))
+        if os.path.isabs(name) or not (path == root_abs or path.startswith(root_abs + os.sep)):
+            outside.append(name)
+        folder, base = os.path.split(path)
+        listed = _folder_files(folder, cache)
+        if listed is None or base not in listed:
+            missing.append(name)
+    if outside:
+        logger.warning("%s: %d of %d file_name entries leave the image folder %s (absolute or '../' paths; "
+                       "they read files outside it), e.g. %s", source, len(outside), len(file_names), root,
+                       ", ".join(repr(n) for n in outside[:3]))
+    if missing:
+        listed = ", ".join(repr(n) for n in missing[:show])
+        raise FileNotFoundError(f"{len(missing)} of {len(file_names)} image files listed in {source} do not exist "
+                                f"under {root}: {listed}{', ...' if len(missing) > show else ''}")
 
 
 class DetectionDataset(torch.utils.data.Dataset):

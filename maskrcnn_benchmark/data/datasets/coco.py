@@ -11,9 +11,11 @@ Annotation handling (decided once, at construction, and logged):
   otherwise (testing) every image in the json is kept, in json order.
 
 Bad input raises errors that name the culprit: a malformed json (with line and column), a
-missing key (with the key and the json), a duplicate image id, an image ``height`` / ``width``
-that is not a positive integer (with the image and the field), a missing image file (with the
-file and the json), an image OpenCV cannot decode or a truncated JPEG / PNG (:class:`CorruptImageError`;
+missing key (with the key and the json), a duplicate image or annotation id, an ``iscrowd`` other
+than 0 / 1 (e.g. the string ``"0"``; with the count), an image ``height`` / ``width``
+that is not a positive integer (with the image and the field), missing image files (checked when
+the dataset is built: the count and the first files, with the json; ``file_name`` entries that
+leave the image folder get a counted warning), an image OpenCV cannot decode or a truncated JPEG / PNG (:class:`CorruptImageError`;
 with ``skip_corrupt_images`` such images are skipped with a counted warning instead), or an
 image whose size differs from the json's. A json without any annotation gets a warning (COCO
 evaluation then reports AP -1).
@@ -33,7 +35,7 @@ from pycocotools.coco import COCO
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-from .base import CorruptImageError, DetectionDataset, decode_image_file
+from .base import CorruptImageError, DetectionDataset, check_image_files as check_images_exist, decode_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ def load_coco_json(ann_file: str) -> COCO:
     if not data["annotations"]:
         logger.warning("annotation file %s has no annotations: it cannot be used for training, and COCO "
                        "evaluation on it reports AP -1", ann_file)
+    _check_annotation_ids_and_crowd(data["annotations"], ann_file)
     cat_ids = {c["id"] for c in data["categories"]}
     for a in data["annotations"]:
         if a["category_id"] not in cat_ids:
@@ -116,6 +119,33 @@ def load_coco_json(ann_file: str) -> COCO:
     return coco
 
 
+def _check_annotation_ids_and_crowd(annotations: List[Dict[str, Any]], ann_file: str, show: int = 5) -> None:
+    """``ValueError`` naming ``ann_file`` and the count for duplicate annotation ids (pycocotools
+    indexes annotations by id, so COCO evaluation would silently lose the duplicates) and for
+    ``iscrowd`` values other than 0 / 1 (a string ``"0"`` is truthy: the box would silently count as
+    crowd). ``iscrowd`` given as ``true`` / ``false`` or ``0.0`` / ``1.0`` is stored as the int."""
+    seen, duplicates = set(), []
+    bad_crowd = []
+    for a in annotations:
+        if a["id"] in seen:
+            duplicates.append(a["id"])
+        seen.add(a["id"])
+        crowd = a.get("iscrowd", 0)
+        if isinstance(crowd, (bool, int, float)) and crowd in (0, 1):
+            a["iscrowd"] = int(crowd)
+        else:
+            bad_crowd.append(f"id {a['id']}: {crowd!r}")
+    if duplicates:
+        distinct = sorted(set(duplicates), key=duplicates.index)
+        raise ValueError(f"annotation file {ann_file}: {len(duplicates)} annotation(s) reuse an id "
+                         f"({len(distinct)} distinct id(s), e.g. {distinct[:show]}); annotation ids must be unique "
+                         f"(COCO evaluation indexes annotations by id and would lose the duplicates)")
+    if bad_crowd:
+        raise ValueError(f"annotation file {ann_file}: {len(bad_crowd)} annotation(s) have an 'iscrowd' that is not "
+                         f"0 or 1 ({'; '.join(bad_crowd[:show])}{'; ...' if len(bad_crowd) > show else ''}); "
+                         f"write it as the number 0 or 1 (a string such as \"0\" would count as crowd)")
+
+
 class COCODataset(DetectionDataset):
     """Boxes of a COCO-format json.
 
@@ -128,6 +158,9 @@ class COCODataset(DetectionDataset):
         skip_corrupt_images: an image that cannot be decoded completely is replaced by the next
             readable one (index + 1, ...) with a warning naming it and counting the skips of this
             process (DATALOADER.SKIP_CORRUPT_IMAGES); False (default): raise ``CorruptImageError``.
+        check_image_files: check now that every image file exists (``FileNotFoundError`` with the
+            count and the first missing files; one directory listing per folder), and warn about
+            ``file_name`` entries that leave ``root``.
 
     ``dataset[i]`` is ``(image, target, i)``: the transformed image (``Tensor[3, H, W]`` with the
     usual transforms), a :class:`BoxList` in the transformed image's pixels with field
@@ -135,7 +168,8 @@ class COCODataset(DetectionDataset):
     """
 
     def __init__(self, ann_file: str, root: str, remove_images_without_annotations: bool = True,
-                 transforms: Optional[Callable] = None, skip_corrupt_images: bool = False):
+                 transforms: Optional[Callable] = None, skip_corrupt_images: bool = False,
+                 check_image_files: bool = True):
         super().__init__(transforms, skip_corrupt_images)
         self.ann_file = str(ann_file)
         self.root = str(root)
@@ -163,6 +197,8 @@ class COCODataset(DetectionDataset):
                             num_empty, len(ids))
         self.ids: List[int] = ids
         self.id_to_img_map: Dict[int, int] = dict(enumerate(self.ids))
+        if check_image_files:
+            check_images_exist(self.root, [self.coco.imgs[i]["file_name"] for i in self.ids], self.ann_file)
 
     # ---- annotation preprocessing ----------------------------------------------------------
     def _prepare_targets(self) -> Tuple[Dict[int, np.ndarray], Dict[int, np.ndarray]]:

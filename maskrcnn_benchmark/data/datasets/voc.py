@@ -26,7 +26,7 @@ import torch
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-from .base import CorruptImageError, DetectionDataset, decode_image_file
+from .base import CorruptImageError, DetectionDataset, check_image_files, decode_image_file
 
 __all__ = ["PascalVOCDataset", "VOC_CLASSES", "parse_voc_xml", "is_voc_root"]
 
@@ -149,6 +149,7 @@ class PascalVOCDataset(DetectionDataset):
                             self.root, self.split, len(ids) - len(kept), len(ids))
             ids = kept
         self.ids: List[str] = ids
+        check_image_files(self.img_dir, [self._file_name(i) for i in ids], list_file)
 
     def _default_class_names(self) -> List[str]:
         found = {n for ann in self.annotations.values() for n in ann["names"]}
