@@ -370,19 +370,23 @@ class Checkpointer:
         return {} if data is None else self.restore(data)
 
     def load_weights(self, path: str, stage_with_dcn: Optional[Sequence[bool]] = None,
-                     min_match: float = 0.5, allow_class_change: bool = False) -> None:
+                     min_match: float = 0.5, allow_class_change: bool = False,
+                     state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
         """Load model weights only (fine-tuning / testing); the solver state is not touched.
 
         One of our checkpoints with EMA weights (an "ema" entry) gives those (:func:`load_weight_file`).
         ``stage_with_dcn``: MODEL.RESNETS.STAGE_WITH_DCN, to map ImageNet conv2 weights into DCN layers.
         ``min_match``: MODEL.WEIGHT_MIN_MATCH (see :func:`load_model_weights`).
         ``allow_class_change``: fine-tuning to another class count (see :func:`load_model_weights`).
+        ``state_dict``: the content of ``path`` already read by :func:`load_weight_file` (not read again).
         Raises FileNotFoundError naming ``path`` when it does not exist, ValueError when it is not a
         weight file or too few of its tensors match the model."""
         if not path:
             return
         self.logger.info("Loading weights from %s", path)
-        load_model_weights(self.model, load_weight_file(path, stage_with_dcn), min_match,
+        if state_dict is None:
+            state_dict = load_weight_file(path, stage_with_dcn)
+        load_model_weights(self.model, state_dict, min_match,
                            source=f"MODEL.WEIGHT {path}", allow_class_change=allow_class_change)
 
     def load(self, weight: str = "", use_latest: bool = True,

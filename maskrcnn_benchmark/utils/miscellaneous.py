@@ -102,6 +102,10 @@ def setup_cfg(config_file: str = "", opts=None, base_cfg=None, allow_python: boo
     check_config_keys(cfg, opts)
     cfg.merge_from_list(list(opts or []))
     _resolve_legacy_head(cfg, config_file)
+    if "MODEL" in cfg and "LEGACY_PLUS_ONE" in cfg.MODEL:  # not a foreign base_cfg
+        from .legacy_plus_one import apply_deprecated_resize_key
+
+        apply_deprecated_resize_key(cfg)
     cfg.freeze()
     return cfg
 
