@@ -283,3 +283,39 @@ def json_xywh(boxes, ratio_w, ratio_h):
     """BoxList.resize (every coordinate times the ratio) then convert("xywh") (w = x2 - x1 + 1)."""
     x1, y1, x2, y2 = boxes[:, 0] * ratio_w, boxes[:, 1] * ratio_h, boxes[:, 2] * ratio_w, boxes[:, 3] * ratio_h
     return torch.stack((x1, y1, x2 - x1 + 1, y2 - y1 + 1), dim=1)
+
+
+# ---- the package side of the end-to-end comparisons ------------------------------------------------
+RELEASE_IMAGE_HW = (256, 320)
+RELEASE_STRIDES = (8, 16, 32, 64, 128)
+
+
+def build_release_head(head_name, num_classes=4, seed=0, std=0.1):
+    """The registered dense head ``head_name`` built from the default config with MODEL.LEGACY_PLUS_ONE
+    True (the path a release yaml + checkpoint takes), 8 input channels, weights N(0, std) so that the
+    outputs spread (many candidates, boxes away from their anchors)."""
+    from maskrcnn_benchmark.config import cfg as default_cfg
+    from maskrcnn_benchmark.modeling.dense_heads import build_dense_head
+
+    cfg = default_cfg.clone()
+    cfg.MODEL.HEAD = head_name
+    cfg.MODEL.LEGACY_PLUS_ONE = True
+    cfg.MODEL.ATSS.NUM_CLASSES = num_classes
+    cfg.MODEL.ATSS.NUM_CONVS = 1
+    cfg.MODEL.GROUP_NORM.NUM_GROUPS = 4
+    torch.manual_seed(seed)
+    head = build_dense_head(cfg, 8)
+    for p in head.head.parameters():
+        torch.nn.init.normal_(p, std=std)
+    return head
+
+
+def release_features(batch=2, seed=1, image_hw=RELEASE_IMAGE_HW):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 8, math.ceil(image_hw[0] / s), math.ceil(image_hw[1] / s), generator=g)
+            for s in RELEASE_STRIDES]
+
+
+def flat_levels(outputs, i):
+    """Per-level head outputs [B, K, H, W] of image ``i`` -> list of [H * W, K] (A = 1), row-major."""
+    return [x[i].permute(1, 2, 0).reshape(-1, x.shape[1]) for x in outputs]
