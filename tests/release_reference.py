@@ -316,6 +316,22 @@ def release_features(batch=2, seed=1, image_hw=RELEASE_IMAGE_HW):
             for s in RELEASE_STRIDES]
 
 
+def release_batch(kinds, seed, image_hw=RELEASE_IMAGE_HW):
+    """One image per scene kind: (inclusive GTs, labels, the package's targets: BoxLists of the
+    continuous GTs with a "labels" field)."""
+    from maskrcnn_benchmark.structures.bounding_box import BoxList
+
+    gts, labels, targets = [], [], []
+    for i, kind in enumerate(kinds):
+        g, lab = scene(kind, seed + i, image_hw)
+        t = BoxList(to_continuous(g), (image_hw[1], image_hw[0]))
+        t.add_field("labels", lab)
+        gts.append(g)
+        labels.append(lab)
+        targets.append(t)
+    return gts, labels, targets
+
+
 def flat_levels(outputs, i):
     """Per-level head outputs [B, K, H, W] of image ``i`` -> list of [H * W, K] (A = 1), row-major."""
     return [x[i].permute(1, 2, 0).reshape(-1, x.shape[1]) for x in outputs]

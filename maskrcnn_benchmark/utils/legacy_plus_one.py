@@ -6,26 +6,23 @@ code) keep boxes in a "+1" frame: ``[x1, x2]`` holds the pixel indices ``x1 .. x
 continuous ``[x1, x2 + 1)``. Translated into continuous coordinates, their formulas give these
 conventions; each lives as a parameter of the one function that applies it:
 
-============================  =======================================================  ==========================================
-what                          the releases, in continuous coordinates                  where
-============================  =======================================================  ==========================================
-anchors                       ``generate_anchors`` from ``[1, 1, s, s] - 0.5``: centre  ``AnchorGenerator(legacy_plus_one=)``
-                              ``x s + s/2 + 0.5`` (0.5 px right / down of ours);        (``legacy_cell_anchors``)
-                              ratio widths rounded to whole pixels
-centre-inside test            ``min(l, t, r, b) > 0.01`` on "+1" distances = 0.51 px    ``centers_inside(margin=)``,
-                                                                                        ``assigners.base.center_margin``
-centerness target (ATSS)      ``l, t, r, b`` each minus 0.5                             ``point_box_distances(plus_one=)``,
-                                                                                        ``atss.centerness_targets``
-GIoU loss                     areas without "+1" on inclusive boxes: both boxes 1 px    ``giou_loss(plus_one=)``
-                              smaller, predicted ``x2 >= x1`` clamp
-clipping                      ``x1`` in ``[0, w - 1]``, ``x2`` in ``[1, w]``; keep      ``clip_boxes(plus_one=)``
-                              ``x2 >= x1``
-final rescale                 ``x2 -> (x2 - 1) r + 1`` (``x1 -> x1 r``)                  ``BoxList.resize(legacy_plus_one=)``
-IoU (assignment, Dynamic      "+1" areas and intersections = the continuous IoU         no switch
-ATSS quality ``q``), NMS      (the CUDA ``ml_nms`` suppresses at IoU ``>`` threshold,
-                              as ``batched_nms``)
-box coder                     ``TO_REMOVE = 1`` widths / centres = continuous ones      no switch
-============================  =======================================================  ==========================================
+- anchors: ``generate_anchors`` from ``[1, 1, s, s] - 0.5`` puts every anchor's centre at
+  ``x s + s/2 + 0.5``, 0.5 px right of / below ours, and rounds ratio widths to whole pixels:
+  ``AnchorGenerator(legacy_plus_one=)`` (``legacy_cell_anchors``).
+- centre-inside test: ``min(l, t, r, b) > 0.01`` on "+1" distances (from the centre *value*, continuous
+  ``- 0.5``, to the inclusive sides) is a 0.51 px margin: ``centers_inside(margin=)``,
+  ``modeling.assigners.base.center_margin``.
+- ATSS centerness target: ``l, t, r, b`` each minus 0.5: ``point_box_distances(plus_one=)``,
+  ``dense_heads.atss.centerness_targets``.
+- GIoU loss: areas without "+1" of the inclusive boxes, i.e. both boxes 1 px smaller, and the predicted
+  ``x2, y2`` clamped to at least ``x1, y1``: ``giou_loss(plus_one=)``.
+- clipping: ``x1`` to ``[0, w - 1]``, ``x2`` to ``[1, w]``, keep ``x2 >= x1``: ``clip_boxes(plus_one=)``
+  (``DensePostProcessor(legacy_plus_one=)``).
+- final rescale: ``x2 -> (x2 - 1) r + 1`` (``x1 -> x1 r``): ``BoxList.resize(legacy_plus_one=)``.
+- no switch needed: IoUs (assignment, Dynamic ATSS's quality ``q``) and NMS, whose "+1" areas and
+  intersections on inclusive boxes are the continuous ones (the CUDA ``ml_nms`` suppresses at IoU
+  ``>`` the threshold, as ``batched_nms``); the box coder (``TO_REMOVE = 1`` widths and centres are
+  the continuous ones, its decoded ``x2`` is the inclusive ``cx + w / 2 - 1``).
 
 Not reproduced: the releases' training-data conventions (COCO boxes narrower than 1 px widened to
 1 px, GT ``x2`` resized as ``(x2 - 1) r + 1``, ``clip_to_image(remove_empty=True)`` dropping GTs up
@@ -33,8 +30,8 @@ to 1 px wide), the ``kthvalue`` cap that keeps score ties beyond ``DETECTIONS_PE
 "+1" conventions of the point heads (FCOS, AutoAssign: the key does not affect them).
 
 How it is chosen (:func:`resolve_legacy_plus_one`, called by every entry point that loads weights
-before it builds the model: ``build_test_model`` (test_net, visualiser, export), ``do_train`` setup,
-the Predictor): ``"auto"`` (the default) turns it on when the weights carry the releases'
+before it builds the model: ``build_test_model`` (test_net, visualiser, export), the training setup
+of ``engine/trainer.py``, the Predictor): ``"auto"`` (the default) turns it on when the weights carry the releases'
 ``rpn.anchor_generator.cell_anchors.<level>`` buffers (every checkpoint of theirs does; with the
 switch on, this project's anchor generator holds the same buffers, so a checkpoint trained or
 fine-tuned here under it says so too), and off otherwise (this project's checkpoints, ImageNet

@@ -20,11 +20,11 @@ from maskrcnn_benchmark.modeling.assigners import BatchAssignment, positive_type
 from maskrcnn_benchmark.modeling.box_coder import build_box_coder
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.box_ops import box_centers, centerness, point_box_distances
+from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, ScoreRule,
                    check_num_classes, conv_tower, init_conv_std, reduce_mean_count)
 from .registry import DENSE_HEADS
-from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 __all__ = ["ATSSHead", "ATSSLoss", "centerness_targets", "build_atss", "build_atss_parts"]
 

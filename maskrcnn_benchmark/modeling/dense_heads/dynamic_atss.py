@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from maskrcnn_benchmark.layers.losses import giou_loss, quality_focal_loss
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, DynamicATSSAssigner
 from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .atss import ATSSLoss, build_atss_parts
 from .base import WEIGHT_EPS, DenseHead, DenseOutputs, reduce_mean_count
 from .registry import DENSE_HEADS
-from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 __all__ = ["DynamicATSSLoss", "build_dynamic_atss"]
 

@@ -242,17 +242,6 @@ def test_registered():
 
 
 # ---- MODEL.LEGACY_PLUS_ONE: the release's losses and detections, re-derived ------------------------
-def _release_batch(seed):
-    import release_reference as ref
-
-    gts, labels = [], []
-    for i, kind in enumerate(("random", "integer")):
-        g, lab = ref.scene(kind, seed + i)
-        gts.append(g)
-        labels.append(lab)
-    return gts, labels
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_release_geometry_losses_match_release_formulas(seed):
     """ATSS with MODEL.LEGACY_PLUS_ONE True: every loss term within 1e-6 (relative) of the release's
@@ -263,13 +252,8 @@ def test_release_geometry_losses_match_release_formulas(seed):
     head = ref.build_release_head("ATSS", seed=seed)
     head.train()
     feats = ref.release_features(seed=seed + 10)
-    gts, labels = _release_batch(seed)
+    gts, labels, targets = ref.release_batch(("random", "integer"), seed)
     h, w = ref.RELEASE_IMAGE_HW
-    targets = []
-    for g, lab in zip(gts, labels):
-        t = BoxList(ref.to_continuous(g), (w, h))
-        t.add_field("labels", lab)
-        targets.append(t)
     losses = head(ImageList(torch.zeros(2, 3, h, w), [(h, w)] * 2), feats, targets)[1]
 
     logits, reg, ctr = head.head(feats)

@@ -178,14 +178,7 @@ def test_release_geometry_losses_match_release_formulas(seed):
     head.train()
     feats = ref.release_features(seed=seed + 20)
     h, w = ref.RELEASE_IMAGE_HW
-    gts, labels, targets = [], [], []
-    for i, kind in enumerate(("random", "crowded")):
-        g, lab = ref.scene(kind, seed + i)
-        gts.append(g)
-        labels.append(lab)
-        t = BoxList(ref.to_continuous(g), (w, h))
-        t.add_field("labels", lab)
-        targets.append(t)
+    gts, labels, targets = ref.release_batch(("random", "crowded"), seed)
     losses = head(ImageList(torch.zeros(2, 3, h, w), [(h, w)] * 2), feats, targets)[1]
 
     logits, reg, iou = head.head(feats)
