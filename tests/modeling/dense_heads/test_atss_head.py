@@ -309,3 +309,12 @@ def test_release_geometry_detections_match_release_post_processing():
             assert [int(rl[k]) for k in o1] == [int(ours.get_field("labels")[k]) for k in o2]
             torch.testing.assert_close(ours.get_field("scores")[o2], rs[o1], rtol=0, atol=1e-5)
             torch.testing.assert_close(got[o2], expected[o1], rtol=0, atol=1e-3)
+
+
+def test_centerness_targets_release_hand_values():
+    """The ATSS release's target: l, t, r, b from the anchor centre value to the inclusive GT sides, i.e.
+    each continuous distance minus 0.5: 1.5, 3.5, 5.5, 7.5 for the first case above."""
+    anchors = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
+    gt = torch.tensor([[2.0, 0.0, 10.0, 12.0]])
+    torch.testing.assert_close(centerness_targets(anchors, gt, legacy_plus_one=True),
+                               torch.tensor([math.sqrt(1.5 / 5.5 * 3.5 / 7.5)]))
