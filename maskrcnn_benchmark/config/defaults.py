@@ -54,6 +54,17 @@ _C.MODEL.USE_SYNCBN = False
 # from scratch / test at AP 0 silently). 0: accept any weights, even none matching (fine-tuning
 # from an unrelated checkpoint on purpose). Resuming OUTPUT_DIR is always strict.
 _C.MODEL.WEIGHT_MIN_MATCH = 0.5
+# Box geometry. True: the original ATSS / Dynamic ATSS releases' "+1" conventions, in continuous
+# coordinates (utils/legacy_plus_one.py derives each): their anchors (centred 0.5 px right of / below
+# ours, held as the buffers cell_anchors.<level> that their checkpoints carry), the centre-inside
+# margin 0.51 px, the ATSS centerness target and GIoU areas of their "+1" boxes, their clipping and
+# their rescale to the original image (x2 -> (x2 - 1) * r + 1). Their released checkpoints then give
+# their detections. False: continuous coordinates, this project's convention (new training).
+# "auto" (or None, the default): decided when weights are loaded (test_net, train_net, the Predictor,
+# the visualiser): True when MODEL.WEIGHT (or the checkpoint resumed) has the releases' cell_anchors
+# buffers, else False; the log says which and why. Heads: ATSS, Dynamic ATSS and RetinaNet (anchors,
+# clipping, rescale); FCOS / AutoAssign / FreeAnchor ignore it except for the final rescale.
+_C.MODEL.LEGACY_PLUS_ONE = None
 # Run the model in the channels-last (NHWC) memory format (parameters and input batch): oneDNN's
 # CPU convolutions then skip their layout reorders (see BENCHMARKS.md for the measured gain).
 # Results agree with the default (False) within float32 rounding, not bit for bit.
@@ -203,9 +214,10 @@ _C.MODEL.RESNETS.DEFORMABLE_GROUPS = 1
 # Anchor generator (the anchor heads: ATSS, Dynamic ATSS, RetinaNet, FreeAnchor)
 # ---------------------------------------------------------------------------------------------
 _C.MODEL.ANCHOR_GENERATOR = CN()
+# (MODEL.LEGACY_PLUS_ONE True replaces these anchors by the original releases'; OFFSET is then unused.)
 # Anchor centre inside its feature cell, in strides: the anchors of cell (y, x) are centred at
-# ((x + OFFSET) * s, (y + OFFSET) * s). 0.5 (default): the cell centre, as the original ATSS /
-# Dynamic ATSS releases (their "+1" anchors centred at x*s + s/2 - 0.5 cover the same pixels; see
+# ((x + OFFSET) * s, (y + OFFSET) * s). 0.5 (default): the cell centre (the original ATSS / Dynamic
+# ATSS anchors sit 0.5 px further right / down, which no OFFSET expresses: MODEL.LEGACY_PLUS_ONE; see
 # modeling/anchor_generator.py). 0.0: mmdetection's AnchorGenerator (center_offset 0), for its weights.
 _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
 
@@ -463,12 +475,7 @@ _C.TEST.EXPECTED_RESULTS_SIGMA_TOL = 4
 _C.TEST.IMS_PER_BATCH = 8
 # Detections kept per image (also the cap on the merged detections of test-time augmentation).
 _C.TEST.DETECTIONS_PER_IMG = 100
-# Rescale the detections to the original image as the original maskrcnn-benchmark / ATSS /
-# Dynamic ATSS code did in its "+1" box frame: x2, y2 -> (x2 - 1) * r + 1 instead of x2 * r
-# (r = original / network-input size; x1, y1 -> x1 * r either way). True reproduces the original
-# releases' output boxes exactly from their checkpoints (they were trained under that convention);
-# False (default): exact continuous rescaling. Applies to test_net / evaluation during training and
-# the Predictor (not to the views of TEST.BBOX_AUG).
+# Deprecated alias: True sets MODEL.LEGACY_PLUS_ONE True (with a warning); nothing else reads it.
 _C.TEST.LEGACY_PLUS_ONE_RESIZE = False
 # Pascal VOC evaluation (datasets "<VOC root>:<split>" / voc_*): "area" (area under the interpolated
 # precision-recall curve, VOC2010+) or "11point" (the VOC2007 11-point metric).

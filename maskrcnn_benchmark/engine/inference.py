@@ -14,6 +14,7 @@ from torch import nn
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.utils.comm import all_gather, get_world_size, is_main_process, synchronize
 from maskrcnn_benchmark.utils.io import atomic_write_json
+from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 from maskrcnn_benchmark.utils.metric_logger import format_eta
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -44,7 +45,7 @@ def compute_on_dataset(model: nn.Module, data_loader, device: torch.device,
             (:class:`maskrcnn_benchmark.engine.bbox_aug.BBoxAugmentor`; the loader then yields the
             images at their original size, see ``tta_input_transforms``).
         legacy_plus_one_resize: rescale as the original "+1" code (``BoxList.resize(legacy_plus_one=)``,
-            ``TEST.LEGACY_PLUS_ONE_RESIZE``).
+            ``MODEL.LEGACY_PLUS_ONE``).
 
     Returns: {dataset index: BoxList on the CPU in the original image's (width, height)}.
     """
@@ -127,23 +128,34 @@ def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     MODEL.WEIGHT must give every model tensor, be finite and not be a checkpoint of another
     architecture / head / backbone (errors naming the tensors or both names).
 
-    Returns ``(cfg, model)`` (the cfg with NUM_CLASSES resolved; the model on MODEL.DEVICE, made an
-    inference-only model by ``prepare_for_inference``: not for training or saving). Shared by
-    tools/test_net.py, tools/visualize_detections.py and tools/export_onnx.py.
+    Returns ``(cfg, model)`` (the cfg with NUM_CLASSES and MODEL.LEGACY_PLUS_ONE resolved, the latter
+    from the weights' keys; the model on MODEL.DEVICE, made an inference-only model by
+    ``prepare_for_inference``: not for training or saving). Shared by tools/test_net.py,
+    tools/visualize_detections.py and tools/export_onnx.py.
     """
     from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
-    from maskrcnn_benchmark.utils.checkpoint import Checkpointer, model_identity
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer, load_weight_file, model_identity
+    from maskrcnn_benchmark.utils.legacy_plus_one import resolve_legacy_plus_one
 
     logger = logger or logging.getLogger("maskrcnn_benchmark.test")
     cfg = fill_num_classes_from_data(cfg)
-    model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
-    checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
+    checkpointer = Checkpointer(nn.Identity(), save_dir=cfg.OUTPUT_DIR, save_to_disk=False, logger=logger)
+    weights, resumed = None, None  # read once, before the model: their keys decide MODEL.LEGACY_PLUS_ONE
     if cfg.MODEL.WEIGHT:
-        checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
-                                  min_match=cfg.MODEL.WEIGHT_MIN_MATCH, identity=model_identity(cfg), for_inference=True)
+        weights = load_weight_file(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
     elif checkpointer.has_checkpoint():
-        checkpointer.resume()
+        resumed = checkpointer.read_last()
+    cfg = resolve_legacy_plus_one(cfg, weights if resumed is None else resumed["model"],
+                                  f"MODEL.WEIGHT {cfg.MODEL.WEIGHT}" if weights is not None
+                                  else f"the last checkpoint of {cfg.OUTPUT_DIR}", logger)
+    model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
+    checkpointer.model = model
+    if weights is not None:
+        checkpointer.load_weights(cfg.MODEL.WEIGHT, min_match=cfg.MODEL.WEIGHT_MIN_MATCH, identity=model_identity(cfg),
+                                  for_inference=True, state_dict=weights)
+    elif resumed is not None:
+        checkpointer.restore(resumed)
     else:
         logger.warning("MODEL.WEIGHT is empty and %s has no checkpoint: using an untrained model",
                        cfg.OUTPUT_DIR)
@@ -169,7 +181,7 @@ def run_test(cfg, model: nn.Module, distributed: bool = False) -> Dict[str, Dict
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(name)) if cfg.OUTPUT_DIR else None
         results = inference(model, loader, name, folder, device=cfg.MODEL.DEVICE, bbox_aug=bbox_aug,
                             voc_metric=cfg.TEST.VOC_METRIC,
-                            legacy_plus_one_resize=cfg.TEST.LEGACY_PLUS_ONE_RESIZE)
+                            legacy_plus_one_resize=legacy_plus_one_from_config(cfg))
         if results is not None:
             all_results[name] = results
         synchronize()

@@ -30,6 +30,7 @@ import torch
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.utils.checkpoint import checkpoint_metadata  # noqa: F401  (re-exported)
+from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config, resolve_legacy_plus_one
 
 __all__ = ["Detections", "Predictor", "read_image", "dataset_class_names", "checkpoint_metadata"]
 
@@ -148,7 +149,8 @@ class Predictor:
         from maskrcnn_benchmark.modeling.dense_heads.registry import fill_num_classes_from_data, resolve_num_classes
         from maskrcnn_benchmark.modeling.dense_heads import get_num_classes
         from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
-        from maskrcnn_benchmark.utils.checkpoint import Checkpointer, model_identity, resolve_weight_path
+        from maskrcnn_benchmark.utils.checkpoint import (Checkpointer, load_weight_file, model_identity,
+                                                         resolve_weight_path)
         from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
         if cfg is None:
@@ -185,11 +187,13 @@ class Predictor:
         self.score_threshold = float(score_threshold)
         self.transforms = build_transforms(cfg, is_train=False)
         self.size_divisibility = int(cfg.DATALOADER.SIZE_DIVISIBILITY)
-        self.legacy_plus_one_resize = bool(cfg.TEST.LEGACY_PLUS_ONE_RESIZE)
+        state = load_weight_file(weights, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN)) if weights else None
+        cfg = self.cfg = resolve_legacy_plus_one(cfg, state, f"the weights {weights}", logger)
+        self.legacy_plus_one_resize = legacy_plus_one_from_config(cfg)
         self.model = build_detection_model(cfg)
         if weights:
             Checkpointer(self.model, save_to_disk=False, logger=logger).load_weights(
-                weights, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN), identity=model_identity(cfg), for_inference=True)
+                weights, identity=model_identity(cfg), for_inference=True, state_dict=state)
         else:
             logger.warning("Predictor: no weights given (and MODEL.WEIGHT is empty): the model is untrained")
         prepare_for_inference(self.model.to(self.device), cfg, logger)

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.modeling.dense_heads.registry import resolve_num_classes
-from maskrcnn_benchmark.utils.checkpoint import Checkpointer, model_identity, select_rng_state
+from maskrcnn_benchmark.utils.checkpoint import Checkpointer, load_weight_file, model_identity, select_rng_state
 from maskrcnn_benchmark.utils.amp import resolve_amp  # noqa: F401  (re-exported: the trainer's API)
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size, is_main_process
+from maskrcnn_benchmark.utils.legacy_plus_one import resolve_legacy_plus_one
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config
 
 from .hooks import (EMAHook, HeartbeatHook, HookBase, LoggingHook, MetricsHook, NonFiniteLossCheck,
@@ -156,6 +157,12 @@ def _train(cfg, local_rank: int, distributed: bool, skip_test: bool) -> nn.Modul
     data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed, start_iter=start_iter)
     cfg = resolve_num_classes(cfg, data_loader.num_foreground_classes, f"DATASETS.TRAIN={list(cfg.DATASETS.TRAIN)}")
     cfg = scale_lr_to_batch(cfg, logger)  # SOLVER.REFERENCE_BATCH: linear lr scaling rule
+    weights = None  # read before the model is built: the keys decide MODEL.LEGACY_PLUS_ONE "auto"
+    if resume_data is None and cfg.MODEL.WEIGHT:
+        weights = load_weight_file(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN))
+    cfg = resolve_legacy_plus_one(cfg, resume_data["model"] if resume_data is not None else weights,
+                                  "the resumed checkpoint" if resume_data is not None
+                                  else f"MODEL.WEIGHT {cfg.MODEL.WEIGHT}", logger)
     if resume_data is not None:
         log_config_changes(resume_data, cfg, start_iter, os.path.join(cfg.OUTPUT_DIR, "config.yml"), logger)
     if cfg.OUTPUT_DIR:
@@ -183,7 +190,7 @@ def _train(cfg, local_rank: int, distributed: bool, skip_test: bool) -> nn.Modul
         # fine-tuning: the class-dependent predictors of a checkpoint with another class count are skipped
         checkpointer.load_weights(cfg.MODEL.WEIGHT, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN),
                                   min_match=cfg.MODEL.WEIGHT_MIN_MATCH, allow_class_change=True,
-                                  identity=model_identity(cfg))
+                                  identity=model_identity(cfg), state_dict=weights)
         checkpointer.ema = ModelEMA(model, ema_decay) if ema_decay > 0 else None  # starts from the loaded weights
     ema = checkpointer.ema
     if cfg.SOLVER.MAX_ITER <= start_iter:

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from maskrcnn_benchmark.structures.box_ops import elementwise_giou, elementwise_iou
+from maskrcnn_benchmark.structures.box_ops import elementwise_giou, elementwise_iou, inclusive_boxes
 
 __all__ = ["giou_loss", "iou_loss", "negative_bce", "quality_focal_loss", "smooth_l1_loss"]
 
@@ -27,7 +27,7 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
-              reduction: str = "sum") -> torch.Tensor:
+              reduction: str = "sum", plus_one: bool = False) -> torch.Tensor:
     """``weight * (1 - GIoU(pred, target))``.
 
     Args:
@@ -35,13 +35,22 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.T
         target: Tensor[N, 4] target xyxy boxes.
         weight: optional Tensor[N] per-box weight.
         reduction: ``"sum"`` (default), ``"mean"`` or ``"none"`` (Tensor[N]).
+        plus_one: the original releases' ``GIoULoss`` (``MODEL.LEGACY_PLUS_ONE``): it decodes into
+            inclusive "+1" boxes (far sides ``x2 - 1``, ``y2 - 1`` of these continuous ones), clamps the
+            prediction's ``x2, y2`` to at least its ``x1, y1``, and takes areas, intersection and
+            enclosing box as ``(x2 - x1) * (y2 - y1)`` with no "+1": the GIoU of both boxes made 1 px
+            smaller (:func:`~maskrcnn_benchmark.structures.box_ops.inclusive_boxes`).
     Returns:
         scalar (or Tensor[N]); 0 (with a graph to ``pred``) when N == 0.
     """
     if pred.shape != target.shape or (pred.numel() and pred.shape[-1] != 4):
         raise ValueError(f"giou_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
                          "must both be [N, 4]")
-    loss = 1.0 - elementwise_giou(pred, target.to(pred.dtype))
+    target = target.to(pred.dtype)
+    if plus_one:
+        pred, target = inclusive_boxes(pred), inclusive_boxes(target)
+        pred = torch.cat([pred[:, :2], torch.maximum(pred[:, :2], pred[:, 2:])], dim=1)
+    loss = 1.0 - elementwise_giou(pred, target)
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction)

@@ -5,35 +5,34 @@ feature cell ``(y, x)`` on a level of stride ``s`` are centred at ``((x + offset
 with ``offset`` = ``MODEL.ANCHOR_GENERATOR.OFFSET`` (default 0.5: the cell centre ``x * s + s / 2``;
 mmdetection's ``AnchorGenerator(center_offset=0.0)`` puts them at ``x * s``: offset 0.0).
 
-Relation to the original maskrcnn-benchmark / ATSS / Dynamic ATSS code, whose boxes live in a "+1"
-frame (a box ``[x1, x2]`` holds the pixel indices ``x1 .. x2``, width ``x2 - x1 + 1``; its continuous
-extent is ``[x1, x2 + 1)``), derived from its ``generate_anchors`` and the ATSS ``BoxCoder``
-(``TO_REMOVE = 1``):
-
-- ``generate_anchors`` starts from ``[0, 0, s - 1, s - 1]`` and builds a size-``S`` anchor
-  ``[(s - S) / 2, (s + S) / 2 - 1]`` around the centre value ``(s - 1) / 2``, shifted by ``x * s``.
-  So the anchor's centre *value* is ``x * s + s / 2 - 0.5``, but as a "+1" box it covers the
-  continuous interval ``[x * s + (s - S) / 2, x * s + (s + S) / 2)``: centre ``x * s + s / 2``,
-  width ``S`` -- exactly the anchor here (offset 0.5).
-- The ATSS ``BoxCoder`` decodes with ``w = x2 - x1 + 1``, ``cx = (x1 + x2) / 2`` (a value in the same
-  "+1" frame), and returns ``cx' -/+ (w' - 1) / 2``, whose continuous extent is ``[cx' + 0.5 - w' / 2,
-  cx' + 0.5 + w' / 2)``. Substituting, the continuous decoded box is ``(dx * S + x * s + s / 2) -/+
-  exp(dw) * S / 2``: the same as this project's :class:`~maskrcnn_benchmark.modeling.box_coder.BoxCoder`
-  on these anchors. The original's COCO json (``xywh`` with ``w = x2 - x1 + 1``) therefore holds the
-  same boxes as this project's in the network's input frame; reading its raw ``x1, y1, x2, y2``
-  tensors as continuous coordinates is what makes them look 0.5 px off (centre) and 1 px narrower.
-- The one real difference is the rescaling to the original image: ``BoxList.resize`` of the
-  original multiplies the inclusive ``x2, y2`` by the ratio ``r`` as well, so its far edges land at
-  ``(x2_cont - 1) * r + 1`` instead of ``x2_cont * r`` (``1 - r`` px further right / down; about
-  +0.45 px for a COCO image upscaled to 800). Its checkpoints learned that convention (their
-  training GT went through the same resize), so ``TEST.LEGACY_PLUS_ONE_RESIZE True`` reproduces the
-  original's output boxes from them exactly (``tests/modeling/test_anchor_generator.py`` re-derives
-  the original's anchors, decoding and resize by hand and compares).
+Relation to the original ATSS / Dynamic ATSS releases (``legacy_plus_one``, the switch
+``MODEL.LEGACY_PLUS_ONE``; every convention of that switch is listed in
+:mod:`maskrcnn_benchmark.utils.legacy_plus_one`). Their boxes live in a "+1" frame: a box
+``[x1, x2]`` holds the pixel indices ``x1 .. x2``, width ``x2 - x1 + 1``, continuous extent
+``[x1, x2 + 1)``. Their ``generate_anchors(stride s, sizes, ratios)`` starts from the window
+``[1, 1, s, s] - 0.5 = [0.5, 0.5, s - 0.5, s - 0.5]`` (both releases; stock maskrcnn-benchmark uses
+``- 1``): width ``w = s``, centre value ``s / 2``. Per ratio ``r`` (``h / w``) it takes
+``ws = round(sqrt(s * s / r))``, ``hs = round(ws * r)`` (numpy's round half to even), per size ``S``
+the scale ``S / s``, so ``W = ws * S / s``, ``H = hs * S / s``, and the cell anchor is
+``[s/2 - (W-1)/2, s/2 - (H-1)/2, s/2 + (W-1)/2, s/2 + (H-1)/2]`` (float64, then float32; these are
+the ``rpn.anchor_generator.cell_anchors.<level>`` buffers of its checkpoints), shifted by
+``(x * s, y * s)``. For the square ATSS anchor (``r = 1``, ``S = 8 s``): ``[s/2 - S/2 + 0.5,
+s/2 + S/2 - 0.5]``, continuous ``[x s + s/2 - S/2 + 0.5, x s + s/2 + S/2 + 0.5)``: width ``S``,
+centre ``x s + s/2 + 0.5`` -- 0.5 px right of / below this project's anchor (offset 0.5), a
+different fraction of each level's stride, so no ``OFFSET`` expresses it. With
+``legacy_plus_one`` the generator holds exactly those cell anchors (as buffers named
+``cell_anchors.<level>``, so an original checkpoint's buffers load into them and the checkpoint
+supplies the anchors) and returns them in continuous coordinates: ``cell + [0, 0, 1, 1]`` shifted by
+``(x * s, y * s)``. The ATSS ``BoxCoder`` (``TO_REMOVE = 1``) needs no switch: its widths
+``x2 - x1 + 1`` and centres ``x1 + w / 2`` are the continuous ones, and its decoded ``x2`` is the
+inclusive ``cx + w / 2 - 1``, i.e. the continuous ``cx + w / 2`` of
+:class:`~maskrcnn_benchmark.modeling.box_coder.BoxCoder`.
 
 An anchor of size ``S``, octave scale ``k`` and aspect ratio ``r = h / w`` has width
 ``S * octave^(k / scales_per_octave) / sqrt(r)`` and height ``S * octave^(k / scales_per_octave) *
 sqrt(r)`` (octave 2 by default; no rounding: for the square ATSS anchors this equals the original
-exactly, the original rounds the widths of non-square ratios to whole pixels). The anchors of one
+exactly, the original rounds the widths of non-square ratios to whole pixels; ``legacy_plus_one``
+reproduces that rounding). The anchors of one
 location are ordered ratio-major, scale-minor (as the original); a level's anchors are ordered
 location-major (row-major over ``(y, x)``), anchor-minor, matching ``permute_and_flatten`` of the
 head outputs.
@@ -43,10 +42,11 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["AnchorGenerator", "cell_anchors"]
+__all__ = ["AnchorGenerator", "cell_anchors", "legacy_cell_anchors"]
 
 
 def cell_anchors(size: float, aspect_ratios: Sequence[float], scales_per_octave: int = 1,
@@ -65,6 +65,51 @@ def cell_anchors(size: float, aspect_ratios: Sequence[float], scales_per_octave:
     return torch.tensor(rows, dtype=torch.float32)
 
 
+def legacy_cell_anchors(stride: int, sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
+    """The original releases' ``generate_anchors(stride, sizes, aspect_ratios)`` (see the module
+    docstring): cell anchors of one location in their inclusive "+1" frame, centre value ``s / 2``.
+
+    Args:
+        stride: the level's stride ``s``.
+        sizes: anchor sizes of the level (one per octave scale, e.g. ``(64,)``).
+        aspect_ratios: ``h / w`` ratios.
+    Returns:
+        Tensor[A, 4] float32 ``x1, y1, x2, y2`` (inclusive), ratio-major, size-minor; e.g. stride 8,
+        size 64, ratio 1: ``[-27.5, -27.5, 35.5, 35.5]``.
+    """
+    s = float(stride)
+    centre = s / 2.0
+    rows = []
+    for r in aspect_ratios:
+        ws = float(np.round(np.sqrt(s * s / float(r))))
+        hs = float(np.round(ws * float(r)))
+        for size in sizes:
+            scale = float(size) / s  # the original's np.array(sizes) / stride
+            w, h = ws * scale, hs * scale
+            rows.append([centre - 0.5 * (w - 1), centre - 0.5 * (h - 1),
+                         centre + 0.5 * (w - 1), centre + 0.5 * (h - 1)])
+    return torch.tensor(rows, dtype=torch.float64).float()
+
+
+class _BufferList(nn.Module):
+    """Tensors stored as buffers ``"0"``, ``"1"``, ... (the original's ``BufferList``, so its
+    ``cell_anchors.<level>`` checkpoint entries load); indexable and iterable like a list."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        super().__init__()
+        for i, t in enumerate(tensors):
+            self.register_buffer(str(i), t)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return list(self._buffers.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def __iter__(self):
+        return iter(self._buffers.values())
+
+
 class AnchorGenerator(nn.Module):
     """Per-level anchors (one set per level, shared by the images of a batch).
 
@@ -75,7 +120,10 @@ class AnchorGenerator(nn.Module):
         scales_per_octave: octave scales ``octave^(k / n)``, ``k < n``, per ratio.
         octave: base of the octave scales (``MODEL.ATSS.OCTAVE`` / ``MODEL.RETINANET.OCTAVE``).
         offset: anchor centre inside its cell, in strides (``MODEL.ANCHOR_GENERATOR.OFFSET``;
-            0.5: ``x * s + s / 2``, 0.0: ``x * s`` as mmdetection).
+            0.5: ``x * s + s / 2``, 0.0: ``x * s`` as mmdetection; unused with ``legacy_plus_one``).
+        legacy_plus_one: the original releases' anchors (:func:`legacy_cell_anchors`, held as the
+            buffers ``cell_anchors.<level>`` that their checkpoints load into), returned in
+            continuous coordinates (``MODEL.LEGACY_PLUS_ONE``). False: :func:`cell_anchors`, no state.
 
     (The configs' ``STRADDLE_THRESH`` is accepted and ignored: the dense heads of the original
     never dropped anchors that straddle the border.)
@@ -84,7 +132,8 @@ class AnchorGenerator(nn.Module):
     def __init__(self, sizes: Sequence[float] = (64, 128, 256, 512, 1024),
                  aspect_ratios: Sequence[float] = (1.0,),
                  strides: Sequence[int] = (8, 16, 32, 64, 128),
-                 scales_per_octave: int = 1, octave: float = 2.0, offset: float = 0.5):
+                 scales_per_octave: int = 1, octave: float = 2.0, offset: float = 0.5,
+                 legacy_plus_one: bool = False):
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError(f"AnchorGenerator: {len(sizes)} sizes but {len(strides)} strides")
@@ -96,8 +145,15 @@ class AnchorGenerator(nn.Module):
         self.offset = float(offset)
         if self.octave <= 0:
             raise ValueError(f"AnchorGenerator: octave must be > 0, got {octave}")
-        self.cell_anchors = [cell_anchors(s, self.aspect_ratios, self.scales_per_octave, self.octave)
-                             for s in self.sizes]
+        self.legacy_plus_one = bool(legacy_plus_one)
+        if self.legacy_plus_one:  # the original's sizes per level: size * octave^(k / n), k < n
+            octave_sizes = [[s * self.octave ** (k / self.scales_per_octave)
+                             for k in range(self.scales_per_octave)] for s in self.sizes]
+            self.cell_anchors = _BufferList([legacy_cell_anchors(st, sz, self.aspect_ratios)
+                                             for st, sz in zip(self.strides, octave_sizes)])
+        else:
+            self.cell_anchors = [cell_anchors(s, self.aspect_ratios, self.scales_per_octave, self.octave)
+                                 for s in self.sizes]
         self._cache: Dict[Tuple, List[torch.Tensor]] = {}
 
     @property
@@ -111,19 +167,25 @@ class AnchorGenerator(nn.Module):
         Returns:
             list over levels of Tensor[H_l * W_l * A, 4] (cached per sizes / device / dtype).
         """
-        key = (tuple((int(h), int(w)) for h, w in grid_sizes), str(device), dtype)
+        # the buffers' versions: anchors loaded from a checkpoint (``copy_``) invalidate the cache
+        versions = tuple(b._version for b in self.cell_anchors) if self.legacy_plus_one else ()
+        key = (tuple((int(h), int(w)) for h, w in grid_sizes), str(device), dtype, versions)
         if key in self._cache:
             return self._cache[key]
         if len(grid_sizes) != len(self.strides):
             raise ValueError(f"AnchorGenerator: {len(grid_sizes)} feature maps, "
                              f"{len(self.strides)} strides configured")
         out = []
+        offset = 0.0 if self.legacy_plus_one else self.offset
         for (h, w), stride, base in zip(key[0], self.strides, self.cell_anchors):
-            xs = (torch.arange(w, device=device, dtype=dtype) + self.offset) * stride
-            ys = (torch.arange(h, device=device, dtype=dtype) + self.offset) * stride
+            base = base.to(device=device, dtype=dtype)
+            if self.legacy_plus_one:  # inclusive "+1" cell anchors -> continuous
+                base = base + base.new_tensor([0.0, 0.0, 1.0, 1.0])
+            xs = (torch.arange(w, device=device, dtype=dtype) + offset) * stride
+            ys = (torch.arange(h, device=device, dtype=dtype) + offset) * stride
             cy, cx = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
-            out.append((shifts + base.to(device=device, dtype=dtype)[None]).reshape(-1, 4))
+            out.append((shifts + base[None]).reshape(-1, 4))
         if len(self._cache) > 64:  # many image sizes (evaluation without batching): bound memory
             self._cache.clear()
         self._cache[key] = out

@@ -11,7 +11,7 @@ its locations ``x * s + s // 2`` are the values used here (``offset = 0.5``), bu
 ``[x - l, x + r]`` are inclusive, i.e. continuous ``[x - l, x + r + 1)``, and its training targets
 were measured the same way. So an original FCOS / ``POINT`` checkpoint decoded here gives boxes whose
 right / bottom edges are 1 px left of / above the original's (in the network's input frame; on top
-of that comes the rescaling difference that ``TEST.LEGACY_PLUS_ONE_RESIZE`` reproduces). No key
+of that comes the rescaling difference that ``MODEL.LEGACY_PLUS_ONE`` reproduces). No key
 reproduces that 1 px yet: it is not an offset of the points.
 
 The dense head hands points to the assigners (which take ``[N_l, 4]`` boxes and read their

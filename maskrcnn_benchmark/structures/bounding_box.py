@@ -64,7 +64,7 @@ class BoxList:
 
         ``legacy_plus_one``: as the original maskrcnn-benchmark did in its "+1" frame, where the far
         edges are the inclusive pixel indices ``x2 - 1``, ``y2 - 1`` that it scaled as well: ``x2 ->
-        (x2 - 1) * rw + 1`` (``TEST.LEGACY_PLUS_ONE_RESIZE``; see modeling/anchor_generator.py)."""
+        (x2 - 1) * rw + 1`` (``MODEL.LEGACY_PLUS_ONE``; see utils/legacy_plus_one.py)."""
         rw = float(size[0]) / self.size[0]
         rh = float(size[1]) / self.size[1]
         scale = self.bbox.new_tensor([rw, rh, rw, rh])

@@ -19,6 +19,8 @@ __all__ = [
     "elementwise_giou",
     "point_box_distances",
     "centerness",
+    "clip_boxes",
+    "inclusive_boxes",
 ]
 
 _EPS = 1e-7
@@ -125,19 +127,56 @@ def pairwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = _EPS) -> Tensor:
     return _giou_from(boxes1[:, None, :], boxes2[None, :, :], eps)
 
 
-def point_box_distances(points: Tensor, boxes: Tensor) -> Tensor:
+def point_box_distances(points: Tensor, boxes: Tensor, plus_one: bool = False) -> Tensor:
     """Distances from points to the sides of boxes (the one home of the ``l, t, r, b`` rule).
 
     Args:
         points: Tensor[..., 2] ``(x, y)``; boxes: Tensor[..., 4] ``x1, y1, x2, y2``, broadcastable
             against ``points`` (e.g. points ``[N, 1, 2]`` and boxes ``[1, G, 4]`` give ``[N, G, 4]``).
+        plus_one: the original releases' distances (``MODEL.LEGACY_PLUS_ONE``): they measure from the
+            point's pixel-index value (continuous ``x - 0.5``) to the inclusive sides ``x1, y1,
+            x2 - 1, y2 - 1``, so each distance is the continuous one minus 0.5.
 
     Returns:
-        Tensor[..., 4] ``(x - x1, y - y1, x2 - x, y2 - y)``: all positive iff the point is strictly
-        inside; ``amin(-1)`` is the inside margin, ``amax(-1)`` the FCOS scale measure.
+        Tensor[..., 4] ``(x - x1, y - y1, x2 - x, y2 - y)`` (minus 0.5 with ``plus_one``): all
+        positive iff the point is strictly inside; ``amin(-1)`` is the inside margin, ``amax(-1)`` the
+        FCOS scale measure.
     """
-    return torch.stack((points[..., 0] - boxes[..., 0], points[..., 1] - boxes[..., 1],
+    ltrb = torch.stack((points[..., 0] - boxes[..., 0], points[..., 1] - boxes[..., 1],
                         boxes[..., 2] - points[..., 0], boxes[..., 3] - points[..., 1]), dim=-1)
+    return ltrb - 0.5 if plus_one else ltrb
+
+
+def inclusive_boxes(boxes: Tensor) -> Tensor:
+    """Continuous boxes Tensor[..., 4] -> the original releases' inclusive "+1" boxes
+    ``x1, y1, x2 - 1, y2 - 1`` (same pixels; read as continuous boxes they are 1 px smaller)."""
+    return boxes - boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+
+
+def clip_boxes(boxes: Tensor, image_wh, plus_one: bool = False):
+    """Clip boxes to an image and tell which are non-empty (the post-processing rule).
+
+    Args:
+        boxes: Tensor[N, 4] continuous ``x1, y1, x2, y2``.
+        image_wh: ``(w, h)`` of the image.
+        plus_one: the original releases' rule (``MODEL.LEGACY_PLUS_ONE``): ``clip_to_image`` clamps
+            the inclusive corners to ``[0, w - 1]`` / ``[0, h - 1]``, i.e. here ``x1`` to ``[0, w - 1]``
+            and ``x2`` to ``[1, w]`` (the inclusive ``x2 - 1`` to ``[0, w - 1]``), and
+            ``remove_small_boxes(min_size=0)`` keeps inclusive widths ``x2 - x1 + 1 >= 0``, i.e.
+            ``x2 >= x1`` here (a box outside the image survives as a 1 px sliver at its border).
+
+    Returns:
+        (Tensor[N, 4] clipped boxes, Tensor[N] bool non-empty): continuous ``[0, w] x [0, h]``
+        and ``x2 > x1, y2 > y1``, or the ``plus_one`` rule above.
+    """
+    w, h = float(image_wh[0]), float(image_wh[1])
+    if plus_one:
+        clipped = torch.stack([boxes[:, 0].clamp(0, w - 1), boxes[:, 1].clamp(0, h - 1),
+                               boxes[:, 2].clamp(1, w), boxes[:, 3].clamp(1, h)], dim=1)
+        return clipped, (clipped[:, 2] >= clipped[:, 0]) & (clipped[:, 3] >= clipped[:, 1])
+    clipped = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                           boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
+    return clipped, (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
 
 
 def centerness(ltrb: Tensor) -> Tensor:

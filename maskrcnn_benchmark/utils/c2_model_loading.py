@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from maskrcnn_benchmark.utils.model_serialization import strip_prefix_if_present
+from maskrcnn_benchmark.utils.legacy_plus_one import rename_release_anchor_keys
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] 
                          f"{' without tensors' if isinstance(data, Mapping) else ''}, not a state dict "
                          f"(a dict of parameter name -> tensor, possibly under 'model' / 'state_dict')")
     data = OrderedDict((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
+    data = rename_release_anchor_keys(data)  # the releases' anchor_generator.cell_anchors -> ours
     from .mmdet_model_loading import convert_mmdet_weights, is_mmdet_state_dict
 
     if is_mmdet_state_dict(data):

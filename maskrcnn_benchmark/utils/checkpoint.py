@@ -456,7 +456,8 @@ class Checkpointer:
 
     def load_weights(self, path: str, stage_with_dcn: Optional[Sequence[bool]] = None,
                      min_match: float = 0.5, allow_class_change: bool = False,
-                     identity: Optional[Dict[str, str]] = None, for_inference: bool = False) -> None:
+                     identity: Optional[Dict[str, str]] = None, for_inference: bool = False,
+                     state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
         """Load model weights only (fine-tuning / testing); the solver state is not touched.
 
         One of our checkpoints with EMA weights (an "ema" entry) gives those (:func:`load_weight_file`).
@@ -467,6 +468,7 @@ class Checkpointer:
         config names another architecture, head or backbone is refused naming both (in training with
         ``min_match`` 0 only a warning). ``for_inference``: every model tensor must be loaded
         (``require_all`` of :func:`load_model_weights`).
+        ``state_dict``: the content of ``path`` already read by :func:`load_weight_file` (not read again).
         Raises FileNotFoundError naming ``path`` when it does not exist, ValueError when it is not a
         weight file, holds NaN / inf, is of another model, or too few of its tensors match the model."""
         if not path:
@@ -483,7 +485,9 @@ class Checkpointer:
                 raise UserInputError(msg + ("; to fine-tune from it anyway, set MODEL.WEIGHT_MIN_MATCH 0"
                                             if not for_inference else ""))
             self.logger.warning("%s; loading it anyway (MODEL.WEIGHT_MIN_MATCH 0)", msg)
-        load_model_weights(self.model, load_weight_file(path, stage_with_dcn), min_match, source=source,
+        if state_dict is None:
+            state_dict = load_weight_file(path, stage_with_dcn)
+        load_model_weights(self.model, state_dict, min_match, source=source,
                            allow_class_change=allow_class_change, require_all=for_inference)
 
     def load(self, weight: str = "", use_latest: bool = True,

@@ -140,6 +140,10 @@ def setup_cfg(config_file: str = "", opts=None, base_cfg=None, allow_python: boo
     cfg.merge_from_list(list(opts or []))
     check_finite_config(cfg, f"config file {config_file} and the overrides" if config_file else "the overrides")
     _resolve_legacy_head(cfg, config_file)
+    if "MODEL" in cfg and "LEGACY_PLUS_ONE" in cfg.MODEL:  # not a foreign base_cfg
+        from .legacy_plus_one import apply_deprecated_resize_key
+
+        apply_deprecated_resize_key(cfg)
     cfg.freeze()
     return cfg
 

@@ -177,3 +177,47 @@ def test_per_class_table_format():
     assert lines[1].split() == ["cat", "0.5000", "0.7500"]
     assert lines[2].split() == ["dog", "-", "0.2500"]
     assert lines[3].split() == ["mean", "0.5000", "0.5000"]  # the undefined AP is left out of the mean
+
+
+def _pycocotools_stats(ann_file, results):
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate(); ev.accumulate(); ev.summarize()
+    return [float(v) for v in ev.stats[:6]]
+
+
+def test_bbox_json_at_full_precision_gives_pycocotools_numbers(tmp_path):
+    """bbox.json holds what the model produced: a crafted case where rounding scores to 5 decimals and
+    boxes to 3 (the former output) changes COCO statistics -- a false positive listed before a true one
+    with a score 4e-6 lower (rounding ties them and the false one goes first), and a false positive of
+    32.0004 x 32.0004 px (area > 32^2: not "small"; rounded, it counts against APs)."""
+    images = [{"id": 1, "file_name": "a.png", "height": 200, "width": 200}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 5, "bbox": [150, 150, 20, 20], "area": 400, "iscrowd": 0}]
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((200, 200, 3), np.uint8))
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 5, "name": "a"}]}))
+    ds = COCODataset(str(ann), str(tmp_path), remove_images_without_annotations=False)
+    boxes = [[100, 100, 140, 140], [10, 10, 50, 50], [150, 150, 170, 170], [60, 150, 60 + 32.0004, 150 + 32.0004]]
+    scores = [0.8000012, 0.8000049, 0.2, 0.3]
+    pred = _pred(boxes, [1, 1, 1, 1], scores, size=(200, 200))
+    res = evaluate(ds, {0: pred}, str(tmp_path / "out"))
+    written = json.loads((tmp_path / "out" / "bbox.json").read_text())
+
+    xywh, sc = pred.xywh().double().tolist(), pred.get_field("scores").double().tolist()
+    exact = [{"image_id": 1, "category_id": 5, "bbox": b, "score": s} for b, s in zip(xywh, sc)]
+    assert [r["bbox"] for r in written] == xywh and [r["score"] for r in written] == sc  # nothing rounded
+    expected = _pycocotools_stats(ann, exact)
+    # equal up to the backend's float summation order (faster-coco-eval, when installed, gives 1.0
+    # where pycocotools gives 0.9999999999999998); rounding moves them by 5e-3 (below)
+    assert [res[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == pytest.approx(expected, abs=1e-12)
+    rounded = [{**r, "bbox": [round(v, 3) for v in r["bbox"]], "score": round(r["score"], 5)} for r in exact]
+    worse = _pycocotools_stats(ann, rounded)
+    assert worse[0] != expected[0] and worse[3] != expected[3]  # AP and APs: the case is a real one

@@ -178,3 +178,53 @@ def test_build_test_model_refuses_partial_nonfinite_or_other_head_checkpoints(tm
         build_test_model(_with_weight(cfg, saved("fcos", state, head="FCOS")))
     _, model = build_test_model(_with_weight(cfg, saved("ok", state)))
     assert torch.equal(model.state_dict()[regression[0]], state[regression[0]])
+
+
+def _tiny_atss_cfg(weight=""):
+    from maskrcnn_benchmark.modeling.dense_heads import set_num_classes
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    cfg = setup_cfg(SMALL_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.HEAD", "ATSS", "MODEL.ATSS.NUM_CONVS", "1",
+                                   "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "32", "MODEL.GROUP_NORM.NUM_GROUPS", "8",
+                                   "MODEL.WEIGHT", weight, "OUTPUT_DIR", ""])
+    cfg.defrost()
+    set_num_classes(cfg, 4)
+    cfg.freeze()
+    return cfg
+
+
+def test_build_test_model_picks_the_release_geometry_from_the_checkpoint(tmp_path, caplog):
+    """A release checkpoint (rpn.anchor_generator.cell_anchors.* buffers, "module." prefix) run with an
+    unchanged config (MODEL.LEGACY_PLUS_ONE auto) gets the release geometry and the checkpoint's anchors;
+    the same weights without those buffers (this project's checkpoints) get the continuous one."""
+    import logging
+
+    from maskrcnn_benchmark.engine.inference import build_test_model
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+
+    donor = build_detection_model(_tiny_atss_cfg())
+    state = {f"module.{k}": v for k, v in donor.state_dict().items()}
+    anchors = {f"module.rpn.anchor_generator.cell_anchors.{i}":
+               torch.tensor([[s / 2 - (8 * s - 1) / 2] * 2 + [s / 2 + (8 * s - 1) / 2] * 2]) + (0.25 if i == 4 else 0)
+               for i, s in enumerate((8, 16, 32, 64, 128))}  # level 4 altered: the checkpoint's value must win
+    release, ours = tmp_path / "release.pth", tmp_path / "ours.pth"
+    torch.save({"model": {**state, **anchors}}, release)
+    torch.save({"model": state}, ours)
+
+    with caplog.at_level(logging.INFO):
+        cfg, model = build_test_model(_tiny_atss_cfg(str(release)))
+    assert cfg.MODEL.LEGACY_PLUS_ONE is True
+    assert "carries the original releases' anchor buffers" in caplog.text
+    gen = model.rpn.prior_generator
+    assert gen.legacy_plus_one and model.rpn.post_processor.legacy_plus_one
+    for i in range(5):
+        assert torch.equal(gen.cell_anchors[i], anchors[f"module.rpn.anchor_generator.cell_anchors.{i}"])
+    top = gen.grid_anchors([(1, 1)] * 5)
+    assert top[4].tolist() == [[64 - 511.5 + 0.25, 64 - 511.5 + 0.25, 64 + 511.5 + 1.25, 64 + 511.5 + 1.25]]
+    assert torch.equal(model.rpn.head.cls_logits.weight, donor.rpn.head.cls_logits.weight)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        cfg, model = build_test_model(_tiny_atss_cfg(str(ours)))
+    assert cfg.MODEL.LEGACY_PLUS_ONE is False and not model.rpn.prior_generator.legacy_plus_one
+    assert "continuous coordinates" in caplog.text

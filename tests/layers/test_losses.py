@@ -104,3 +104,16 @@ def test_smooth_l1_hand_values():
     expected = [0.0, 0.5 * 0.05 ** 2 / beta, 1.0 - 0.5 * beta]
     torch.testing.assert_close(smooth_l1_loss(x, y, beta, reduction="none"), torch.tensor(expected))
     torch.testing.assert_close(smooth_l1_loss(x, y, 0.0), torch.tensor(1.05))
+
+
+def test_giou_loss_plus_one_hand_values():
+    """The releases' GIoULoss on their inclusive boxes (x2 - 1, y2 - 1 of ours), areas without "+1"."""
+    pred = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.5, 10.0]])
+    target = torch.tensor([[5.0, 0.0, 15.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
+    # continuous: inter 50, union 150, enclosing 150 -> GIoU 1/3
+    torch.testing.assert_close(giou_loss(pred[:1], target[:1]), torch.tensor(2 / 3))
+    # inclusive [0, 0, 9, 9] and [5, 0, 14, 9]: inter 4 * 9 = 36, union 81 + 81 - 36 = 126, enclosing 14 * 9
+    # = 126 -> GIoU 36 / 126; second: predicted x2 = -0.5 clamped to x1 = 0 -> area 0, inter 0, union 81,
+    # enclosing 9 * 9 = 81 -> GIoU 0
+    got = giou_loss(pred, target, reduction="none", plus_one=True)
+    torch.testing.assert_close(got, torch.tensor([1 - 36 / 126, 1.0]))

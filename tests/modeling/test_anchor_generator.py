@@ -107,29 +107,69 @@ def test_octave_and_offset_come_from_the_config():
                                    / math.sqrt(r))
 
 
-# ---- the original release's "+1" frame, re-derived by hand ---------------------------------------
-def _original_anchors(stride, size, grid_w, grid_h):
-    """maskrcnn-benchmark generate_anchors (one square anchor) + grid shifts, "+1" frame, float64."""
-    base = [0.0, 0.0, stride - 1.0, stride - 1.0]          # np.array([1, 1, s, s]) - 1
-    w = base[2] - base[0] + 1                               # _whctrs
-    x_ctr = base[0] + 0.5 * (w - 1)
-    ws = w * (size / stride)                                # _scale_enum (ratio 1 keeps the base)
-    cell = [x_ctr - 0.5 * (ws - 1), x_ctr - 0.5 * (ws - 1), x_ctr + 0.5 * (ws - 1), x_ctr + 0.5 * (ws - 1)]
-    rows = []
-    for y in range(grid_h):
-        for x in range(grid_w):
-            rows.append([cell[0] + x * stride, cell[1] + y * stride, cell[2] + x * stride, cell[3] + y * stride])
-    return rows
+# ---- the original releases' "+1" frame (MODEL.LEGACY_PLUS_ONE), re-derived by hand -----------------
+def test_legacy_cell_anchors_hand_values():
+    """generate_anchors of both releases: window [1, 1, s, s] - 0.5 (width s, centre value s / 2); per
+    ratio r: ws = round(sqrt(s^2 / r)), hs = round(ws r) (half to even); per size S: W = ws S / s."""
+    from maskrcnn_benchmark.modeling.anchor_generator import legacy_cell_anchors
+
+    # s = 8, S = 64, r = 1: W = 64, centre 4: [4 - 31.5, 4 + 31.5]
+    assert legacy_cell_anchors(8, (64,), (1.0,)).tolist() == [[-27.5, -27.5, 35.5, 35.5]]
+    # s = 128, S = 1024: [64 - 511.5, 64 + 511.5]
+    assert legacy_cell_anchors(128, (1024,), (1.0,)).tolist() == [[-447.5, -447.5, 575.5, 575.5]]
+    # s = 8, S = 32, r = 0.5: ws = round(sqrt(128)) = 11, hs = round(5.5) = 6 (to even); W = 44, H = 24
+    # r = 2: ws = round(sqrt(32)) = 6, hs = 12; W = 24, H = 48
+    got = legacy_cell_anchors(8, (32,), (0.5, 2.0)).tolist()
+    assert got == [[4 - 21.5, 4 - 11.5, 4 + 21.5, 4 + 11.5], [4 - 11.5, 4 - 23.5, 4 + 11.5, 4 + 23.5]]
+
+
+def _checkpoint_cell_anchors():
+    """What a release checkpoint holds in rpn.anchor_generator.cell_anchors.<l> for the ATSS configs
+    (strides 8..128, sizes 8 x stride, one square anchor), computed by hand: [s/2 - (S-1)/2, s/2 + (S-1)/2]."""
+    return {f"rpn.anchor_generator.cell_anchors.{i}":
+            torch.tensor([[s / 2 - (8 * s - 1) / 2] * 2 + [s / 2 + (8 * s - 1) / 2] * 2])
+            for i, s in enumerate((8, 16, 32, 64, 128))}
+
+
+def test_legacy_generator_holds_the_checkpoint_buffers_and_returns_continuous_anchors():
+    gen = AnchorGenerator(legacy_plus_one=True, offset=0.25)  # offset unused in the release geometry
+    ckpt = _checkpoint_cell_anchors()
+    assert list(gen.state_dict()) == [f"cell_anchors.{i}" for i in range(5)]
+    for i in range(5):
+        assert torch.equal(gen.state_dict()[f"cell_anchors.{i}"], ckpt[f"rpn.anchor_generator.cell_anchors.{i}"])
+    level0 = gen.grid_anchors([(2, 3)] * 5)[0]
+    # cell (y, x): inclusive [-27.5 + 8x, -27.5 + 8y, 35.5 + 8x, 35.5 + 8y] -> continuous x2, y2 + 1:
+    # centre (8x + 4.5, 8y + 4.5), 0.5 px right of / below the project's (8x + 4, 8y + 4)
+    expected = torch.tensor([[-27.5 + 8 * x, -27.5 + 8 * y, 36.5 + 8 * x, 36.5 + 8 * y]
+                             for y in range(2) for x in range(3)])
+    assert torch.equal(level0, expected)
+    plain = AnchorGenerator().grid_anchors([(2, 3)] * 5)[0]
+    torch.testing.assert_close(level0 - plain, torch.full_like(plain, 0.5))
+    assert AnchorGenerator().state_dict() == {}  # the continuous generator has no state
+
+
+def test_checkpoint_supplies_the_anchors_and_invalidates_the_cache():
+    from maskrcnn_benchmark.utils.legacy_plus_one import rename_release_anchor_keys
+
+    gen = AnchorGenerator(sizes=(64,), strides=(8,), legacy_plus_one=True)
+    before = gen.grid_anchors([(1, 1)])[0].clone()
+    other = {"rpn.anchor_generator.cell_anchors.0": torch.tensor([[-28.0, -28.0, 35.0, 35.0]])}
+    renamed = rename_release_anchor_keys(other)
+    assert list(renamed) == ["rpn.prior_generator.cell_anchors.0"]
+    gen.load_state_dict({"cell_anchors.0": renamed["rpn.prior_generator.cell_anchors.0"]})
+    after = gen.grid_anchors([(1, 1)])[0]
+    assert before.tolist() == [[-27.5, -27.5, 36.5, 36.5]]
+    assert after.tolist() == [[-28.0, -28.0, 36.0, 36.0]]
 
 
 def _original_decode(delta, anchor):
-    """The ATSS release's BoxCoder.decode (BOX, weights 10, 10, 5, 5, TO_REMOVE = 1)."""
+    """The releases' BoxCoder.decode (BOX, weights 10, 10, 5, 5, TO_REMOVE = 1)."""
     widths, heights = anchor[2] - anchor[0] + 1, anchor[3] - anchor[1] + 1
-    ctr_x, ctr_y = (anchor[2] + anchor[0]) / 2, (anchor[3] + anchor[1]) / 2
+    ctr_x, ctr_y = anchor[0] + 0.5 * widths, anchor[1] + 0.5 * heights
     dx, dy, dw, dh = delta[0] / 10, delta[1] / 10, delta[2] / 5, delta[3] / 5
     pcx, pcy = dx * widths + ctr_x, dy * heights + ctr_y
     pw, ph = math.exp(dw) * widths, math.exp(dh) * heights
-    return [pcx - 0.5 * (pw - 1), pcy - 0.5 * (ph - 1), pcx + 0.5 * (pw - 1), pcy + 0.5 * (ph - 1)]
+    return [pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw - 1, pcy + 0.5 * ph - 1]
 
 
 def _original_json(box, ratio_w, ratio_h):
@@ -140,6 +180,8 @@ def _original_json(box, ratio_w, ratio_h):
 
 @pytest.mark.parametrize("orig_size", [(480, 400), (1000, 900)])
 def test_original_release_boxes_reproduced_exactly(orig_size):
+    """Release anchors + release decode + release rescale and json == ours with legacy_plus_one; the
+    continuous convention is 0.5 px off on every coordinate (issue 26)."""
     from maskrcnn_benchmark.modeling.box_coder import BoxCoder
     from maskrcnn_benchmark.structures.bounding_box import BoxList
 
@@ -147,20 +189,21 @@ def test_original_release_boxes_reproduced_exactly(orig_size):
     net_size = (gw * stride, gh * stride)  # (w, h) of the network input
     g = torch.Generator().manual_seed(0)
     deltas = (torch.rand(gw * gh, 4, generator=g, dtype=torch.float64) - 0.5) * 2
-    original = [_original_decode(d.tolist(), a) for d, a in zip(deltas, _original_anchors(stride, size, gw, gh))]
+    cell = [stride / 2 - (size - 1) / 2] * 2 + [stride / 2 + (size - 1) / 2] * 2
+    release_anchors = [[cell[0] + x * stride, cell[1] + y * stride, cell[2] + x * stride, cell[3] + y * stride]
+                       for y in range(gh) for x in range(gw)]
+    original = torch.tensor([_original_decode(d.tolist(), a) for d, a in zip(deltas, release_anchors)],
+                            dtype=torch.float64)
 
-    (anchors,) = AnchorGenerator(sizes=(size,), strides=(stride,)).grid_anchors([(gh, gw)], dtype=torch.float64)
+    (anchors,) = AnchorGenerator(sizes=(size,), strides=(stride,), legacy_plus_one=True).grid_anchors(
+        [(gh, gw)], dtype=torch.float64)
     ours = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode(deltas, anchors)
-    # network frame: the original's "+1" box [x1, x2] covers [x1, x2 + 1): the same continuous box
-    orig_t = torch.tensor(original, dtype=torch.float64)
-    torch.testing.assert_close(ours, orig_t + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64))
+    plus_one = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(ours, original + plus_one)  # same pixels: inclusive [x1, x2] = [x1, x2 + 1)
+    (plain,) = AnchorGenerator(sizes=(size,), strides=(stride,)).grid_anchors([(gh, gw)], dtype=torch.float64)
+    torch.testing.assert_close(BoxCoder().decode(deltas, plain), original + plus_one - 0.5)
 
-    # the original image: json of the original == ours with TEST.LEGACY_PLUS_ONE_RESIZE
     rw, rh = orig_size[0] / net_size[0], orig_size[1] / net_size[1]
-    expected = torch.tensor([_original_json(b, rw, rh) for b in original], dtype=torch.float64)
+    expected = torch.tensor([_original_json(b, rw, rh) for b in original.tolist()], dtype=torch.float64)
     legacy = BoxList(ours, net_size).resize(orig_size, legacy_plus_one=True).xywh()
     torch.testing.assert_close(legacy, expected)
-    exact = BoxList(ours, net_size).resize(orig_size).xywh()
-    torch.testing.assert_close(exact[:, :2], expected[:, :2])  # left / top edges agree either way
-    torch.testing.assert_close(exact[:, 2:] - expected[:, 2:],  # far edges: r - 1 px
-                               torch.tensor([rw - 1, rh - 1], dtype=torch.float64).expand(len(exact), 2))

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from maskrcnn_benchmark.structures.box_ops import box_centers, elementwise_iou, pairwise_iou
 
-from .base import (AssignResult, BaseAssigner, Predictions, centers_inside, resolve_conflicts,
-                   select_candidates, unbiased_std)
+from .base import (CENTER_MARGIN, AssignResult, BaseAssigner, Predictions, center_margin,
+                   centers_inside, resolve_conflicts, select_candidates, unbiased_std)
 from .fcos import SSCAssigner
 from .max_iou import MaxIoUAssigner
 
@@ -57,11 +57,14 @@ class CandidateThresholdAssigner(BaseAssigner):
         keep_best_candidate: a GT left with no positive gets its in-box candidate of highest
             score (ties: first in level/distance order); a GT with no candidate centre inside it
             (smaller than a stride) still gets none.
+        center_margin: pixels the anchor centre must lie inside the GT (``base.center_margin``:
+            0.01, or 0.51 for the releases' "+1" geometry, ``MODEL.LEGACY_PLUS_ONE``).
     """
 
     def __init__(self, topk: int = 9, anchors_per_location: int = 1,
-                 keep_best_candidate: bool = False):
+                 keep_best_candidate: bool = False, center_margin: float = CENTER_MARGIN):
         _check_topk(type(self).__name__, topk, anchors_per_location)
+        self.center_margin = float(center_margin)
         self.topk = int(topk)
         self.anchors_per_location = int(anchors_per_location)
         self.keep_best_candidate = bool(keep_best_candidate)
@@ -79,7 +82,7 @@ class CandidateThresholdAssigner(BaseAssigner):
         score, threshold, quality_gk = self.candidate_scores(cand_idx, cand_anchors, gt_boxes,
                                                              predictions)
         inside = centers_inside(box_centers(cand_anchors.view(-1, 4)).view(*cand_idx.shape, 2),
-                                gt_boxes)
+                                gt_boxes, self.center_margin)
         is_pos = (score >= threshold[:, None]) & inside
         if self.keep_best_candidate:
             is_pos = add_best_candidate(is_pos, score, inside)
@@ -99,14 +102,18 @@ class ATSSAssigner(CandidateThresholdAssigner):
 
     @classmethod
     def from_config(cls, cfg) -> "ATSSAssigner":
-        """Builds from ``cfg.MODEL.ATSS`` (TOPK, KEEP_BEST_CANDIDATE, anchors per location)."""
+        """Builds from ``cfg.MODEL.ATSS`` (TOPK, KEEP_BEST_CANDIDATE, anchors per location) and
+        ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
+        from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
+
         a = cfg.MODEL.ATSS
         return cls(topk=a.TOPK, anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
-                   keep_best_candidate=a.KEEP_BEST_CANDIDATE)
+                   keep_best_candidate=a.KEEP_BEST_CANDIDATE,
+                   center_margin=center_margin(legacy_plus_one_from_config(cfg)))
 
     def __repr__(self) -> str:
         return (f"ATSSAssigner(topk={self.topk}, anchors_per_location={self.anchors_per_location}, "
-                f"keep_best_candidate={self.keep_best_candidate})")
+                f"keep_best_candidate={self.keep_best_candidate}, center_margin={self.center_margin})")
 
     def candidate_scores(self, cand_idx, cand_anchors, gt_boxes, predictions):
         ious = elementwise_iou(cand_anchors, gt_boxes[:, None, :])               # [G, K]
@@ -122,9 +129,10 @@ class TopKAssigner(BaseAssigner):
     as the original). ``quality``: the IoU. Uses the dense ``[G, N]`` compiled ``pairwise_iou``.
     """
 
-    def __init__(self, topk: int = 9):
+    def __init__(self, topk: int = 9, center_margin: float = CENTER_MARGIN):
         _check_topk("TopKAssigner", topk, 1)
         self.topk = int(topk)
+        self.center_margin = float(center_margin)
 
     def __repr__(self) -> str:
         return f"TopKAssigner(topk={self.topk})"
@@ -140,7 +148,7 @@ class TopKAssigner(BaseAssigner):
         k = min(self.topk, anchors.shape[0])
         cand_idx = score.topk(k, dim=1).indices                                  # [G, k]
         del score
-        inside = centers_inside(ac[cand_idx], gt_boxes)
+        inside = centers_inside(ac[cand_idx], gt_boxes, self.center_margin)
         cand_ious = ious.gather(1, cand_idx)
         gt_inds, pair_gt, pair_k = resolve_conflicts(cand_idx, inside, cand_ious,
                                                      anchors.shape[0])
@@ -171,6 +179,7 @@ def build_positive_type_assigner(
     keep_best_candidate: bool = False, fg_iou_threshold: float = 0.5,
     bg_iou_threshold: float = 0.4,
     ssc_scale_ranges: Sequence[Tuple[float, float]] = DEFAULT_SSC_SCALE_RANGES,
+    center_margin: float = CENTER_MARGIN,
 ) -> BaseAssigner:
     """The assigner of an ATSS-release ``POSITIVE_TYPE``:
 
@@ -186,21 +195,25 @@ def build_positive_type_assigner(
                          f"{POSITIVE_TYPES}, got {positive_type!r}")
     _check_topk(f"{positive_type} assigner", topk, anchors_per_location)
     if positive_type == "ATSS":
-        return ATSSAssigner(topk, anchors_per_location, keep_best_candidate)
+        return ATSSAssigner(topk, anchors_per_location, keep_best_candidate, center_margin)
     if positive_type == "SSC":
-        return SSCAssigner(ssc_scale_ranges)
+        return SSCAssigner(ssc_scale_ranges, inside_margin=center_margin)
     if positive_type == "TOPK":
-        return TopKAssigner(topk)
+        return TopKAssigner(topk, center_margin)
     return MaxIoUAssigner(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=True,
-                          require_center_inside=True)
+                          require_center_inside=True, center_margin=center_margin)
 
 
 def positive_type_assigner_from_config(cfg) -> BaseAssigner:
     """:func:`build_positive_type_assigner` from ``cfg.MODEL.ATSS`` (POSITIVE_TYPE, TOPK,
-    KEEP_BEST_CANDIDATE, FG_IOU_THRESHOLD, BG_IOU_THRESHOLD, anchors per location)."""
+    KEEP_BEST_CANDIDATE, FG_IOU_THRESHOLD, BG_IOU_THRESHOLD, anchors per location) and
+    ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
+    from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
+
     a = cfg.MODEL.ATSS
     return build_positive_type_assigner(
         a.POSITIVE_TYPE, topk=a.TOPK,
         anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
         keep_best_candidate=a.KEEP_BEST_CANDIDATE, fg_iou_threshold=a.FG_IOU_THRESHOLD,
-        bg_iou_threshold=a.BG_IOU_THRESHOLD)
+        bg_iou_threshold=a.BG_IOU_THRESHOLD,
+        center_margin=center_margin(legacy_plus_one_from_config(cfg)))

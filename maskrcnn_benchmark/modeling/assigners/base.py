@@ -25,10 +25,15 @@ __all__ = [
     "centers_inside",
     "resolve_conflicts",
     "unbiased_std",
+    "center_margin",
 ]
 
 # Centre-inside margin of the original code: min(l, t, r, b) > 0.01 pixels.
 CENTER_MARGIN = 0.01
+# The same test in the original releases' "+1" frame, in continuous coordinates (MODEL.LEGACY_PLUS_ONE):
+# their l, t, r, b run from the anchor centre *value* (continuous centre - 0.5) to the inclusive sides
+# x1, y1, x2 - 1, y2 - 1, so each is the continuous distance - 0.5 and "> 0.01" is "> 0.51" here.
+LEGACY_CENTER_MARGIN = CENTER_MARGIN + 0.5
 # Elements of one [G_chunk, N_level] distance block in the candidate search (4 MiB in float32).
 DISTANCE_CHUNK_ELEMENTS = 1 << 20
 
@@ -139,6 +144,12 @@ def select_candidates(
     if not out:
         return torch.zeros((num_gt, 0), dtype=torch.int64, device=gt_centers.device)
     return torch.cat(out, dim=1)
+
+
+def center_margin(legacy_plus_one: bool = False) -> float:
+    """The centre-inside margin of the convention: ``CENTER_MARGIN`` (0.01 px), or with
+    ``legacy_plus_one`` the releases' test in continuous coordinates, ``LEGACY_CENTER_MARGIN`` (0.51 px)."""
+    return LEGACY_CENTER_MARGIN if legacy_plus_one else CENTER_MARGIN
 
 
 def centers_inside(points: Tensor, gt_boxes: Tensor, margin: float = CENTER_MARGIN) -> Tensor:

@@ -8,7 +8,7 @@ from torch import Tensor
 from maskrcnn_benchmark.structures.box_ops import elementwise_iou
 
 from .atss import CandidateThresholdAssigner
-from .base import Predictions, unbiased_std
+from .base import CENTER_MARGIN, Predictions, center_margin, unbiased_std
 
 __all__ = ["DynamicATSSAssigner"]
 
@@ -28,18 +28,24 @@ class DynamicATSSAssigner(CandidateThresholdAssigner):
 
     needs_predictions = True
 
-    def __init__(self, topk: int = 9, anchors_per_location: int = 1):
-        super().__init__(topk, anchors_per_location, keep_best_candidate=False)
+    def __init__(self, topk: int = 9, anchors_per_location: int = 1,
+                 center_margin: float = CENTER_MARGIN):
+        super().__init__(topk, anchors_per_location, keep_best_candidate=False,
+                         center_margin=center_margin)
 
     @classmethod
     def from_config(cls, cfg) -> "DynamicATSSAssigner":
-        """Builds from ``cfg.MODEL.ATSS`` (TOPK and the anchors per location)."""
+        """Builds from ``cfg.MODEL.ATSS`` (TOPK and the anchors per location) and
+        ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
+        from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
+
         a = cfg.MODEL.ATSS
-        return cls(topk=a.TOPK, anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE)
+        return cls(topk=a.TOPK, anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
+                   center_margin=center_margin(legacy_plus_one_from_config(cfg)))
 
     def __repr__(self) -> str:
         return (f"DynamicATSSAssigner(topk={self.topk}, "
-                f"anchors_per_location={self.anchors_per_location})")
+                f"anchors_per_location={self.anchors_per_location}, center_margin={self.center_margin})")
 
     def candidate_scores(self, cand_idx: Tensor, cand_anchors: Tensor, gt_boxes: Tensor,
                          predictions: Optional[Predictions]):

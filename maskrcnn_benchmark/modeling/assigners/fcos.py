@@ -114,12 +114,14 @@ class SSCAssigner(FCOSAssigner):
 
     Args:
         scale_ranges: ``(lo, hi)`` per level in pixels (at least one per level).
+        inside_margin: the centre-inside margin (0.01; 0.51 for the releases' "+1" geometry).
     """
 
     def __init__(self, scale_ranges: Sequence[Tuple[float, float]] = (
-            (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, math.inf))):
+            (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, math.inf)),
+            inside_margin: float = 0.01):
         super().__init__(strides=(1,) * len(scale_ranges), scale_ranges=scale_ranges,
-                         center_sampling_radius=0.0, inside_margin=0.01)
+                         center_sampling_radius=0.0, inside_margin=inside_margin)
 
     def __repr__(self) -> str:
         return f"SSCAssigner(scale_ranges={self.scale_ranges})"

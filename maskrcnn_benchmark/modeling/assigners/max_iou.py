@@ -8,7 +8,7 @@ from torch import Tensor
 
 from maskrcnn_benchmark.structures.box_ops import box_centers, pairwise_iou
 
-from .base import AssignResult, BaseAssigner, Predictions, centers_inside
+from .base import CENTER_MARGIN, AssignResult, BaseAssigner, Predictions, centers_inside
 
 __all__ = ["MaxIoUAssigner"]
 
@@ -26,7 +26,8 @@ class MaxIoUAssigner(BaseAssigner):
       that overlaps no anchor.
 
     - ``require_center_inside`` (the ATSS release's ``POSITIVE_TYPE: IoU``; off for RetinaNet):
-      positives whose anchor centre is not inside their GT by more than 0.01 become ignored (-1).
+      positives whose anchor centre is not inside their GT by more than ``center_margin`` (0.01;
+      0.51 for the releases' "+1" geometry) become ignored (-1).
 
     ``quality`` is the
     IoU of a positive with its GT. Builds the dense ``[G, N]`` IoU matrix with the compiled
@@ -34,7 +35,8 @@ class MaxIoUAssigner(BaseAssigner):
     """
 
     def __init__(self, fg_iou_threshold: float = 0.5, bg_iou_threshold: float = 0.4,
-                 allow_low_quality_matches: bool = True, require_center_inside: bool = False):
+                 allow_low_quality_matches: bool = True, require_center_inside: bool = False,
+                 center_margin: float = CENTER_MARGIN):
         if bg_iou_threshold > fg_iou_threshold:
             raise ValueError(f"MaxIoUAssigner: bg_iou_threshold ({bg_iou_threshold}) > "
                              f"fg_iou_threshold ({fg_iou_threshold})")
@@ -42,6 +44,7 @@ class MaxIoUAssigner(BaseAssigner):
         self.bg_iou_threshold = float(bg_iou_threshold)
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
         self.require_center_inside = bool(require_center_inside)
+        self.center_margin = float(center_margin)
 
     @classmethod
     def from_config(cls, cfg) -> "MaxIoUAssigner":
@@ -66,7 +69,7 @@ class MaxIoUAssigner(BaseAssigner):
             pos |= ((ious == gt_best) & (gt_best > 0)).any(dim=0)
             ignore &= ~pos
         if self.require_center_inside:
-            inside = centers_inside(box_centers(anchors), gt_boxes[best_gt])
+            inside = centers_inside(box_centers(anchors), gt_boxes[best_gt], self.center_margin)
             ignore |= pos & ~inside
             pos &= inside
         gt_inds = torch.where(pos, best_gt, -1)

@@ -20,6 +20,7 @@ from maskrcnn_benchmark.modeling.assigners import BatchAssignment, positive_type
 from maskrcnn_benchmark.modeling.box_coder import build_box_coder
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.box_ops import box_centers, centerness, point_box_distances
+from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, ScoreRule,
                    check_num_classes, conv_tower, init_conv_std, reduce_mean_count)
@@ -89,15 +90,19 @@ class ATSSHead(nn.Module):
         return logits, bbox_reg, centerness
 
 
-def centerness_targets(anchors: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+def centerness_targets(anchors: torch.Tensor, gt_boxes: torch.Tensor,
+                       legacy_plus_one: bool = False) -> torch.Tensor:
     """FCOS centerness of anchor centres in their GT boxes.
 
     Args:
         anchors: Tensor[P, 4]; gt_boxes: Tensor[P, 4] (matched rows).
+        legacy_plus_one: the original ATSS release's target (``MODEL.LEGACY_PLUS_ONE``): it takes
+            ``l, t, r, b`` from the anchor centre value to the inclusive GT sides, each the continuous
+            distance minus 0.5 (``point_box_distances(plus_one=True)``).
     Returns:
         Tensor[P] in [0, 1] (:func:`~maskrcnn_benchmark.structures.box_ops.centerness`).
     """
-    return centerness(point_box_distances(box_centers(anchors), gt_boxes))
+    return centerness(point_box_distances(box_centers(anchors), gt_boxes, plus_one=legacy_plus_one))
 
 
 class ATSSLoss:
@@ -107,6 +112,8 @@ class ATSSLoss:
         box_coder: ``decode`` of the regression outputs.
         gamma, alpha: focal loss parameters.
         reg_loss_weight: weight of the GIoU term.
+        legacy_plus_one: the original releases' centerness target and GIoU areas
+            (:func:`centerness_targets`, ``giou_loss(plus_one=)``; ``MODEL.LEGACY_PLUS_ONE``).
 
     ``__call__(outputs, anchors_per_level (list of Tensor[N_l, 4]), targets, assignment)``
     (``outputs.quality``: centerness logits [B, N]) returns ``{"loss_cls", "loss_reg",
@@ -116,8 +123,9 @@ class ATSSLoss:
     """
 
     def __init__(self, box_coder, gamma: float = 2.0, alpha: float = 0.25,
-                 reg_loss_weight: float = 2.0):
+                 reg_loss_weight: float = 2.0, legacy_plus_one: bool = False):
         self.box_coder = box_coder
+        self.legacy_plus_one = bool(legacy_plus_one)
         self.gamma = gamma
         self.alpha = alpha
         self.reg_loss_weight = reg_loss_weight
@@ -135,14 +143,15 @@ class ATSSLoss:
         pos_anchor = pos.nonzero(as_tuple=True)[1]
         pos_anchors = anchors[pos_anchor]
         gt = matched[pos]
-        ctr_t = centerness_targets(pos_anchors, gt)
+        ctr_t = centerness_targets(pos_anchors, gt, self.legacy_plus_one)
         ctr_sum = reduce_mean_count(ctr_t.sum(), device=logits.device, min_value=0.0)
         if pos_anchor.numel() == 0 or ctr_sum < WEIGHT_EPS:
             loss_reg = bbox_reg.sum() * 0
             loss_ctr = ctr.sum() * 0
         else:
             boxes = self.box_coder.decode(bbox_reg[pos].float(), pos_anchors)
-            loss_reg = self.reg_loss_weight * giou_loss(boxes, gt, weight=ctr_t) / ctr_sum
+            loss_reg = self.reg_loss_weight * giou_loss(boxes, gt, weight=ctr_t,
+                                                        plus_one=self.legacy_plus_one) / ctr_sum
             loss_ctr = F.binary_cross_entropy_with_logits(ctr[pos].float(), ctr_t,
                                                           reduction="sum") / num_pos
         return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_ctr}
@@ -150,8 +159,10 @@ class ATSSLoss:
 
 def build_atss_parts(cfg, in_channels: int):
     """(head, anchor_generator, box_coder, post_processor, score_rule) from ``cfg.MODEL.ATSS``
-    (shared by ATSS and Dynamic ATSS). ``STRADDLE_THRESH`` is accepted and ignored."""
+    and ``MODEL.LEGACY_PLUS_ONE`` (shared by ATSS and Dynamic ATSS). ``STRADDLE_THRESH`` is accepted
+    and ignored."""
     a = cfg.MODEL.ATSS
+    legacy = legacy_plus_one_from_config(cfg)
     num_anchors = len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE
     head = ATSSHead(in_channels, check_num_classes("MODEL.ATSS.NUM_CLASSES", a.NUM_CLASSES),
                     num_anchors, a.NUM_CONVS, num_levels=len(a.ANCHOR_STRIDES),
@@ -160,11 +171,11 @@ def build_atss_parts(cfg, in_channels: int):
                     conv_bias=a.CONV_BIAS)
     anchor_generator = AnchorGenerator(a.ANCHOR_SIZES, a.ASPECT_RATIOS, a.ANCHOR_STRIDES,
                                        a.SCALES_PER_OCTAVE, octave=a.OCTAVE,
-                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET)
+                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET, legacy_plus_one=legacy)
     box_coder = build_box_coder(a.REGRESSION_TYPE, a.BBOX_REG_WEIGHTS,
                                 point_scale=a.ANCHOR_SIZES[0] / a.ANCHOR_STRIDES[0])
     post = DensePostProcessor(pre_nms_top_n=a.PRE_NMS_TOP_N, nms_thresh=a.NMS_TH,
-                              detections_per_img=cfg.TEST.DETECTIONS_PER_IMG)
+                              detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, legacy_plus_one=legacy)
     # threshold on sigmoid(cls); score sqrt(sigmoid(cls) * sigmoid(centerness))
     rule = ScoreRule(a.INFERENCE_TH, use_quality=True, transform=torch.sqrt)
     return head, anchor_generator, box_coder, post, rule
@@ -177,6 +188,7 @@ def build_atss(cfg, in_channels: int) -> DenseHead:
     a = cfg.MODEL.ATSS
     head, anchor_generator, box_coder, post, rule = build_atss_parts(cfg, in_channels)
     loss = ATSSLoss(box_coder, gamma=a.LOSS_GAMMA, alpha=a.LOSS_ALPHA,
-                    reg_loss_weight=a.REG_LOSS_WEIGHT)
+                    reg_loss_weight=a.REG_LOSS_WEIGHT,
+                    legacy_plus_one=legacy_plus_one_from_config(cfg))
     return DenseHead(head, anchor_generator, positive_type_assigner_from_config(cfg), loss, post,
                      box_coder.decode, rule)

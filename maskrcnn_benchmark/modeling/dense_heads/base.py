@@ -31,6 +31,7 @@ from torch import nn
 from maskrcnn_benchmark.layers import DFConv2d, batched_nms
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, Predictions, assign_batch
 from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.structures.box_ops import clip_boxes
 from maskrcnn_benchmark.structures.image_list import ImageList
 from maskrcnn_benchmark.utils.comm import get_world_size, reduce_sum
 
@@ -183,13 +184,19 @@ class DensePostProcessor:
     Per image and level: the candidates (``candidate_mask``), at most ``pre_nms_top_n`` of them
     ranked by score; their boxes clipped to the image and empty boxes dropped. Across levels:
     class-aware NMS at ``nms_thresh``, then the ``detections_per_img`` highest scores.
+
+    ``legacy_plus_one``: clip and drop empty boxes as the original releases
+    (:func:`~maskrcnn_benchmark.structures.box_ops.clip_boxes`, ``MODEL.LEGACY_PLUS_ONE``). Their NMS
+    needs no switch: its "+1" areas and intersections on inclusive boxes are the continuous ones,
+    and it suppresses at IoU ``>`` the threshold as :func:`~maskrcnn_benchmark.layers.batched_nms`.
     """
 
     def __init__(self, pre_nms_top_n: int = 1000, nms_thresh: float = 0.6,
-                 detections_per_img: int = 100):
+                 detections_per_img: int = 100, legacy_plus_one: bool = False):
         self.pre_nms_top_n = int(pre_nms_top_n)
         self.nms_thresh = float(nms_thresh)
         self.detections_per_img = int(detections_per_img)
+        self.legacy_plus_one = bool(legacy_plus_one)
 
     def __call__(self, prediction: DensePrediction,
                  image_sizes: Sequence[Tuple[int, int]]) -> List[BoxList]:
@@ -234,10 +241,7 @@ class DensePostProcessor:
     def _select(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                 image_wh: Tuple[int, int]) -> BoxList:
         """Clip to the ``(w, h)`` image, drop empty, class-aware NMS, top-N, sort."""
-        w, h = image_wh
-        boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                             boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
-        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, nonempty = clip_boxes(boxes, image_wh, plus_one=self.legacy_plus_one)
         boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
         keep = batched_nms(boxes, scores, labels, self.nms_thresh)
         order = scores[keep].argsort(descending=True)[: self.detections_per_img]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from maskrcnn_benchmark.layers.losses import giou_loss, quality_focal_loss
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, DynamicATSSAssigner
 from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .atss import ATSSLoss, build_atss_parts
 from .base import WEIGHT_EPS, DenseHead, DenseOutputs, reduce_mean_count
@@ -38,6 +39,8 @@ class DynamicATSSLoss(ATSSLoss):
 
     with ``num_pos`` and ``sum q`` all-reduced and averaged per process; ``num_pos`` at least 1,
     and a ``sum q`` below 1e-6 takes the no-positive path (zero losses that keep the graph).
+    ``legacy_plus_one``: the release's GIoU areas (``giou_loss(plus_one=)``); its ``q`` (an IoU with
+    "+1" areas on inclusive boxes) is the continuous IoU, so the assigner's ``quality`` needs no switch.
     """
 
     def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
@@ -59,7 +62,8 @@ class DynamicATSSLoss(ATSSLoss):
         else:
             pos_anchors = anchors[pos.nonzero(as_tuple=True)[1]]
             boxes = self.box_coder.decode(bbox_reg[pos].float(), pos_anchors)
-            loss_reg = self.reg_loss_weight * giou_loss(boxes, matched[pos], weight=q) / q_sum
+            loss_reg = self.reg_loss_weight * giou_loss(boxes, matched[pos], weight=q,
+                                                        plus_one=self.legacy_plus_one) / q_sum
             loss_iou = F.binary_cross_entropy_with_logits(iou_logits[pos].float(), q,
                                                           reduction="sum") / num_pos
         return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_iou": loss_iou}
@@ -71,6 +75,7 @@ def build_dynamic_atss(cfg, in_channels: int) -> DenseHead:
     a = cfg.MODEL.ATSS
     head, anchor_generator, box_coder, post, rule = build_atss_parts(cfg, in_channels)
     loss = DynamicATSSLoss(box_coder, gamma=a.LOSS_GAMMA, alpha=a.LOSS_ALPHA,
-                           reg_loss_weight=a.REG_LOSS_WEIGHT)
+                           reg_loss_weight=a.REG_LOSS_WEIGHT,
+                           legacy_plus_one=legacy_plus_one_from_config(cfg))
     return DenseHead(head, anchor_generator, DynamicATSSAssigner.from_config(cfg), loss, post,
                      box_coder.decode, rule)

@@ -127,18 +127,23 @@ class RetinaNetLoss:
 
 def build_retinanet_parts(cfg, in_channels: int):
     """(head, anchor_generator, box_coder, post_processor, score_rule) from
-    ``cfg.MODEL.RETINANET`` (shared with FreeAnchor). ``STRADDLE_THRESH`` is accepted and ignored."""
+    ``cfg.MODEL.RETINANET`` and ``MODEL.LEGACY_PLUS_ONE`` (the original maskrcnn-benchmark RetinaNet's
+    anchors, clipping and rescale; its box coder, matcher IoU and NMS equal the continuous ones)
+    (shared with FreeAnchor). ``STRADDLE_THRESH`` is accepted and ignored."""
+    from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
+
     r = cfg.MODEL.RETINANET
+    legacy = legacy_plus_one_from_config(cfg)
     num_classes = check_num_classes("MODEL.RETINANET.NUM_CLASSES", r.NUM_CLASSES)
     num_anchors = len(r.ASPECT_RATIOS) * r.SCALES_PER_OCTAVE
     head = RetinaNetHead(in_channels, num_classes, num_anchors, r.NUM_CONVS, r.PRIOR_PROB,
                          num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS if r.USE_GN else 0)
     anchor_generator = AnchorGenerator(r.ANCHOR_SIZES, r.ASPECT_RATIOS, r.ANCHOR_STRIDES,
                                        r.SCALES_PER_OCTAVE, octave=r.OCTAVE,
-                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET)
+                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET, legacy_plus_one=legacy)
     box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
     post = DensePostProcessor(pre_nms_top_n=r.PRE_NMS_TOP_N, nms_thresh=r.NMS_TH,
-                              detections_per_img=cfg.TEST.DETECTIONS_PER_IMG)
+                              detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, legacy_plus_one=legacy)
     rule = ScoreRule(r.INFERENCE_TH)  # score = threshold value = sigmoid(cls)
     return head, anchor_generator, box_coder, post, rule
 

@@ -369,3 +369,40 @@ def test_iou_thresholds_from_the_original_config_keys():
     check(res, iou_matcher_ref(*as_lists(levels, gts, labels), fg=0.6, bg=0.3), sum(len(lvl) for lvl in levels))
     default = positive_type_assigner_from_config(default_cfg)
     assert not isinstance(default, MaxIoUAssigner)  # POSITIVE_TYPE ATSS by default
+
+
+# ---- the releases' "+1" geometry (MODEL.LEGACY_PLUS_ONE) against their prepare_targets ------------
+@pytest.mark.parametrize("kind,seed", [("random", 0), ("random", 1), ("float", 2), ("crowded", 3),
+                                       ("duplicates", 4), ("integer", 5), ("integer", 6), ("tiny", 7)])
+def test_atss_release_geometry_identical_to_release_prepare_targets(kind, seed):
+    from maskrcnn_benchmark.modeling.assigners.base import center_margin
+    import release_reference as ref
+
+    ours, theirs = ref.release_levels(IMAGE_HW, STRIDES)
+    gts, labels = ref.scene(kind, seed, IMAGE_HW)
+    res = ATSSAssigner(topk=9, center_margin=center_margin(True))(ours, ref.to_continuous(gts), labels)
+    lab, gt_idx, _ = ref.prepare_targets(theirs, gts, labels, topk=9)
+    assert res.labels.tolist() == lab.tolist()
+    pos = lab > 0
+    assert res.gt_inds[pos].tolist() == gt_idx[pos].tolist()
+    assert (res.gt_inds[~pos] == -1).all()
+    if kind != "tiny":
+        assert pos.sum() > 0
+    # the project's own convention differs on these scenes (anchors 0.5 px apart, margin 0.01)
+    if kind in ("random", "crowded"):
+        plain = ATSSAssigner(topk=9)(make_anchors(dtype=torch.float32), ref.to_continuous(gts), labels)
+        assert plain.labels.tolist() != lab.tolist()
+
+
+def test_center_margin_is_the_release_test_in_continuous_coordinates():
+    """Anchor centre value c (continuous c + 0.5), GT x1 = 0: the release's l = c - 0 > 0.01; here
+    l = c + 0.5 > 0.51 -- e.g. c = 0.015625 passes both, c = 0 fails both, 0.25 px inside passes only
+    the project's 0.01 margin."""
+    from maskrcnn_benchmark.modeling.assigners.base import (CENTER_MARGIN, LEGACY_CENTER_MARGIN, center_margin,
+                                                            centers_inside)
+
+    assert center_margin(False) == CENTER_MARGIN == 0.01 and center_margin(True) == LEGACY_CENTER_MARGIN == 0.51
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    pts = torch.tensor([[0.015625 + 0.5, 5.0], [0.5, 5.0], [0.25, 5.0]])
+    assert centers_inside(pts, gt.expand(3, 4), center_margin(True)).tolist() == [True, False, False]
+    assert centers_inside(pts, gt.expand(3, 4), center_margin(False)).tolist() == [True, True, True]

@@ -174,3 +174,29 @@ def test_pred_boxes_detached_and_no_grad():
     gts, labels = make_gts(4, 1)
     res = DynamicATSSAssigner()(levels, gts, labels, predictions=preds)
     assert not res.quality.requires_grad and res.num_pos > 0
+
+
+@pytest.mark.parametrize("kind,seed", [("random", 0), ("float", 1), ("crowded", 2), ("duplicates", 3),
+                                       ("integer", 4), ("tiny", 5)])
+def test_release_geometry_identical_to_release_prepare_targets(kind, seed):
+    """MODEL.LEGACY_PLUS_ONE: DynamicATSSAssigner with the release margin on the release anchors gives the
+    release's Dynamic ATSS prepare_targets anchor for anchor (P, Q with "+1" IoUs = continuous IoUs)."""
+    from maskrcnn_benchmark.modeling.assigners.base import center_margin
+    import release_reference as ref
+
+    ours, theirs = ref.release_levels()
+    anchors = torch.cat(theirs)
+    g = torch.Generator().manual_seed(seed + 50)
+    # predicted boxes (inclusive) near the anchors, on a 1/64 px grid: exact in both frames
+    jitter = (torch.rand(anchors.shape[0], 4, generator=g) - 0.5) * 0.4 * (anchors[:, 2:3] - anchors[:, 0:1])
+    preds = ((anchors + jitter) * 64).round() / 64
+    gts, labels = ref.scene(kind, seed)
+    res = DynamicATSSAssigner(topk=9, center_margin=center_margin(True))(
+        ours, ref.to_continuous(gts), labels, predictions=ref.to_continuous(preds))
+    lab, gt_idx, q = ref.prepare_targets(theirs, gts, labels, topk=9, pred_boxes=preds)
+    assert res.labels.tolist() == lab.tolist()
+    pos = lab > 0
+    assert res.gt_inds[pos].tolist() == gt_idx[pos].tolist()
+    torch.testing.assert_close(res.quality[pos], q[pos], rtol=1e-6, atol=1e-7)
+    if kind != "tiny":
+        assert pos.sum() > 0

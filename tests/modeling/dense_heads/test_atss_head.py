@@ -239,3 +239,82 @@ def test_post_processor_matches_loop_reference():
 
 def test_registered():
     assert "ATSS" in DENSE_HEADS
+
+
+# ---- MODEL.LEGACY_PLUS_ONE: the release's losses and detections, re-derived ------------------------
+@pytest.mark.parametrize("seed", [0, 1])
+def test_release_geometry_losses_match_release_formulas(seed):
+    """ATSS with MODEL.LEGACY_PLUS_ONE True: every loss term within 1e-6 (relative) of the release's
+    ATSSLossComputation re-derived in its "+1" frame (anchors, prepare_targets, centerness from
+    l, t, r, b of the inclusive boxes, GIoU without "+1" areas)."""
+    import release_reference as ref
+
+    head = ref.build_release_head("ATSS", seed=seed)
+    head.train()
+    feats = ref.release_features(seed=seed + 10)
+    gts, labels, targets = ref.release_batch(("random", "integer"), seed)
+    h, w = ref.RELEASE_IMAGE_HW
+    losses = head(ImageList(torch.zeros(2, 3, h, w), [(h, w)] * 2), feats, targets)[1]
+
+    logits, reg, ctr = head.head(feats)
+    theirs = ref.grid_anchors(ref.RELEASE_IMAGE_HW)
+    cat = {"lab": [], "gt": [], "lg": [], "rg": [], "ct": [], "an": []}
+    for i in range(2):
+        lab, gt_idx, _ = ref.prepare_targets(theirs, gts[i], labels[i])
+        cat["lab"].append(lab)
+        cat["gt"].append(gts[i][gt_idx])
+        cat["lg"].append(torch.cat(ref.flat_levels(logits, i)))
+        cat["rg"].append(torch.cat(ref.flat_levels(reg, i)))
+        cat["ct"].append(torch.cat(ref.flat_levels(ctr, i))[:, 0])
+        cat["an"].append(torch.cat(theirs))
+    c = {k: torch.cat(v) for k, v in cat.items()}
+    expected = ref.atss_losses(c["lg"].detach().double(), c["rg"].detach().double(), c["ct"].detach().double(),
+                               c["an"].double(), c["lab"], c["gt"].double())
+    assert set(losses) == set(expected)
+    for k in expected:
+        assert losses[k].item() == pytest.approx(expected[k].item(), rel=1e-6), k
+    # the continuous convention differs from the release by much more than that
+    plain = ATSSLoss(head.loss_evaluator.box_coder)
+    assert plain.legacy_plus_one is False and head.loss_evaluator.legacy_plus_one is True
+
+
+def test_release_geometry_detections_match_release_post_processing():
+    """ATSS / Dynamic ATSS inference with MODEL.LEGACY_PLUS_ONE True, rescaled to an original image and
+    written as COCO xywh: every detection within 1e-3 px and 1e-5 in score of the release's
+    post-processor + BoxList.resize + convert("xywh") re-derived on the same outputs."""
+    import release_reference as ref
+
+    h, w = ref.RELEASE_IMAGE_HW
+    sizes = [(h, w), (200, 290)]          # (h, w) of the resized images
+    originals = [(480, 384), (580, 400)]  # (w, h) of the original images
+    for name in ("ATSS", "DYNAMIC_ATSS"):
+        head = ref.build_release_head(name, seed=3)
+        head.eval()
+        feats = ref.release_features(seed=4)
+        with torch.no_grad():
+            dets, _ = head(ImageList(torch.zeros(2, 3, h, w), sizes), feats)
+            logits, reg, ctr = head.head(feats)
+        theirs = ref.grid_anchors(ref.RELEASE_IMAGE_HW)
+        for i, ((ih, iw), (ow, oh)) in enumerate(zip(sizes, originals)):
+            rb, rs, rl = ref.postprocess(ref.flat_levels(logits, i), ref.flat_levels(reg, i),
+                                         [x[:, 0] for x in ref.flat_levels(ctr, i)], theirs, (iw, ih))
+            assert 50 < len(rb) <= 100 and len(dets[i]) == len(rb)
+            expected = ref.json_xywh(rb.double(), ow / iw, oh / ih)
+            ours = dets[i].resize((ow, oh), legacy_plus_one=True)
+            got = ours.xywh().double()
+            # same detections: order both by (label, score)
+            o1 = sorted(range(len(rs)), key=lambda k: (int(rl[k]), -float(rs[k])))
+            o2 = sorted(range(len(rs)), key=lambda k: (int(ours.get_field("labels")[k]),
+                                                      -float(ours.get_field("scores")[k])))
+            assert [int(rl[k]) for k in o1] == [int(ours.get_field("labels")[k]) for k in o2]
+            torch.testing.assert_close(ours.get_field("scores")[o2], rs[o1], rtol=0, atol=1e-5)
+            torch.testing.assert_close(got[o2], expected[o1], rtol=0, atol=1e-3)
+
+
+def test_centerness_targets_release_hand_values():
+    """The ATSS release's target: l, t, r, b from the anchor centre value to the inclusive GT sides, i.e.
+    each continuous distance minus 0.5: 1.5, 3.5, 5.5, 7.5 for the first case above."""
+    anchors = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
+    gt = torch.tensor([[2.0, 0.0, 10.0, 12.0]])
+    torch.testing.assert_close(centerness_targets(anchors, gt, legacy_plus_one=True),
+                               torch.tensor([math.sqrt(1.5 / 5.5 * 3.5 / 7.5)]))

@@ -165,3 +165,39 @@ def test_inference_output_contract():
 
 def test_registered():
     assert "DYNAMIC_ATSS" in DENSE_HEADS
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_release_geometry_losses_match_release_formulas(seed):
+    """Dynamic ATSS with MODEL.LEGACY_PLUS_ONE True: the release's prepare_targets on its decoded detached
+    predictions (P + Q), then each of its loss terms (GFL-form classification, q-weighted GIoU without
+    "+1" areas, IoU-branch BCE) within 1e-6 relative."""
+    import release_reference as ref
+
+    head = ref.build_release_head("DYNAMIC_ATSS", seed=seed, std=0.05)
+    head.train()
+    feats = ref.release_features(seed=seed + 20)
+    h, w = ref.RELEASE_IMAGE_HW
+    gts, labels, targets = ref.release_batch(("random", "crowded"), seed)
+    losses = head(ImageList(torch.zeros(2, 3, h, w), [(h, w)] * 2), feats, targets)[1]
+
+    logits, reg, iou = head.head(feats)
+    theirs = ref.grid_anchors(ref.RELEASE_IMAGE_HW)
+    anchors = torch.cat(theirs)
+    cat = {"lab": [], "gt": [], "q": [], "lg": [], "rg": [], "io": []}
+    for i in range(2):
+        rg = torch.cat(ref.flat_levels(reg, i)).detach()
+        lab, gt_idx, q = ref.prepare_targets(theirs, gts[i], labels[i], pred_boxes=ref.decode(rg, anchors))
+        cat["lab"].append(lab)
+        cat["gt"].append(gts[i][gt_idx])
+        cat["q"].append(torch.where(lab > 0, q, torch.zeros_like(q)))
+        cat["lg"].append(torch.cat(ref.flat_levels(logits, i)))
+        cat["rg"].append(rg)
+        cat["io"].append(torch.cat(ref.flat_levels(iou, i))[:, 0])
+    c = {k: torch.cat(v) for k, v in cat.items()}
+    expected = ref.dynamic_atss_losses(c["lg"].detach().double(), c["rg"].double(), c["io"].detach().double(),
+                                       anchors.repeat(2, 1).double(), c["lab"], c["gt"].double(),
+                                       c["q"].double())
+    assert set(losses) == set(expected)
+    for k in expected:
+        assert losses[k].item() == pytest.approx(expected[k].item(), rel=1e-6), k

@@ -55,7 +55,7 @@ def prepare_for_coco_detection(dataset, predictions: Predictions) -> List[dict]:
                              f"1..{len(to_json)}")
         image_id = dataset.ids[idx]
         results.extend({"image_id": image_id, "category_id": to_json[lab],
-                        "bbox": [round(float(v), 3) for v in box], "score": round(float(s), 5)}
+                        "bbox": [float(v) for v in box], "score": float(s)}
                        for box, s, lab in zip(xywh, scores, labels))
     return results
 
