@@ -251,16 +251,17 @@ fi
 wait "$DATA_PID" || { note "== synthetic dataset generation failed:"; tail -n 20 "$WORK/data.log" | tee -a "$LOG"; }
 cat "$WORK/data.log" >>"$LOG"
 TRAIN_DIR="$WORK/train"
-TRAIN=(MODEL.DEVICE cuda SOLVER.AMP fp16 TEST.AMP fp16 SOLVER.MAX_ITER 50 SOLVER.WARMUP_ITERS 10 SOLVER.STEPS "(40,)"
-       SOLVER.LOG_PERIOD 10 SOLVER.CHECKPOINT_PERIOD 50 DATALOADER.NUM_WORKERS 4)
+ITERS=50 AMP=fp16 TRAIN=(MODEL.DEVICE cuda SOLVER.WARMUP_ITERS 10 SOLVER.STEPS "(40,)" SOLVER.LOG_PERIOD 10
+                         SOLVER.CHECKPOINT_PERIOD 50 DATALOADER.NUM_WORKERS 4)
 # dry run: float32 (fp16 autocast is CUDA-only; its CPU fallback, bf16, is emulated and slow on most
 # CPUs), 2 iterations of batch 2 at 96-128 px
-[ $DRY -eq 1 ] && TRAIN=(MODEL.DEVICE cpu SOLVER.AMP "" TEST.AMP "" SOLVER.MAX_ITER 2 SOLVER.WARMUP_ITERS 1
-                         SOLVER.STEPS "(1,)" SOLVER.LOG_PERIOD 1 SOLVER.CHECKPOINT_PERIOD 2 DATALOADER.NUM_WORKERS 0
-                         SOLVER.IMS_PER_BATCH 2 TEST.IMS_PER_BATCH 2 INPUT.MIN_SIZE_TRAIN "(96,)"
-                         INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 96 INPUT.MAX_SIZE_TEST 128)
-step "train ${TRAIN[5]} iterations (SOLVER.AMP ${TRAIN[3]:-off}) + evaluation" 150 40 "$LOG" -- \
+[ $DRY -eq 1 ] && ITERS=2 AMP="" TRAIN=(MODEL.DEVICE cpu SOLVER.WARMUP_ITERS 1 SOLVER.STEPS "(1,)" SOLVER.LOG_PERIOD 1
+                                        SOLVER.CHECKPOINT_PERIOD 2 DATALOADER.NUM_WORKERS 0 SOLVER.IMS_PER_BATCH 2
+                                        TEST.IMS_PER_BATCH 2 INPUT.MIN_SIZE_TRAIN "(96,)" INPUT.MAX_SIZE_TRAIN 128
+                                        INPUT.MIN_SIZE_TEST 96 INPUT.MAX_SIZE_TEST 128)
+step "train $ITERS iterations (SOLVER.AMP ${AMP:-off}) + evaluation" 150 40 "$LOG" -- \
   "$PY" tools/train_net.py --config-file configs/dynamic_atss/dynamic_atss_R_18_FPN_synthetic.yaml "${TRAIN[@]}" \
+  SOLVER.MAX_ITER "$ITERS" SOLVER.AMP "$AMP" TEST.AMP "$AMP" \
   DATASETS.TRAIN "(\"$DATA/annotations/instances_train.json:$DATA/train\",)" \
   DATASETS.TEST "(\"$DATA/annotations/instances_val.json:$DATA/val\",)" OUTPUT_DIR "$TRAIN_DIR"
 step "training report (finite losses, AP)" 30 5 "$WORK/train_report.txt" -- "$PY" tools/device_check_steps.py train "$TRAIN_DIR"
