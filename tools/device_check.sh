@@ -213,7 +213,7 @@ else
   PARALLEL=(-o faulthandler_timeout=120)  # no plugins: serial; a test stuck for 120 s dumps its stack
   note "== pytest-xdist / pytest-timeout missing: the rest of the suite runs serially"
 fi
-REST_TESTS=(tests -k "not (layers and cuda)")
+REST_TESTS=(tests -k "not (layers and cuda)" --ignore=tests/tools/test_device_check.py)  # not this script again
 [ $DRY -eq 1 ] && REST_TESTS=(--collect-only tests/structures)
 # The rest of the suite runs beside steps 4 and 5, and is cut before the benchmarks of step 6.
 SUITE_END=$((T0 + BUDGET - RESERVE - 150))
