@@ -97,3 +97,26 @@ def test_fetch_device_wheels_dry_run_checks_the_set(tmp_path, files, ok, message
     proc = run(["tools/fetch_device_wheels.sh", "--dry-run"], tmp_path, DEVICE_WHEELS_DIR=str(wheel_dir))
     assert (proc.returncode == 0) == ok, proc.stdout + proc.stderr
     assert message in proc.stdout
+
+
+@pytest.mark.parametrize("losses, with_eval, ok", [
+    ((2.3, 1.9), True, True),
+    ((2.3, float("nan")), True, False),  # a non-finite loss (stored as null)
+    ((2.3, 1.9), False, False),  # no evaluation line
+    ((), True, False),  # no training line
+])
+def test_training_report_needs_finite_losses_and_an_ap(tmp_path, losses, with_eval, ok):
+    from maskrcnn_benchmark.utils.metrics_io import MetricsWriter
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import device_check_steps
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tools"))
+    writer = MetricsWriter(str(tmp_path))
+    for i, loss in enumerate(losses, 1):
+        writer.write(10 * i, loss=loss, loss_cls=0.5, time=0.1)
+    if with_eval:
+        writer.write(10 * len(losses), dataset="val", **{"bbox/AP": 0.25, "bbox/AP50": 0.5})
+    writer.close()
+    assert device_check_steps.train_report(str(tmp_path)) == (0 if ok else 1)
