@@ -93,4 +93,11 @@ inline void check_focal_grad_output(const at::Tensor& grad_output, const at::Ten
   check_same_device(logits, grad_output, name, "logits", "grad_output");
 }
 
+// A grad_output that is one value broadcast to [N, C] (strides 0, 0: the gradient of .sum() or of
+// .sum() / norm) is read as that value by the CPU and CUDA backward kernels instead of being
+// materialised with .contiguous().
+inline bool is_broadcast_scalar(const at::Tensor& t) {
+  return t.dim() == 2 && t.stride(0) == 0 && t.stride(1) == 0;
+}
+
 }  // namespace maskrcnn_benchmark

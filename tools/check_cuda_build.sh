@@ -32,22 +32,9 @@ if torch.version.cuda is None:
     sys.exit(f"{sys.executable}: torch {torch.__version__} has no CUDA; give a venv with a CUDA build of torch")
 print(f"== torch {torch.__version__} (CUDA {torch.version.cuda}) in {sys.prefix}")
 PYEOF
-# The CUDA toolkit: $CUDA_HOME, else the one nvcc on PATH runs (/usr/local/bin/nvcc may be a wrapper).
-if [ -z "${CUDA_HOME:-}" ]; then
-  for candidate in "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent/bin/nvcc)")")")" \
-                   /usr/local/cuda $(ls -d /usr/local/cuda-* 2>/dev/null | sort -rV); do
-    if [ -x "$candidate/bin/nvcc" ] && [ -f "$candidate/include/cuda_runtime.h" ]; then CUDA_HOME="$candidate"; break; fi
-  done
-  [ -n "${CUDA_HOME:-}" ] || { echo "no CUDA toolkit found (nvcc + include/cuda_runtime.h): set CUDA_HOME"; exit 1; }
-fi
-export CUDA_HOME
-# A minimal toolkit (nvcc and the runtime only) lacks the library headers that ATen's CUDA headers
-# include (cusparse.h, cublas_v2.h, ...); torch's CUDA wheels ship them under nvidia/cu*/include.
-if [ ! -f "$CUDA_HOME/include/cusparse.h" ]; then
-  NV_INCLUDE="$("$PY" -c "import glob, os, torch; print(next(iter(sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), '..', 'nvidia', 'cu*', 'include')))), ''))")"
-  [ -n "$NV_INCLUDE" ] || { echo "cusparse.h not found in $CUDA_HOME/include nor in the venv's nvidia packages"; exit 1; }
-  export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I$(cd "$NV_INCLUDE" && pwd)"
-fi
+# The CUDA toolkit (CUDA_HOME) and the library headers' include path: tools/cuda_env.sh.
+source "$REPO/tools/cuda_env.sh"
+cuda_env "$PY" || { echo "$CUDA_ENV_ERROR"; exit 1; }
 echo "== CUDA_HOME=$CUDA_HOME ${NVCC_APPEND_FLAGS:+(NVCC_APPEND_FLAGS=$NVCC_APPEND_FLAGS)}"
 
 echo "== scratch copy: $SCRATCH"
@@ -70,29 +57,4 @@ echo "== building with the CUDA kernels (TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_
 
 echo "== registered kernels"
 cd "$SCRATCH"
-CUDA_VISIBLE_DEVICES="" "$PY" - <<'PYEOF'
-import sys
-import torch
-from maskrcnn_benchmark.layers import _ops
-
-_ops.load_ops()
-missing = []
-for name in _ops.OP_NAMES:
-    cuda = _ops.has_compiled_kernel(name, "CUDA")
-    autocast = _ops.has_compiled_kernel(name, "AutocastCUDA")
-    autocast_cpu = _ops.has_compiled_kernel(name, "AutocastCPU")
-    cpu = _ops.has_compiled_kernel(name, "CPU")
-    print(f"{name:30s} CUDA: {'compiled' if cuda else 'MISSING':8s}  Autocast: {'compiled' if autocast else 'MISSING':8s}"
-          f"  AutocastCPU: {'compiled' if autocast_cpu else 'MISSING':8s}  CPU: {'compiled' if cpu else 'MISSING'}")
-    if not (cuda and autocast and autocast_cpu and cpu):
-        missing.append(name)
-for name in _ops.CPU_ONLY_OP_NAMES:  # CPU-only helper ops (the Winograd transforms)
-    cpu = _ops.has_compiled_kernel(name, "CPU")
-    print(f"{name:30s} CPU only: {'compiled' if cpu else 'MISSING'}")
-    if not cpu:
-        missing.append(name)
-if missing:
-    sys.exit(f"missing compiled kernels for: {', '.join(missing)}")
-print(f"all {len(_ops.OP_NAMES)} operators have compiled CUDA, Autocast, AutocastCPU and CPU kernels; "
-      f"the {len(_ops.CPU_ONLY_OP_NAMES)} CPU-only ones a CPU kernel")
-PYEOF
+CUDA_VISIBLE_DEVICES="" "$PY" tools/device_check_steps.py kernels --cuda

@@ -138,12 +138,6 @@ at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& logits, const at::Tensor& ta
   return out;
 }
 
-// A grad_output that is one value broadcast to [N, C] (strides 0, 0: the gradient of .sum() or of
-// .sum() / norm) is read as that value instead of being materialised.
-bool is_broadcast_scalar(const at::Tensor& t) {
-  return t.dim() == 2 && t.stride(0) == 0 && t.stride(1) == 0;
-}
-
 at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor& logits,
                                            const at::Tensor& targets, double gamma,
                                            double alpha) {

@@ -8,8 +8,13 @@
 // grad_columns = W^T grad_out (GEMM); a col2im kernel scatters the bilinear weights into the input
 // gradient with atomicAdd on a float32 (float64) buffer; a col2coord kernel reduces over each
 // deformable group's channels for the offset and mask gradients; grad_weight += grad_out columns^T
-// (GEMM, accumulated in float32 for float16/bfloat16). Sampling positions, weights and sums are
-// computed in float32 for float16/bfloat16 inputs (at::acc_type).
+// (GEMM on float32 columns for float16/bfloat16, so neither the columns nor each image's product
+// is rounded to half). Sampling positions, weights and sums are computed in float32 for
+// float16/bfloat16 inputs (at::acc_type).
+// Determinism: the atomicAdd order of col2im varies from run to run, so the backward calls
+// alertNotDeterministic: under torch.use_deterministic_algorithms(True) it raises (warns with
+// warn_only=True). The CPU kernel is deterministic; the portable fallback's scatter_add_ follows
+// torch's own deterministic-mode rules.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -72,12 +77,13 @@ __device__ __forceinline__ acc_t pixel(const scalar_t* plane, const Dims& s, int
              : acc_t(0);
 }
 
-// columns[c * K + k, l] = mask * x_c(sampling position), one image.
-template <typename scalar_t>
+// columns[c * K + k, l] = mask * x_c(sampling position), one image; written as out_t (scalar_t
+// for the forward, acc_t for the weight gradient).
+template <typename scalar_t, typename out_t = scalar_t>
 __global__ void deformable_im2col_kernel(const scalar_t* __restrict__ im,
                                          const scalar_t* __restrict__ offset,
                                          const scalar_t* __restrict__ mask, Dims s,
-                                         scalar_t* __restrict__ columns) {
+                                         out_t* __restrict__ columns) {
   using acc_t = at::acc_type<scalar_t, true>;
   const int64_t taps = s.kh * s.kw, cols = s.out_h * s.out_w, total = s.channels * taps * cols;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
@@ -96,7 +102,7 @@ __global__ void deformable_im2col_kernel(const scalar_t* __restrict__ im,
           w10 * pixel<scalar_t, acc_t>(plane, s, p.y0 + 1, p.x0) +
           w11 * pixel<scalar_t, acc_t>(plane, s, p.y0 + 1, p.x0 + 1);
     }
-    columns[e] = static_cast<scalar_t>(v);
+    columns[e] = static_cast<out_t>(v);
   }
 }
 
@@ -234,6 +240,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   check_grad_out(grad_out_, input_, g);
   check_cuda_inputs(input_, weight_, offset_, mask_, &grad_out_, "grad_out",
                     "_deform_conv2d_backward");
+  at::globalContext().alertNotDeterministic(
+      "maskrcnn_benchmark::_deform_conv2d_backward (CUDA: atomicAdd into the input gradient)");
   const c10::cuda::CUDAGuard device_guard(input_.device());
   const at::Tensor grad_out = grad_out_.contiguous(), input = input_.contiguous();
   const at::Tensor weight = weight_.contiguous(), offset = offset_.contiguous();
@@ -251,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const at::Tensor w_t = weight.view({groups, g.out_channels / groups, -1}).transpose(1, 2);
   at::Tensor grad_w = at::zeros({groups, g.out_channels / groups, weight[0].numel()},
                                 weight.options().dtype(acc_dtype));
-  at::Tensor columns = at::empty({g.channels * taps, cols}, input.options());
+  at::Tensor columns = at::empty({g.channels * taps, cols}, input.options().dtype(acc_dtype));
   at::Tensor grad_im = at::empty({g.channels, g.height, g.width}, input.options().dtype(acc_dtype));
   const Dims s = make_dims(g);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -277,11 +285,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
               grad_columns.data_ptr<scalar_t>(), im, off, msk, s, deformable_groups,
               grad_offset[b].data_ptr<scalar_t>(), grad_mask[b].data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      // d loss / d W += grad_out columns^T, per group.
-      deformable_im2col_kernel<scalar_t><<<col_blocks, cuda::kThreads, 0, stream>>>(
-          im, off, msk, s, columns.data_ptr<scalar_t>());
+      // d loss / d W += grad_out columns^T, per group, in acc_t (float32 for float16/bfloat16:
+      // columns sampled in acc_t, grad_out widened, so no per-image product is rounded to half).
+      deformable_im2col_kernel<scalar_t, acc_t><<<col_blocks, cuda::kThreads, 0, stream>>>(
+          im, off, msk, s, columns.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      grad_w.add_(at::bmm(gout_b, columns.view({groups, -1, cols}).transpose(1, 2)));
+      grad_w.baddbmm_(gout_b.to(acc_dtype), columns.view({groups, -1, cols}).transpose(1, 2));
     }
   });
   return {grad_input, grad_w.view(weight.sizes()).to(weight.scalar_type()), grad_offset,

@@ -6,9 +6,15 @@
 //    never suppress each other, so all classes are done in one pass, with no loop over classes
 //    and no coordinate-offset trick). Only the upper triangle of blocks is computed.
 // 3. nms_scan_kernel: one block walks the boxes in score order, keeps a box that no kept box has
-//    suppressed and ORs its mask row into the `removed` bits (shared memory; global memory for
-//    very large N). The mask never leaves the device: the only device-to-host transfer is the
-//    number of kept boxes, read by masked_select.
+//    suppressed and ORs its mask row into the `removed` bits (shared memory). The mask never
+//    leaves the device: the only device-to-host transfer is the number of kept boxes, read by
+//    masked_select.
+// Limit: the mask holds N x ceil(N / 64) 64-bit words, about N^2 / 8 bytes (~1 GiB at 92k boxes,
+// 8 GiB at kMaxBoxes = 2^18 = 262,144). Above kMaxBoxes the op fails with the numbers rather than
+// trying to allocate it: run NMS per image, or keep the top-k boxes by score first (the
+// detectors' post-processing keeps at most MODEL.<HEAD>.PRE_NMS_TOP_N per level and image).
+// kMaxBoxes keeps the scan's `removed` bits (ceil(N / 64) words, 32 KiB) in shared memory and the
+// mask grid's ceil(N / 64) blocks per axis inside CUDA's 65,535 limit for gridDim.y.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -22,6 +28,7 @@ namespace maskrcnn_benchmark {
 namespace {
 
 constexpr int kBits = 64;  // boxes per mask word (and threads per mask block)
+constexpr int64_t kMaxBoxes = int64_t(1) << 18;  // see the limit above
 
 template <typename scalar_t, bool kBatched>
 __global__ void nms_mask_kernel(const scalar_t* __restrict__ boxes, const int64_t* __restrict__ cls,
@@ -59,13 +66,10 @@ __global__ void nms_mask_kernel(const scalar_t* __restrict__ boxes, const int64_
   mask[i * words + col_block] = bits;
 }
 
-// One block: greedy pass in score order. `removed` holds `words` words (shared or global scratch).
+// One block: greedy pass in score order. `removed` holds `words` words in shared memory.
 __global__ void nms_scan_kernel(const unsigned long long* __restrict__ mask, int64_t n,
-                                int64_t words, bool use_shared,
-                                unsigned long long* __restrict__ removed_global,
-                                bool* __restrict__ keep) {
-  extern __shared__ unsigned long long removed_shared[];
-  unsigned long long* removed = use_shared ? removed_shared : removed_global;
+                                int64_t words, bool* __restrict__ keep) {
+  extern __shared__ unsigned long long removed[];
   for (int64_t w = threadIdx.x; w < words; w += blockDim.x) removed[w] = 0;
   __syncthreads();
   for (int64_t word = 0; word < words; ++word) {
@@ -91,14 +95,17 @@ at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at:
   const c10::cuda::CUDAGuard device_guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
-  TORCH_CHECK(n <= (int64_t(1) << 31) - 1, op, ": at most 2^31 - 1 boxes, got ", n);
+  const int64_t words = (n + kBits - 1) / kBits;
+  constexpr int64_t kMaxMaskMiB = (kMaxBoxes * (kMaxBoxes / kBits) * 8) >> 20;
+  TORCH_CHECK(n <= kMaxBoxes, op, ": ", n, " boxes would need a ", n, " x ", words,
+              " x 8-byte suppression mask (", (n * words * 8) >> 20,
+              " MiB); the CUDA kernel takes at most ", kMaxBoxes, " boxes (", kMaxMaskMiB,
+              " MiB): run it per image or keep the top-scoring boxes first");
 
   const at::Tensor order =
       std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   const at::Tensor sorted = boxes.index_select(0, order).contiguous();
   const at::Tensor cls = idxs != nullptr ? idxs->index_select(0, order).contiguous() : at::Tensor();
-  const int64_t words = (n + kBits - 1) / kBits;
-  TORCH_CHECK(words <= 65535, op, ": too many boxes for one launch (", n, ")");
   at::Tensor mask = at::empty({n, words}, boxes.options().dtype(at::kLong));
   at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -117,12 +124,11 @@ at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at:
   });
 
   const int64_t shared_bytes = words * static_cast<int64_t>(sizeof(unsigned long long));
-  const bool use_shared = shared_bytes <= 48 * 1024;
-  at::Tensor scratch = use_shared ? at::Tensor() : at::empty({words}, mask.options());
+  static_assert(kMaxBoxes / kBits * sizeof(unsigned long long) <= 48 * 1024,
+                "the scan's removed bits must fit the default 48 KiB of shared memory");
   const int threads = static_cast<int>(std::min<int64_t>(1024, ((words + 31) / 32) * 32));
-  nms_scan_kernel<<<1, threads, use_shared ? shared_bytes : 0, stream>>>(
-      reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()), n, words, use_shared,
-      use_shared ? nullptr : reinterpret_cast<unsigned long long*>(scratch.data_ptr<int64_t>()),
+  nms_scan_kernel<<<1, threads, shared_bytes, stream>>>(
+      reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()), n, words,
       keep.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return order.masked_select(keep);  // kept boxes in score order; syncs once for the count

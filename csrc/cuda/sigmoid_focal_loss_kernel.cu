@@ -7,6 +7,9 @@
 //   log p = min(x, 0) - l,  log q = -max(x, 0) - l
 //   loss:  positive column  -a q^g log p;   other columns  -(1 - a) p^g log q;   ignored rows 0
 //   grad:  positive column  a q^g (g p log p - q);   others  (1 - a) p^g (p - g q log q)
+// The backward reads a grad_output broadcast from one value (strides 0, 0: the gradient of .sum(),
+// is_broadcast_scalar in ../ops.h) as that value, as the CPU kernel does, instead of materialising
+// an [N, C] copy.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -61,7 +64,7 @@ template <typename scalar_t, typename index_t>
 __global__ void focal_backward_kernel(const scalar_t* __restrict__ grad_output,
                                       const scalar_t* __restrict__ logits,
                                       const int64_t* __restrict__ targets, index_t total,
-                                      index_t c, double gamma, double alpha,
+                                      index_t c, double gamma, double alpha, bool scalar_grad,
                                       scalar_t* __restrict__ grad) {
   using acc_t = at::acc_type<scalar_t, true>;
   const acc_t g = static_cast<acc_t>(gamma), a = static_cast<acc_t>(alpha);
@@ -89,7 +92,8 @@ __global__ void focal_backward_kernel(const scalar_t* __restrict__ grad_output,
       const acc_t log_q = -(x > acc_t(0) ? x : acc_t(0)) - l;
       d = (acc_t(1) - a) * pow_gamma(p, g, g2) * (p - g * q * log_q);
     }
-    grad[k] = static_cast<scalar_t>(d * static_cast<acc_t>(grad_output[k]));
+    const acc_t go = static_cast<acc_t>(grad_output[scalar_grad ? index_t(0) : k]);
+    grad[k] = static_cast<scalar_t>(d * go);
   }
 }
 
@@ -134,7 +138,9 @@ at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad_output,
   at::Tensor grad = at::empty(logits.sizes(), logits.options());
   const int64_t total = logits.numel();
   if (total == 0) return grad;
-  const at::Tensor x = logits.contiguous(), go = grad_output.contiguous();
+  const at::Tensor x = logits.contiguous();
+  const bool scalar_grad = is_broadcast_scalar(grad_output);
+  const at::Tensor go = scalar_grad ? grad_output : grad_output.contiguous();
   const at::Tensor t = targets.to(at::kLong).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
                                   "sigmoid_focal_loss_backward_cuda", [&] {
@@ -144,7 +150,7 @@ at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad_output,
           <<<cuda::blocks_for(total), cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
               go.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), t.data_ptr<int64_t>(),
               static_cast<index_t>(total), static_cast<index_t>(logits.size(1)), gamma, alpha,
-              grad.data_ptr<scalar_t>());
+              scalar_grad, grad.data_ptr<scalar_t>());
     };
     if (total < (int64_t(1) << 31) - cuda::kThreads * 65536LL) launch(uint32_t{}); else launch(int64_t{});
     C10_CUDA_KERNEL_LAUNCH_CHECK();

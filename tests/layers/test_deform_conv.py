@@ -358,3 +358,45 @@ class TestCudaMatchesCpu:
             gtol = dict(rtol=5e-2, atol=5e-2 * gscale) if dtype == torch.bfloat16 else dict(rtol=1e-2, atol=1e-2 * gscale)
             assert g.grad.dtype == dtype
             torch.testing.assert_close(g.grad.cpu().double(), a.grad, **gtol, msg=lambda m: f"grad of {name}: {m}")
+
+    def test_backward_alerts_non_deterministic(self):
+        """The input gradient is summed with atomicAdd (order varies between runs): the backward alerts,
+        so torch.use_deterministic_algorithms(True) raises instead of silently varying."""
+        args, kw = random_case(30, C=4, O=4, H=6, W=6, dtype=torch.float32)
+        gpu = [a.cuda().requires_grad_() for a in args]
+        out = deform_conv2d(*gpu, **kw)
+        previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        try:
+            torch.use_deterministic_algorithms(True)
+            with pytest.raises(RuntimeError, match="_deform_conv2d_backward.*does not have a deterministic"):
+                out.backward(torch.ones_like(out), retain_graph=True)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            with pytest.warns(UserWarning, match="_deform_conv2d_backward"):
+                out.backward(torch.ones_like(out))
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+    @pytest.mark.parametrize("dtype, limit", [(torch.float16, 1000), (torch.bfloat16, 120)])
+    def test_reduced_precision_weight_grad_is_summed_in_float32(self, dtype, limit):
+        """Two images whose weight-gradient products nearly cancel: grad_out of image 1 is -grad_out of
+        image 0 plus a small integer d (integers are exact in float16 / bfloat16 up to 2048 / 256), so
+        the sum is about 1/limit of each image's product. Rounding each image's product to half would
+        leave an error of about limit * 2^-11 (float16) / 2^-8 (bfloat16) of the result; summed in
+        float32 only the final rounding remains. Reference: the CPU kernel in float64 on the same values."""
+        (x, offset, mask, weight, _), kw = random_case(31, B=1, C=4, O=4, H=8, W=8, bias=False, dtype=torch.float32)
+        g = torch.Generator().manual_seed(32)
+        g0 = torch.randint(-limit, limit + 1, (1, 4, 8, 8), generator=g).float()
+        d = torch.randint(-1, 2, (1, 4, 8, 8), generator=g).float()
+        two = [torch.cat([t, t]).to(dtype) for t in (x, offset, mask)]  # the same image twice
+        grad = torch.cat([g0, -g0 + d]).to(dtype)
+        assert torch.equal(grad[1].float() + grad[0].float(), d[0])  # exact in dtype
+        ref_in = [t.double().requires_grad_() for t in two] + [weight.to(dtype).double().requires_grad_()]
+        gpu = [t.cuda().requires_grad_() for t in two] + [weight.to(dtype).cuda().requires_grad_()]
+        ref = deform_conv2d(ref_in[0], ref_in[1], ref_in[2], ref_in[3], None, **kw)
+        out = deform_conv2d(gpu[0], gpu[1], gpu[2], gpu[3], None, **kw)
+        ref.backward(grad.double())
+        out.backward(grad.cuda())
+        got, expected = gpu[3].grad.cpu().double(), ref_in[3].grad
+        scale = expected.abs().max().item()
+        eps = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -8
+        torch.testing.assert_close(got, expected, rtol=2 * eps, atol=2 * eps * scale)

@@ -275,3 +275,15 @@ class TestNmsCudaMatchesCpu:
         assert nms(e, torch.zeros(0, device="cuda"), 0.5).shape == (0,)
         with pytest.raises(RuntimeError, match=r"nms: boxes must have shape \[N, 4\]"):
             nms(torch.zeros(3, 5, device="cuda"), torch.zeros(3, device="cuda"), 0.5)
+
+    def test_box_count_limit(self):
+        """The suppression mask holds N x ceil(N / 64) 8-byte words: above 2^18 boxes (an 8 GiB mask) the
+        kernel refuses with the numbers instead of attempting the allocation."""
+        n = (1 << 18) + 1
+        boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device="cuda").expand(n, 4)
+        scores = torch.zeros(n, device="cuda")
+        with pytest.raises(RuntimeError, match=r"nms: 262145 boxes would need a 262145 x 4097 x 8-byte suppression "
+                                               r"mask \(8194 MiB\); the CUDA kernel takes at most 262144 boxes"):
+            nms(boxes, scores, 0.5)
+        with pytest.raises(RuntimeError, match=r"batched_nms: 262145 boxes .* at most 262144 boxes"):
+            batched_nms(boxes, scores, torch.zeros(n, dtype=torch.int64, device="cuda"), 0.5)

@@ -214,3 +214,24 @@ class TestFocalLossCudaMatchesCpu:
         ref.sum().backward()
         torch.testing.assert_close(loss.detach().cpu(), ref.detach().to(dtype))
         torch.testing.assert_close(x_cuda.grad.cpu(), x_ref.grad.to(dtype))
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+    def test_broadcast_grad_output(self, dtype):
+        """A grad_output broadcast from one value (strides 0, 0: the gradient of .sum() / norm) is read
+        as that value; a grad_output broadcast along one axis only is read element by element. Both
+        equal the CPU kernel given the materialised gradient."""
+        logits, targets = random_case(300, 80, 4, torch.float32)
+        x = logits.to(dtype)
+        x_ref = x.float()  # the CUDA kernel computes in float32
+        targets_cuda = targets.cuda()
+        scalar = torch.tensor(0.125, dtype=dtype)
+        column = torch.rand(300, 1, generator=torch.Generator().manual_seed(5)).to(dtype)
+        for grad in (scalar.cuda().expand(300, 80), column.cuda().expand(300, 80)):  # expanded on the GPU
+            got = OPS.sigmoid_focal_loss_backward(grad, x.cuda(), targets_cuda, 2.0, 0.25)
+            ref = OPS.sigmoid_focal_loss_backward(grad.cpu().float(), x_ref, targets, 2.0, 0.25)
+            assert got.stride() == (80, 1)
+            torch.testing.assert_close(got.cpu(), ref.to(dtype))
+        x_cuda = x.cuda().requires_grad_(True)
+        (sigmoid_focal_loss(x_cuda, targets_cuda, 2.0, 0.25).sum() / 8).backward()  # the broadcast path
+        ref = OPS.sigmoid_focal_loss_backward(torch.full((300, 80), 0.125), x_ref, targets, 2.0, 0.25)
+        torch.testing.assert_close(x_cuda.grad.cpu(), ref.to(dtype))

@@ -14,7 +14,9 @@ the median over --iters calls. Each row also says whether the two results agree 
 for NMS, up to tied scores; max abs difference otherwise).
 
 Usage: python tools/benchmarks/bench_ops_cuda.py [--iters 20] [--warmup 3] [--dtypes float32,float16]
-       [--quick] [--out FILE]
+       [--quick] [--out FILE] [--device cpu]
+(--device cpu runs the same code on the CPU kernels with wall-clock timing: a functional dry run of
+the script, as tools/device_check.sh --dry-run does, not a benchmark.)
 Needs a GPU, the extension built with the CUDA kernels (MASKRCNN_BENCHMARK_CUDA_KERNELS=1; without
 them the ops run the portable fallbacks and the table says so) and torchvision.
 """
@@ -22,6 +24,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from typing import Callable, List, Optional
 
 import torch
@@ -36,15 +39,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--dtypes", default="float32,float16", help="comma-separated: float32, float16, bfloat16")
     p.add_argument("--quick", action="store_true", help="small workloads (a functional check, not a benchmark)")
     p.add_argument("--out", default="", help="also write the table to this file")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                   help="cpu: a functional dry run on the CPU kernels (wall-clock timing)")
     args = p.parse_args(argv)
     args.dtypes = [getattr(torch, d.strip()) for d in args.dtypes.split(",") if d.strip()]
     return args
 
 
-def cuda_time_ms(fn: Callable[[], object], iters: int, warmup: int) -> float:
-    """Median milliseconds of fn() by CUDA events."""
+def time_ms(fn: Callable[[], object], iters: int, warmup: int, device: torch.device) -> float:
+    """Median milliseconds of fn() by CUDA events (on a CUDA device; wall clock on the CPU)."""
     for _ in range(warmup):
         fn()
+    if device.type != "cuda":
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
@@ -89,13 +101,13 @@ def max_diff(a, b) -> str:
 
 
 def rows_for(dtype, args, tv, L) -> List[tuple]:
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     rows = []
     name = str(dtype).replace("torch.", "")
 
     def add(op, workload, ours, theirs, agree):
-        t_ours = cuda_time_ms(ours, args.iters, args.warmup)
-        t_tv = cuda_time_ms(theirs, args.iters, args.warmup) if theirs is not None else float("nan")
+        t_ours = time_ms(ours, args.iters, args.warmup, dev)
+        t_tv = time_ms(theirs, args.iters, args.warmup, dev) if theirs is not None else float("nan")
         rows.append((op, workload, name, t_ours, t_tv, agree))
 
     sizes = (1000, 5000) if args.quick else (1000, 5000, 20000)
@@ -163,7 +175,7 @@ def rows_for(dtype, args, tv, L) -> List[tuple]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_ops_cuda.py needs a CUDA GPU (torch.cuda.is_available() is False); "
               "for the CPU kernels run tools/benchmarks/bench_ops.py", file=sys.stderr)
         return 2
@@ -177,10 +189,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from maskrcnn_benchmark.layers import _ops
 
     _ops.load_ops()
-    kernels = {op: ("compiled" if _ops.has_compiled_kernel(op, "CUDA") else "FALLBACK") for op in _ops.OP_NAMES}
-    header = [f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}",
-              "maskrcnn_benchmark CUDA kernels: " + ", ".join(f"{k}={v}" for k, v in kernels.items()),
-              f"median of {args.iters} calls after {args.warmup} warm-up, CUDA events" + (" (--quick)" if args.quick else ""),
+    key = args.device.upper()
+    kernels = {op: ("compiled" if _ops.has_compiled_kernel(op, key) else "FALLBACK") for op in _ops.OP_NAMES}
+    machine = (f"GPU: {torch.cuda.get_device_name()}" if args.device == "cuda"
+               else "CPU (--device cpu: a dry run of the script, not a benchmark)")
+    header = [f"{machine}, torch {torch.__version__}, CUDA {torch.version.cuda}",
+              f"maskrcnn_benchmark {key} kernels: " + ", ".join(f"{k}={v}" for k, v in kernels.items()),
+              f"median of {args.iters} calls after {args.warmup} warm-up, "
+              + ("CUDA events" if args.device == "cuda" else "wall clock") + (" (--quick)" if args.quick else ""),
               "",
               "| op | workload | dtype | ours (ms) | torchvision (ms) | speed-up | agreement |",
               "|---|---|---|---:|---:|---:|---|"]
