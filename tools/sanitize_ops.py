@@ -150,4 +150,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from maskrcnn_benchmark.utils.errors import run_tool  # user-input errors: status 2, no traceback
+
+    sys.exit(run_tool(main))
