@@ -18,11 +18,11 @@ from maskrcnn_benchmark.layers.losses import giou_loss
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, positive_type_assigner_from_config
 from maskrcnn_benchmark.modeling.box_coder import build_box_coder
-from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.box_ops import box_centers, centerness, point_box_distances
 
 from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, ScoreRule,
-                   check_num_classes, conv_tower, init_conv_std, reduce_mean_count)
+                   check_num_classes, conv_tower, init_conv_std, positive_boxes,
+                   reduce_mean_count, where_weighted)
 from .registry import DENSE_HEADS
 
 __all__ = ["ATSSHead", "ATSSLoss", "centerness_targets", "build_atss", "build_atss_parts"]
@@ -93,9 +93,9 @@ def centerness_targets(anchors: torch.Tensor, gt_boxes: torch.Tensor) -> torch.T
     """FCOS centerness of anchor centres in their GT boxes.
 
     Args:
-        anchors: Tensor[P, 4]; gt_boxes: Tensor[P, 4] (matched rows).
+        anchors: Tensor[..., 4]; gt_boxes: Tensor[..., 4] (matched rows, broadcastable).
     Returns:
-        Tensor[P] in [0, 1] (:func:`~maskrcnn_benchmark.structures.box_ops.centerness`).
+        Tensor[...] in [0, 1] (:func:`~maskrcnn_benchmark.structures.box_ops.centerness`).
     """
     return centerness(point_box_distances(box_centers(anchors), gt_boxes))
 
@@ -123,29 +123,28 @@ class ATSSLoss:
         self.reg_loss_weight = reg_loss_weight
 
     def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
-                 targets: List[BoxList], assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
+                 targets, assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
         logits, bbox_reg, ctr = outputs.cls_logits, outputs.box_regression, outputs.quality
-        labels, matched, pos = assignment.labels, assignment.matched_gt, assignment.pos
+        labels, pos = assignment.labels, assignment.pos
         num_classes = logits.shape[-1]
         num_pos = reduce_mean_count(pos.sum(), device=logits.device)
         loss_cls = sigmoid_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
                                       self.gamma, self.alpha).sum() / num_pos
 
+        # every prior, the non-positives weighted 0 (fixed shapes; their inputs are zeroed so
+        # that nothing non-finite can reach the sums or the gradients)
         anchors = torch.cat(anchors_per_level)
-        pos_anchor = pos.nonzero(as_tuple=True)[1]
-        pos_anchors = anchors[pos_anchor]
-        gt = matched[pos]
-        ctr_t = centerness_targets(pos_anchors, gt)
+        gt = positive_boxes(assignment, anchors)                                 # [B, N, 4]
+        ctr_t = torch.where(pos, centerness_targets(anchors[None], gt), 0)       # [B, N]
         ctr_sum = reduce_mean_count(ctr_t.sum(), device=logits.device, min_value=0.0)
-        if pos_anchor.numel() == 0 or ctr_sum < WEIGHT_EPS:
-            loss_reg = bbox_reg.sum() * 0
-            loss_ctr = ctr.sum() * 0
-        else:
-            boxes = self.box_coder.decode(bbox_reg[pos].float(), pos_anchors)
-            loss_reg = self.reg_loss_weight * giou_loss(boxes, gt, weight=ctr_t) / ctr_sum
-            loss_ctr = F.binary_cross_entropy_with_logits(ctr[pos].float(), ctr_t,
-                                                          reduction="sum") / num_pos
-        return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_ctr}
+        boxes = self.box_coder.decode(torch.where(pos[..., None], bbox_reg.float(), 0), anchors)
+        loss_reg = giou_loss(boxes.reshape(-1, 4), gt.reshape(-1, 4), weight=ctr_t.reshape(-1))
+        loss_ctr = F.binary_cross_entropy_with_logits(
+            torch.where(pos, ctr.float(), 0), ctr_t, weight=pos.float(), reduction="sum")
+        return {"loss_cls": loss_cls,
+                "loss_reg": where_weighted(ctr_sum, self.reg_loss_weight * loss_reg
+                                           / ctr_sum.clamp(min=WEIGHT_EPS)),
+                "loss_centerness": where_weighted(ctr_sum, loss_ctr / num_pos)}
 
 
 def build_atss_parts(cfg, in_channels: int):

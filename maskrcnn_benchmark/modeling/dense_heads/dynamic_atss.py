@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from maskrcnn_benchmark.layers.losses import giou_loss, quality_focal_loss
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, DynamicATSSAssigner
-from maskrcnn_benchmark.structures.bounding_box import BoxList
 
 from .atss import ATSSLoss, build_atss_parts
-from .base import WEIGHT_EPS, DenseHead, DenseOutputs, reduce_mean_count
+from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, positive_boxes, reduce_mean_count,
+                   where_weighted)
 from .registry import DENSE_HEADS
 
 __all__ = ["DynamicATSSLoss", "build_dynamic_atss"]
@@ -41,28 +41,26 @@ class DynamicATSSLoss(ATSSLoss):
     """
 
     def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
-                 targets: List[BoxList], assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
+                 targets, assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
         logits, bbox_reg, iou_logits = outputs.cls_logits, outputs.box_regression, outputs.quality
-        labels, matched = assignment.labels, assignment.matched_gt
-        quality, pos = assignment.quality, assignment.pos
+        labels, quality, pos = assignment.labels, assignment.quality, assignment.pos
         anchors = torch.cat(anchors_per_level)
         num_classes = logits.shape[-1]
         num_pos = reduce_mean_count(pos.sum(), device=logits.device)
         loss_cls = quality_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
                                       quality.reshape(-1), gamma=self.gamma) / num_pos
 
-        q = quality[pos]
-        q_sum = reduce_mean_count(q.sum(), device=logits.device, min_value=0.0)
-        if q.numel() == 0 or q_sum < WEIGHT_EPS:
-            loss_reg = bbox_reg.sum() * 0
-            loss_iou = iou_logits.sum() * 0
-        else:
-            pos_anchors = anchors[pos.nonzero(as_tuple=True)[1]]
-            boxes = self.box_coder.decode(bbox_reg[pos].float(), pos_anchors)
-            loss_reg = self.reg_loss_weight * giou_loss(boxes, matched[pos], weight=q) / q_sum
-            loss_iou = F.binary_cross_entropy_with_logits(iou_logits[pos].float(), q,
-                                                          reduction="sum") / num_pos
-        return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_iou": loss_iou}
+        # every anchor, the non-positives weighted 0 (``quality`` is 0 there) with zeroed inputs
+        q_sum = reduce_mean_count(quality.sum(), device=logits.device, min_value=0.0)
+        boxes = self.box_coder.decode(torch.where(pos[..., None], bbox_reg.float(), 0), anchors)
+        loss_reg = giou_loss(boxes.reshape(-1, 4), positive_boxes(assignment, anchors).reshape(-1, 4),
+                             weight=quality.reshape(-1))
+        loss_iou = F.binary_cross_entropy_with_logits(
+            torch.where(pos, iou_logits.float(), 0), quality, weight=pos.float(), reduction="sum")
+        return {"loss_cls": loss_cls,
+                "loss_reg": where_weighted(q_sum, self.reg_loss_weight * loss_reg
+                                           / q_sum.clamp(min=WEIGHT_EPS)),
+                "loss_iou": where_weighted(q_sum, loss_iou / num_pos)}
 
 
 @DENSE_HEADS.register("DYNAMIC_ATSS", config_node="ATSS")
