@@ -158,21 +158,25 @@ class BatchAssignment:
         return AssignResult(self.labels[i], gt_inds, self.quality[i])
 
 
-def unmatched_gt_stats(gt: GTBatch, gt_inds: Tensor) -> Dict[str, Tensor]:
+def gt_has_positive(gt_inds: Tensor, num_gt: int) -> Tensor:
+    """Tensor[B, N] int64 assigned GT (-1: none) -> Tensor[B, G] bool, the GTs with a positive."""
+    hit = torch.zeros(gt_inds.shape[0], num_gt + 1, dtype=torch.int32, device=gt_inds.device)
+    hit.scatter_(1, gt_inds + 1, 1)                                               # -1 -> column 0
+    return hit[:, 1:] > 0
+
+
+def unmatched_gt_stats(gt: GTBatch, has_positive: Tensor) -> Dict[str, Tensor]:
     """How many GTs got no positive prior (0-dim tensors, no host read).
 
     Args:
-        gt: the batch's GTs; gt_inds: Tensor[B, N] int64, -1 for non-positives.
+        gt: the batch's GTs; has_positive: Tensor[B, G] bool (:func:`gt_has_positive`).
 
     Returns:
         ``{"num_gt": int64, "num_gt_unmatched": int64, "min_unmatched_size": float32}``: the real
         GTs, those with no positive, and the smallest ``sqrt(area)`` in pixels among the latter
         (``inf`` when there is none).
     """
-    b, g = gt.valid.shape
-    hit = torch.zeros(b, g + 1, dtype=torch.int32, device=gt_inds.device)
-    hit.scatter_(1, gt_inds + 1, 1)                                               # -1 -> column 0
-    unmatched = gt.valid & (hit[:, 1:] == 0)
+    unmatched = gt.valid & ~has_positive
     wh = (gt.boxes[..., 2:] - gt.boxes[..., :2]).clamp(min=0)
     size = (wh[..., 0] * wh[..., 1]).sqrt().float()
     return {"num_gt": gt.valid.sum(), "num_gt_unmatched": unmatched.sum(),
@@ -379,7 +383,7 @@ class BaseAssigner:
             labels=labels,
             matched_gt=torch.where(pos[..., None], gather_gt(gt.boxes, gt_inds), 0),
             quality=torch.where(pos, quality, 0), pos=pos, gt_inds=gt_inds,
-            stats=unmatched_gt_stats(gt, gt_inds))
+            stats=unmatched_gt_stats(gt, gt_has_positive(gt_inds, gt.valid.shape[1])))
 
     def __call__(
         self,

@@ -357,7 +357,12 @@ class DenseHead(nn.Module):
         gt = as_gt_batch(targets, priors[0].device, priors[0].dtype)
         assignment = self.assign(outputs, priors, gt)
         losses = self.loss_evaluator(outputs, priors, gt, assignment)
-        stats = assignment.stats if assignment is not None else {}
+        if assignment is not None:
+            stats = assignment.stats
+        elif hasattr(self.loss_evaluator, "gt_stats"):
+            stats = self.loss_evaluator.gt_stats(priors, gt)
+        else:
+            stats = {}
         return losses, stats
 
     def training_losses(self, features: Sequence[torch.Tensor], gt: GTBatch
