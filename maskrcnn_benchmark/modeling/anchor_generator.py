@@ -96,9 +96,18 @@ class AnchorGenerator(nn.Module):
         self.offset = float(offset)
         if self.octave <= 0:
             raise ValueError(f"AnchorGenerator: octave must be > 0, got {octave}")
-        self.cell_anchors = [cell_anchors(s, self.aspect_ratios, self.scales_per_octave, self.octave)
-                             for s in self.sizes]
+        # buffers (not saved in checkpoints): they move with ``model.to(device)``, so building the
+        # anchors of a new feature size copies nothing from the host
+        for i, s in enumerate(self.sizes):
+            self.register_buffer(f"cell_anchors_{i}", cell_anchors(s, self.aspect_ratios,
+                                                                   self.scales_per_octave,
+                                                                   self.octave), persistent=False)
         self._cache: Dict[Tuple, List[torch.Tensor]] = {}
+
+    @property
+    def cell_anchors(self) -> List[torch.Tensor]:
+        """Per level Tensor[A, 4], the anchors of one location centred at (0, 0)."""
+        return [getattr(self, f"cell_anchors_{i}") for i in range(len(self.sizes))]
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -109,7 +118,8 @@ class AnchorGenerator(nn.Module):
         """Anchors of every level for feature maps of sizes ``[(H_l, W_l)]``.
 
         Returns:
-            list over levels of Tensor[H_l * W_l * A, 4] (cached per sizes / device / dtype).
+            list over levels of Tensor[H_l * W_l * A, 4] (cached per sizes / device / dtype;
+            built on ``device`` from the cell-anchor buffers, no host-to-device copy).
         """
         key = (tuple((int(h), int(w)) for h, w in grid_sizes), str(device), dtype)
         if key in self._cache:

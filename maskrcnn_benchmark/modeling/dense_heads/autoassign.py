@@ -125,6 +125,9 @@ class AutoAssignLoss:
     assignment).
     """
 
+    #: config keys that give a GT without an inside point one (the "no positive" warning)
+    tuning_keys = ("MODEL.AUTOASSIGN.FORCE_TOPK", "MODEL.AUTOASSIGN.FPN_STRIDES", "INPUT.MIN_SIZE_TRAIN")
+
     def __init__(self, center_prior: CenterPrior, reg_weight: float = 5.0, pos_weight: float = 0.25,
                  neg_weight: float = 0.75, center_weight: float = 0.75, confidence_scale: float = 3.0):
         self.center_prior = center_prior
