@@ -156,7 +156,7 @@ class AutoAssignLoss:
         cls_col = (gt_labels.to(torch.int64) - 1).clamp(min=0)[:, None, :].expand(b, n, g)
         log_p_pos = (F.logsigmoid(logits.gather(2, cls_col)) + F.logsigmoid(obj)[..., None]
                      - self.reg_weight * (1 - giou))
-        neg_inf = log_p_pos.new_tensor(float("-inf"))
+        neg_inf = float("-inf")
         log_cg = torch.where(use, self.confidence_scale * log_p_pos.exp() + log_prior, neg_inf)
         log_w = log_cg - torch.logsumexp(log_cg, dim=1, keepdim=True)
         log_bag = torch.logsumexp(torch.where(use, log_w + log_p_pos, neg_inf), dim=1)  # [B, G]
