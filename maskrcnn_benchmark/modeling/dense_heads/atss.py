@@ -131,20 +131,35 @@ class ATSSLoss:
         loss_cls = sigmoid_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
                                       self.gamma, self.alpha).sum() / num_pos
 
-        # every prior, the non-positives weighted 0 (fixed shapes; their inputs are zeroed so
-        # that nothing non-finite can reach the sums or the gradients)
         anchors = torch.cat(anchors_per_level)
-        gt = positive_boxes(assignment, anchors)                                 # [B, N, 4]
-        ctr_t = torch.where(pos, centerness_targets(anchors[None], gt), 0)       # [B, N]
-        ctr_sum = reduce_mean_count(ctr_t.sum(), device=logits.device, min_value=0.0)
+        ctr_t = torch.where(pos, centerness_targets(anchors[None], assignment.matched_gt), 0)
+        loss_reg, loss_ctr = self.box_and_quality_losses(bbox_reg, ctr, anchors, assignment, ctr_t,
+                                                         num_pos)
+        return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_ctr}
+
+    def box_and_quality_losses(self, bbox_reg: torch.Tensor, quality_logits: torch.Tensor,
+                               anchors: torch.Tensor, assignment: BatchAssignment,
+                               target: torch.Tensor, num_pos: torch.Tensor):
+        """``reg_loss_weight * sum_pos t (1 - GIoU) / sum t`` and ``sum_pos BCE(logit, t) / num_pos``
+        (both 0, keeping the graph, when the all-reduced ``sum t`` is below ``WEIGHT_EPS``).
+
+        Computed on every prior with fixed shapes: non-positives have weight 0 and zeroed inputs
+        (deltas 0, target the anchor itself), so nothing non-finite reaches the sums or gradients.
+
+        Args:
+            bbox_reg: Tensor[B, N, 4]; quality_logits: Tensor[B, N]; anchors: Tensor[N, 4];
+            target: Tensor[B, N] the quality target ``t`` (0 where not positive);
+            num_pos: the all-reduced positive count (0-dim tensor).
+        """
+        pos = assignment.pos
+        t_sum = reduce_mean_count(target.sum(), device=target.device, min_value=0.0)
         boxes = self.box_coder.decode(torch.where(pos[..., None], bbox_reg.float(), 0), anchors)
-        loss_reg = giou_loss(boxes.reshape(-1, 4), gt.reshape(-1, 4), weight=ctr_t.reshape(-1))
-        loss_ctr = F.binary_cross_entropy_with_logits(
-            torch.where(pos, ctr.float(), 0), ctr_t, weight=pos.float(), reduction="sum")
-        return {"loss_cls": loss_cls,
-                "loss_reg": where_weighted(ctr_sum, self.reg_loss_weight * loss_reg
-                                           / ctr_sum.clamp(min=WEIGHT_EPS)),
-                "loss_centerness": where_weighted(ctr_sum, loss_ctr / num_pos)}
+        loss_reg = giou_loss(boxes.reshape(-1, 4), positive_boxes(assignment, anchors).reshape(-1, 4),
+                             weight=target.reshape(-1))
+        loss_q = F.binary_cross_entropy_with_logits(
+            torch.where(pos, quality_logits.float(), 0), target, weight=pos.float(), reduction="sum")
+        return (where_weighted(t_sum, self.reg_loss_weight * loss_reg / t_sum.clamp(min=WEIGHT_EPS)),
+                where_weighted(t_sum, loss_q / num_pos))
 
 
 def build_atss_parts(cfg, in_channels: int):

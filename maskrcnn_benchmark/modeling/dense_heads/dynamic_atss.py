@@ -12,14 +12,12 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
-from maskrcnn_benchmark.layers.losses import giou_loss, quality_focal_loss
+from maskrcnn_benchmark.layers.losses import quality_focal_loss
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, DynamicATSSAssigner
 
 from .atss import ATSSLoss, build_atss_parts
-from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, positive_boxes, reduce_mean_count,
-                   where_weighted)
+from .base import DenseHead, DenseOutputs, reduce_mean_count
 from .registry import DENSE_HEADS
 
 __all__ = ["DynamicATSSLoss", "build_dynamic_atss"]
@@ -50,17 +48,9 @@ class DynamicATSSLoss(ATSSLoss):
         loss_cls = quality_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
                                       quality.reshape(-1), gamma=self.gamma) / num_pos
 
-        # every anchor, the non-positives weighted 0 (``quality`` is 0 there) with zeroed inputs
-        q_sum = reduce_mean_count(quality.sum(), device=logits.device, min_value=0.0)
-        boxes = self.box_coder.decode(torch.where(pos[..., None], bbox_reg.float(), 0), anchors)
-        loss_reg = giou_loss(boxes.reshape(-1, 4), positive_boxes(assignment, anchors).reshape(-1, 4),
-                             weight=quality.reshape(-1))
-        loss_iou = F.binary_cross_entropy_with_logits(
-            torch.where(pos, iou_logits.float(), 0), quality, weight=pos.float(), reduction="sum")
-        return {"loss_cls": loss_cls,
-                "loss_reg": where_weighted(q_sum, self.reg_loss_weight * loss_reg
-                                           / q_sum.clamp(min=WEIGHT_EPS)),
-                "loss_iou": where_weighted(q_sum, loss_iou / num_pos)}
+        loss_reg, loss_iou = self.box_and_quality_losses(bbox_reg, iou_logits, anchors, assignment,
+                                                         quality, num_pos)
+        return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_iou": loss_iou}
 
 
 @DENSE_HEADS.register("DYNAMIC_ATSS", config_node="ATSS")
