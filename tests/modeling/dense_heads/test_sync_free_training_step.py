@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+import torch._dynamo
 from torch._subclasses.fake_tensor import (DataDependentOutputException,
                                            DynamicOutputShapeException, FakeTensorMode)
 
@@ -126,8 +127,6 @@ def test_fake_mode_catches_every_kind_of_sync():
 def test_compiled_head_step_has_no_graph_break(head):
     """``torch._dynamo.explain`` of :meth:`DenseHead.training_losses` (conv head, assignment,
     losses): one graph, 0 breaks (what ``MODEL.COMPILE_TRAIN_STEP`` compiles with fullgraph)."""
-    import torch._dynamo
-
     model = _model(head)
     images, targets = _batch()
     with torch.no_grad():
@@ -146,3 +145,20 @@ def test_compiled_head_step_has_no_graph_break(head):
         torch.testing.assert_close(got[k], eager[k])
     for k in eager_stats:
         torch.testing.assert_close(got_stats[k], eager_stats[k])
+
+
+def test_compile_train_step_key_compiles_the_head_step():
+    """``MODEL.COMPILE_TRAIN_STEP True``: the detector's training forward goes through the
+    compiled step (here with the eager backend: the same graph capture, no code generation) and
+    gives the eager losses."""
+    images, targets = _batch()
+    eager = _model("DYNAMIC_ATSS")(images, targets)
+    model = _model("DYNAMIC_ATSS", ["MODEL.COMPILE_TRAIN_STEP", True])
+    assert getattr(model.rpn, "_compiled_step", None) is not None
+    torch._dynamo.reset()
+    model.rpn.compile_step(backend="eager")
+    got = model(images, targets)
+    assert set(got) == set(eager)
+    for k in eager:
+        torch.testing.assert_close(got[k], eager[k])
+    assert set(model.rpn.step_metrics) == {"num_gt", "num_gt_unmatched", "min_unmatched_size"}
