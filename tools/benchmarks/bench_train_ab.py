@@ -122,7 +122,7 @@ def make_step(config_file: str, base_opts: List, variant: Tuple[str, List, str, 
 
 def worker_step(args, variant_text: str, repo: str) -> Callable[[], float]:
     """A variant in a worker process importing ``repo``: returns a step that runs one timed step
-    there and returns its seconds."""
+    there and returns its seconds (``step.close()`` ends the worker)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--repo-root", os.path.abspath(repo), "--worker",
            "--config-file", args.config_file, "--size", str(args.size[0]), str(args.size[1]),
            "--batch", str(args.batch), "--threads", str(args.threads), "--variant", variant_text, *args.opts]
@@ -140,6 +140,11 @@ def worker_step(args, variant_text: str, repo: str) -> Callable[[], float]:
     def step() -> float:
         proc.stdin.write("step\n")
         return float(reply())
+
+    def close() -> None:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    step.close = close
     return step
 
 
@@ -209,6 +214,8 @@ def main() -> None:
         med = statistics.median(ts)
         print(f"| {name} | {1000 * med:.0f} | {1000 * min(ts):.0f} | {1000 * max(ts):.0f} | {first / med:.2f}x |")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    for step in steps.values():
+        getattr(step, "close", lambda: None)()
 
 
 if __name__ == "__main__":
