@@ -82,6 +82,13 @@ _C.MODEL.WINOGRAD = False
 # CPU); assignment, losses and post-processing stay eager. Results agree with False within float32
 # rounding (fused kernels). Default False.
 _C.MODEL.COMPILE = False
+# torch.compile(fullgraph=True) the dense head's whole training step: conv head, batched
+# assignment and losses in one graph (they have fixed shapes and no host-device
+# synchronisation, so there is no graph break; on a GPU this also allows CUDA graphs). The first
+# step of every new feature-map size or GT count compiles. Losses agree with False within float32
+# rounding. Independent of MODEL.COMPILE (which compiles the backbone and the conv head only).
+# Default False.
+_C.MODEL.COMPILE_TRAIN_STEP = False
 
 # ---------------------------------------------------------------------------------------------
 # Input

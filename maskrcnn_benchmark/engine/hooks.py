@@ -13,7 +13,8 @@ each :class:`HookBase` at five points::
 
 A hook reads and writes the shared :class:`TrainState` (``self.state``). The hooks of a run, in this
 order (``trainer.default_hooks``): :class:`NonFiniteLossCheck`, :class:`EMAHook` (SOLVER.EMA_DECAY),
-:class:`LoggingHook`, :class:`MetricsHook` (metrics.jsonl / TensorBoard), :class:`PeriodicEvaluation`,
+:class:`LoggingHook`, :class:`UnmatchedGTWarning`, :class:`MetricsHook` (metrics.jsonl / TensorBoard),
+:class:`PeriodicEvaluation`,
 :class:`PeriodicCheckpoint`. The order makes the EMA current before an evaluation, and at the end
 (reverse order) saves ``model_final`` before the final evaluation, whose results the metrics hook
 writes before it closes its files.
@@ -36,6 +37,7 @@ from maskrcnn_benchmark.utils.metric_logger import MetricLogger, ProgressBar, fo
 from maskrcnn_benchmark.utils.metrics_io import METRICS_FILE, MetricsWriter, truncate_metrics
 
 __all__ = ["TrainState", "HookBase", "NonFiniteLossCheck", "EMAHook", "LoggingHook", "MetricsHook",
+           "UnmatchedGTWarning", "collect_step_metrics", "gt_tuning_keys",
            "PeriodicCheckpoint", "PeriodicEvaluation", "train_step", "run_training", "check_losses_finite",
            "evaluation_scalars"]
 
@@ -75,7 +77,9 @@ class TrainState:
     step_time: float = 0.0
     storage: Dict[str, Any] = field(default_factory=dict)
     _tic: float = 0.0
+    step_metrics: Dict[str, torch.Tensor] = field(default_factory=dict)
     _loss_values: Optional[Dict[str, float]] = None
+    _metric_values: Dict[str, float] = field(default_factory=dict)
     _loss_values_of: Optional[Dict[str, torch.Tensor]] = None  # the loss_dict they were computed from
 
     def restart_timer(self) -> None:
@@ -84,13 +88,25 @@ class TrainState:
 
     def loss_values(self) -> Dict[str, float]:
         """The current iteration's losses as Python floats ``{name: value}``, with ``"loss"`` (their
-        sum) first; one host transfer per iteration, shared by every hook that asks."""
+        sum) first; one host transfer per iteration (the step's only synchronisation), shared by
+        every hook that asks and carrying :attr:`step_metrics` along (:meth:`metric_values`)."""
         if self._loss_values is None or self._loss_values_of is not self.loss_dict:
             names = list(self.loss_dict)
-            values = torch.stack([self.loss_dict[k].float() for k in names]).tolist() if names else []
-            self._loss_values = {"loss": float(sum(values)), **dict(zip(names, values))}
+            metric_names = list(self.step_metrics)
+            tensors = [self.loss_dict[k].float().reshape(()) for k in names]
+            tensors += [self.step_metrics[k].detach().float().reshape(()) for k in metric_names]
+            values = torch.stack(tensors).tolist() if tensors else []
+            losses, metrics = values[:len(names)], values[len(names):]
+            self._loss_values = {"loss": float(sum(losses)), **dict(zip(names, losses))}
+            self._metric_values = dict(zip(metric_names, metrics))
             self._loss_values_of = self.loss_dict
         return self._loss_values
+
+    def metric_values(self) -> Dict[str, float]:
+        """The current iteration's :attr:`step_metrics` (e.g. the assignment's GT statistics) as
+        Python floats, read in the same transfer as :meth:`loss_values`."""
+        self.loss_values()
+        return self._metric_values
 
 
 class HookBase:
@@ -371,6 +387,64 @@ class MetricsHook(HookBase):
             self.tb = None
 
 
+def collect_step_metrics(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The ``step_metrics`` dicts (0-dim tensors, e.g. the dense head's GT statistics) of the
+    modules of ``model`` after a training forward, merged; nothing is read from the device."""
+    out: Dict[str, torch.Tensor] = {}
+    for m in model.modules():
+        metrics = getattr(m, "step_metrics", None)
+        if isinstance(metrics, dict):
+            out.update(metrics)
+    return out
+
+
+def gt_tuning_keys(model: nn.Module) -> List[str]:
+    """The config keys that decide which GTs get a positive (``tuning_keys`` of the dense head's
+    assigner or loss), for the "no positive" warning."""
+    keys: List[str] = []
+    for m in model.modules():
+        for part in (getattr(m, "assigner", None), getattr(m, "loss_evaluator", None)):
+            keys += [k for k in getattr(part, "tuning_keys", ()) if k not in keys]
+    return keys
+
+
+class UnmatchedGTWarning(HookBase):
+    """A warning every ``log_period`` iterations (and at the end) when GTs got no positive prior
+    in that period: how many of how many, the smallest such box (``sqrt(area)`` in input pixels)
+    and the config keys that change it. Reads the assignment's statistics
+    (``num_gt``, ``num_gt_unmatched``, ``min_unmatched_size`` in :attr:`TrainState.step_metrics`)
+    from :meth:`TrainState.metric_values`, the step's one host transfer; counts are this
+    process's."""
+
+    def __init__(self, log_period: int = 20):
+        self.log_period = int(log_period)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.num_gt, self.unmatched, self.min_size, self.iterations = 0.0, 0.0, math.inf, 0
+
+    def before_train(self):
+        self.keys = gt_tuning_keys(self.state.model)
+        self._reset()
+
+    def after_step(self):
+        s = self.state
+        m = s.metric_values()
+        if "num_gt_unmatched" in m:
+            self.num_gt += m["num_gt"]
+            self.unmatched += m["num_gt_unmatched"]
+            self.min_size = min(self.min_size, m["min_unmatched_size"])
+        self.iterations += 1
+        if (self.log_period > 0 and s.iteration % self.log_period == 0) or s.iteration == s.max_iter:
+            if self.unmatched > 0:
+                s.logger.warning(
+                    "%d of %d GT boxes got no positive sample over the last %d iteration(s) (they "
+                    "train no box regression); the smallest was %.1f px (sqrt of its area, input "
+                    "pixels). Keys that change this: %s", self.unmatched, self.num_gt,
+                    self.iterations, self.min_size, ", ".join(self.keys) or "the head's assigner keys")
+            self._reset()
+
+
 def train_step(state: TrainState, images, targets, hooks: Iterable[HookBase] = ()) -> None:
     """One update: forward under autocast, reduced losses (``after_losses`` hooks), backward,
     optional gradient clipping and the optimizer / scheduler steps (the same code with and
@@ -379,6 +453,7 @@ def train_step(state: TrainState, images, targets, hooks: Iterable[HookBase] = (
     with torch.autocast(device_type=state.device.type, dtype=state.amp_dtype or torch.float32,
                         enabled=state.amp_dtype is not None):
         loss_dict = model(images, targets)
+    state.step_metrics = collect_step_metrics(model)
     losses = sum(loss_dict.values())
     state.loss_dict = reduce_dict({k: v.detach().float() for k, v in loss_dict.items()})
     for h in hooks:

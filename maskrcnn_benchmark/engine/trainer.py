@@ -19,7 +19,7 @@ from maskrcnn_benchmark.utils.legacy_plus_one import resolve_legacy_plus_one
 from maskrcnn_benchmark.utils.miscellaneous import mkdir, save_config
 
 from .hooks import (EMAHook, HeartbeatHook, HookBase, LoggingHook, MetricsHook, NonFiniteLossCheck,
-                    PeriodicCheckpoint, PeriodicEvaluation, TrainState, run_training)
+                    PeriodicCheckpoint, PeriodicEvaluation, TrainState, UnmatchedGTWarning, run_training)
 
 
 # ---- mixed precision ----------------------------------------------------------------------
@@ -45,7 +45,8 @@ def default_hooks(checkpointer: Checkpointer, checkpoint_period: int, log_period
                   test_fn: Optional[Callable[[int], Any]] = None, test_period: int = 0, test_final: bool = False,
                   ema=None, metrics_dir: str = "", tensorboard: bool = True) -> List[HookBase]:
     """The hooks of a run, in the order of :mod:`.hooks`: non-finite check, EMA update (``ema``: a
-    :class:`~maskrcnn_benchmark.solver.ema.ModelEMA`), logging, metrics.jsonl / TensorBoard (when
+    :class:`~maskrcnn_benchmark.solver.ema.ModelEMA`), logging, the "GTs without a positive"
+    warning, metrics.jsonl / TensorBoard (when
     ``metrics_dir``; pass it on the main process only), evaluation (when ``test_fn`` is given: every
     ``test_period`` iterations and, with ``test_final``, at the end) and periodic / final checkpoint."""
     logging_hook = LoggingHook(log_period, show_progress=is_main_process())
@@ -53,6 +54,7 @@ def default_hooks(checkpointer: Checkpointer, checkpoint_period: int, log_period
     if ema is not None:
         hooks.append(EMAHook(ema))
     hooks.append(logging_hook)
+    hooks.append(UnmatchedGTWarning(log_period))
     metrics = MetricsHook(metrics_dir, log_period, tensorboard=tensorboard) if metrics_dir else None
     if metrics is not None:
         hooks.append(metrics)

@@ -95,10 +95,10 @@ class _BufferList(nn.Module):
     """Tensors stored as buffers ``"0"``, ``"1"``, ... (the original's ``BufferList``, so its
     ``cell_anchors.<level>`` checkpoint entries load); indexable and iterable like a list."""
 
-    def __init__(self, tensors: Sequence[torch.Tensor]):
+    def __init__(self, tensors: Sequence[torch.Tensor], persistent: bool = True):
         super().__init__()
         for i, t in enumerate(tensors):
-            self.register_buffer(str(i), t)
+            self.register_buffer(str(i), t, persistent=persistent)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return list(self._buffers.values())[i]
@@ -146,14 +146,17 @@ class AnchorGenerator(nn.Module):
         if self.octave <= 0:
             raise ValueError(f"AnchorGenerator: octave must be > 0, got {octave}")
         self.legacy_plus_one = bool(legacy_plus_one)
+        # buffers: they move with ``model.to(device)``, so building the anchors of a new feature size
+        # copies nothing from the host. Saved in checkpoints only for the releases' geometry (their
+        # ``cell_anchors.<level>`` entries; a release checkpoint's values load into them and win).
         if self.legacy_plus_one:  # the original's sizes per level: size * octave^(k / n), k < n
             octave_sizes = [[s * self.octave ** (k / self.scales_per_octave)
                              for k in range(self.scales_per_octave)] for s in self.sizes]
             self.cell_anchors = _BufferList([legacy_cell_anchors(st, sz, self.aspect_ratios)
                                              for st, sz in zip(self.strides, octave_sizes)])
         else:
-            self.cell_anchors = [cell_anchors(s, self.aspect_ratios, self.scales_per_octave, self.octave)
-                                 for s in self.sizes]
+            self.cell_anchors = _BufferList([cell_anchors(s, self.aspect_ratios, self.scales_per_octave, self.octave)
+                                             for s in self.sizes], persistent=False)
         self._cache: Dict[Tuple, List[torch.Tensor]] = {}
 
     @property
@@ -165,7 +168,8 @@ class AnchorGenerator(nn.Module):
         """Anchors of every level for feature maps of sizes ``[(H_l, W_l)]``.
 
         Returns:
-            list over levels of Tensor[H_l * W_l * A, 4] (cached per sizes / device / dtype).
+            list over levels of Tensor[H_l * W_l * A, 4] (cached per sizes / device / dtype;
+            built on ``device`` from the cell-anchor buffers, no host-to-device copy).
         """
         # the buffers' versions: anchors loaded from a checkpoint (``copy_``) invalidate the cache
         versions = tuple(b._version for b in self.cell_anchors) if self.legacy_plus_one else ()

@@ -43,12 +43,13 @@ def box_centers(boxes: Tensor) -> Tensor:
     """Centres of boxes.
 
     Args:
-        boxes: Tensor[N, 4] ``x1, y1, x2, y2``.
+        boxes: Tensor[..., 4] ``x1, y1, x2, y2``.
 
     Returns:
-        Tensor[N, 2]: ``((x1 + x2) / 2, (y1 + y2) / 2)`` in pixels.
+        Tensor[..., 2]: ``((x1 + x2) / 2, (y1 + y2) / 2)`` in pixels.
     """
-    return torch.stack(((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2), dim=1)
+    return torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2),
+                       dim=-1)
 
 
 def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -160,3 +160,60 @@ def test_ema_is_updated_before_evaluation_and_resumes_bit_exactly(tmp_path):
     assert resumed.updates == 6
     for k, v in ema.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
+class _HeadWithStats(torch.nn.Module):
+    """A module that, like DenseHead, leaves ``step_metrics`` and names its assigner's keys."""
+
+    class _Assigner:
+        tuning_keys = ("MODEL.ATSS.TOPK", "INPUT.MIN_SIZE_TRAIN")
+
+    def __init__(self):
+        super().__init__()
+        self.assigner = self._Assigner()
+        self.step_metrics = {}
+
+
+def test_unmatched_gt_warning_counts_the_log_period(caplog):
+    from maskrcnn_benchmark.engine.hooks import TrainState, UnmatchedGTWarning, collect_step_metrics
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), _HeadWithStats())
+    state = TrainState(model=model, optimizer=None, scheduler=None, device=torch.device("cpu"),
+                       arguments={}, start_iter=0, max_iter=5)
+    hook = UnmatchedGTWarning(log_period=2)
+    hook.state = state
+    hook.before_train()
+    # per iteration: (num_gt, unmatched, smallest unmatched size)
+    steps = [(10, 0, float("inf")), (8, 3, 2.5), (6, 1, 4.0), (4, 0, float("inf")), (5, 2, 1.5)]
+    logger = logging.getLogger("maskrcnn_benchmark.trainer")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for it, (n, u, size) in enumerate(steps, start=1):
+            state.iteration = it
+            model[1].step_metrics = {"num_gt": torch.tensor(n), "num_gt_unmatched": torch.tensor(u),
+                                     "min_unmatched_size": torch.tensor(size)}
+            state.loss_dict = {"loss_a": torch.tensor(0.5 * it)}
+            state.step_metrics = collect_step_metrics(model)
+            assert state.loss_values()["loss_a"] == 0.5 * it
+            hook.after_step()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # iterations 1-2: 3 of 18, smallest 2.5; 3-4: 1 of 10, smallest 4.0; 5 (the end): 2 of 5
+    assert len(warnings) == 3
+    assert warnings[0].startswith("3 of 18 GT boxes got no positive sample over the last 2 iteration")
+    assert "2.5 px" in warnings[0] and "MODEL.ATSS.TOPK, INPUT.MIN_SIZE_TRAIN" in warnings[0]
+    assert warnings[1].startswith("1 of 10 ") and "4.0 px" in warnings[1]
+    assert warnings[2].startswith("2 of 5 ") and "last 1 iteration" in warnings[2]
+
+
+def test_loss_and_step_metrics_are_read_in_one_transfer(monkeypatch):
+    from maskrcnn_benchmark.engine.hooks import TrainState
+
+    state = TrainState(model=torch.nn.Linear(1, 1), optimizer=None, scheduler=None,
+                       device=torch.device("cpu"), arguments={}, start_iter=0, max_iter=1)
+    state.loss_dict = {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}
+    state.step_metrics = {"num_gt": torch.tensor(7), "min_unmatched_size": torch.tensor(float("inf"))}
+    calls = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: calls.append(t.shape) or real_tolist(t))
+    assert state.loss_values() == {"loss": 3.0, "a": 1.0, "b": 2.0}
+    assert state.metric_values() == {"num_gt": 7.0, "min_unmatched_size": float("inf")}
+    assert calls == [(4,)]

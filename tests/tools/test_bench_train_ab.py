@@ -36,6 +36,28 @@ def test_parse_variant_errors_name_the_problem(text, match):
         bench_train_ab.parse_variant(text)
 
 
+def test_split_repo():
+    assert bench_train_ab.split_repo("main:repo=/a/b,amp=bf16") == ("main:amp=bf16", "/a/b")
+    assert bench_train_ab.split_repo("x:K=1") == ("x:K=1", "")
+    with pytest.raises(ValueError, match="more than one repo"):
+        bench_train_ab.split_repo("x:repo=/a,repo=/b")
+
+
+def test_repo_variant_times_steps_in_a_worker_importing_that_checkout(tmp_path):
+    """A ``repo=`` variant runs in a worker process; each call returns the seconds of one step."""
+    import argparse
+
+    root = Path(__file__).resolve().parents[2]
+    args = argparse.Namespace(config_file=str(root / "configs/fcos/fcos_R_18_FPN_synthetic.yaml"),
+                              size=(64, 96), batch=1, threads=1, opts=[])
+    step = bench_train_ab.worker_step(args, "w:", str(root))
+    try:
+        times = [step(), step()]
+    finally:
+        step.close()
+    assert all(isinstance(t, float) and t > 0 for t in times)
+
+
 def test_unfused_step_runs_and_restores_the_fused_conv_norm():
     """A tiny real training step with the unfused switch; afterwards the ResNet uses conv_norm again."""
     config = str(Path(__file__).resolve().parents[2] / "configs/dynamic_atss/dynamic_atss_R_18_FPN_synthetic.yaml")

@@ -1,9 +1,11 @@
 """Label assignment for dense heads: which priors are positive for which GT.
 
-Every assigner is called per image as
-``assigner(anchors_per_level: list[Tensor[N_l, 4]], gt_boxes: Tensor[G, 4], gt_labels: Tensor[G],
-predictions: Optional[Predictions] = None) -> AssignResult`` and runs under ``torch.no_grad``;
-:func:`assign_batch` runs one over a batch (the step every dense head uses).
+Every assigner labels a whole batch at once, ``assigner.assign(anchors_per_level:
+list[Tensor[N_l, 4]], gt: GTBatch (padded [B, G, 4] + validity mask), predictions) ->
+BatchAssignment``, with fixed shapes and no host-device synchronisation (the step every dense head
+uses, through :func:`assign_batch`); a per-image call ``assigner(anchors_per_level, gt_boxes
+[G, 4], gt_labels [G], predictions) -> AssignResult`` is the same on a batch of one. Both run
+under ``torch.no_grad``.
 
 One class per strategy: ``ATSSAssigner`` / ``DynamicATSSAssigner`` (one candidate/threshold
 routine, :class:`CandidateThresholdAssigner`), ``TopKAssigner``, ``FCOSAssigner`` /
@@ -12,13 +14,14 @@ routine, :class:`CandidateThresholdAssigner`), ``TopKAssigner``, ``FCOSAssigner`
 """
 from .atss import (ATSSAssigner, CandidateThresholdAssigner, POSITIVE_TYPES,  # noqa: F401
                    TopKAssigner, build_positive_type_assigner, positive_type_assigner_from_config)
-from .base import AssignResult, BaseAssigner, Predictions  # noqa: F401
-from .batch import BatchAssignment, assign_batch  # noqa: F401
+from .base import AssignResult, BaseAssigner, GTBatch, Predictions  # noqa: F401
+from .batch import BatchAssignment, assign_batch, pad_targets  # noqa: F401
 from .dynamic_atss import DynamicATSSAssigner  # noqa: F401
 from .fcos import FCOSAssigner, SSCAssigner, scale_ranges_from_sizes  # noqa: F401
 from .max_iou import MaxIoUAssigner  # noqa: F401
 
 __all__ = ["ATSSAssigner", "CandidateThresholdAssigner", "TopKAssigner", "DynamicATSSAssigner",
-           "AssignResult", "BaseAssigner", "Predictions", "BatchAssignment", "assign_batch",
+           "AssignResult", "BaseAssigner", "GTBatch", "Predictions", "BatchAssignment", "assign_batch",
+           "pad_targets",
            "POSITIVE_TYPES", "build_positive_type_assigner", "positive_type_assigner_from_config",
            "FCOSAssigner", "SSCAssigner", "scale_ranges_from_sizes", "MaxIoUAssigner"]

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from maskrcnn_benchmark.structures.box_ops import box_centers, elementwise_iou, pairwise_iou
 
-from .base import (CENTER_MARGIN, AssignResult, BaseAssigner, Predictions, center_margin,
-                   centers_inside, resolve_conflicts, select_candidates, unbiased_std)
+from .base import (CENTER_MARGIN, BaseAssigner, GTBatch, Predictions, center_margin, centers_inside,
+                   resolve_conflicts, scatter_pairs, select_candidates, unbiased_std)
 from .fcos import SSCAssigner
 from .max_iou import MaxIoUAssigner
 
@@ -69,27 +69,31 @@ class CandidateThresholdAssigner(BaseAssigner):
         self.anchors_per_location = int(anchors_per_location)
         self.keep_best_candidate = bool(keep_best_candidate)
 
+    tuning_keys = ("MODEL.ATSS.TOPK", "MODEL.ATSS.ANCHOR_SIZES", "MODEL.ATSS.ANCHOR_STRIDES",
+                   "MODEL.ATSS.KEEP_BEST_CANDIDATE", "INPUT.MIN_SIZE_TRAIN")
+
     def candidate_scores(self, cand_idx: Tensor, cand_anchors: Tensor, gt_boxes: Tensor,
                          predictions: Optional[Predictions]) -> Tuple[Tensor, Tensor, Tensor]:
-        """Per candidate (GT, k): ``(score [G, K], threshold [G], quality [G, K])``."""
+        """Per candidate (image, GT, k): ``(score [B, G, K], threshold [B, G], quality [B, G, K])``
+        from ``cand_idx`` [B, G, K], ``cand_anchors`` [B, G, K, 4], ``gt_boxes`` [B, G, 4]."""
         raise NotImplementedError
 
-    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt_boxes: Tensor,
-                gt_labels: Tensor, predictions: Optional[Predictions]) -> AssignResult:
-        cand_idx = select_candidates(anchors_per_level, box_centers(gt_boxes),
-                                     self.topk * self.anchors_per_location)      # [G, K]
-        cand_anchors = anchors[cand_idx]                                         # [G, K, 4]
-        score, threshold, quality_gk = self.candidate_scores(cand_idx, cand_anchors, gt_boxes,
+    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt: GTBatch,
+                predictions: Optional[Predictions]):
+        b, g = gt.valid.shape
+        n = anchors.shape[0]
+        cand_idx = select_candidates(anchors_per_level, box_centers(gt.boxes.reshape(-1, 4)),
+                                     self.topk * self.anchors_per_location).view(b, g, -1)
+        cand_anchors = anchors[cand_idx]                                         # [B, G, K, 4]
+        score, threshold, quality_gk = self.candidate_scores(cand_idx, cand_anchors, gt.boxes,
                                                              predictions)
-        inside = centers_inside(box_centers(cand_anchors.view(-1, 4)).view(*cand_idx.shape, 2),
-                                gt_boxes, self.center_margin)
-        is_pos = (score >= threshold[:, None]) & inside
+        inside = centers_inside(box_centers(cand_anchors.reshape(-1, 4)).view(*cand_idx.shape, 2),
+                                gt.boxes, self.center_margin) & gt.valid[..., None]
+        is_pos = (score >= threshold[..., None]) & inside
         if self.keep_best_candidate:
             is_pos = add_best_candidate(is_pos, score, inside)
-        gt_inds, pair_gt, pair_k = resolve_conflicts(cand_idx, is_pos, score, anchors.shape[0])
-        quality = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
-        quality[cand_idx[pair_gt, pair_k]] = quality_gk[pair_gt, pair_k]
-        return AssignResult.from_gt_inds(gt_inds, gt_labels, quality)
+        gt_inds, won = resolve_conflicts(cand_idx, is_pos, score, n)
+        return gt_inds, scatter_pairs(quality_gk, cand_idx, won, n), None
 
 
 class ATSSAssigner(CandidateThresholdAssigner):
@@ -116,8 +120,8 @@ class ATSSAssigner(CandidateThresholdAssigner):
                 f"keep_best_candidate={self.keep_best_candidate}, center_margin={self.center_margin})")
 
     def candidate_scores(self, cand_idx, cand_anchors, gt_boxes, predictions):
-        ious = elementwise_iou(cand_anchors, gt_boxes[:, None, :])               # [G, K]
-        threshold = ious.mean(dim=1) + unbiased_std(ious, dim=1)                 # [G]
+        ious = elementwise_iou(cand_anchors, gt_boxes[..., None, :])             # [B, G, K]
+        threshold = ious.mean(dim=-1) + unbiased_std(ious, dim=-1)               # [B, G]
         return ious, threshold, ious
 
 
@@ -137,41 +141,42 @@ class TopKAssigner(BaseAssigner):
     def __repr__(self) -> str:
         return f"TopKAssigner(topk={self.topk})"
 
-    def _assign(self, anchors_per_level, anchors, gt_boxes, gt_labels, predictions) -> AssignResult:
-        ious = pairwise_iou(gt_boxes, anchors)                                   # [G, N]
-        gc, ac = box_centers(gt_boxes), box_centers(anchors)
-        dist = (gc[:, None, 0] - ac[None, :, 0]).square_()                      # [G, N]
-        dist += (gc[:, None, 1] - ac[None, :, 1]).square_()
+    tuning_keys = ("MODEL.ATSS.TOPK", "MODEL.ATSS.ANCHOR_SIZES", "INPUT.MIN_SIZE_TRAIN")
+
+    def _assign(self, anchors_per_level, anchors, gt: GTBatch, predictions):
+        b, g = gt.valid.shape
+        n = anchors.shape[0]
+        ious = pairwise_iou(gt.boxes.reshape(-1, 4), anchors).view(b, g, n)     # [B, G, N]
+        gc, ac = box_centers(gt.boxes.reshape(-1, 4)).view(b, g, 2), box_centers(anchors)
+        dist = (gc[..., None, 0] - ac[:, 0]).square_()                          # [B, G, N]
+        dist += (gc[..., None, 1] - ac[:, 1]).square_()
         dist.sqrt_()
-        score = ious - dist / dist.max().clamp(min=1e-12) / 1000
+        # the largest distance over the image's real anchor/GT pairs
+        dist_max = torch.where(gt.valid[..., None], dist, 0).amax(dim=(1, 2), keepdim=True)
+        score = ious - dist / dist_max.clamp(min=1e-12) / 1000
         del dist
-        k = min(self.topk, anchors.shape[0])
-        cand_idx = score.topk(k, dim=1).indices                                  # [G, k]
+        k = min(self.topk, n)
+        cand_idx = score.topk(k, dim=2).indices                                  # [B, G, k]
         del score
-        inside = centers_inside(ac[cand_idx], gt_boxes, self.center_margin)
-        cand_ious = ious.gather(1, cand_idx)
-        gt_inds, pair_gt, pair_k = resolve_conflicts(cand_idx, inside, cand_ious,
-                                                     anchors.shape[0])
-        quality = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
-        quality[cand_idx[pair_gt, pair_k]] = cand_ious[pair_gt, pair_k]
-        return AssignResult.from_gt_inds(gt_inds, gt_labels, quality)
+        inside = centers_inside(ac[cand_idx], gt.boxes, self.center_margin) & gt.valid[..., None]
+        cand_ious = ious.gather(2, cand_idx)
+        gt_inds, won = resolve_conflicts(cand_idx, inside, cand_ious, n)
+        return gt_inds, scatter_pairs(cand_ious, cand_idx, won, n), None
 
 
 def add_best_candidate(is_pos: Tensor, score: Tensor, inside: Tensor) -> Tensor:
     """Makes each GT's best in-box candidate positive when the GT has no positive.
 
     Args:
-        is_pos, inside: Tensor[G, K] bool; score: Tensor[G, K].
+        is_pos, inside: Tensor[..., G, K] bool; score: Tensor[..., G, K].
 
     Returns:
-        Tensor[G, K] bool.
+        Tensor[..., G, K] bool.
     """
-    needs = ~is_pos.any(dim=1) & inside.any(dim=1)                               # [G]
-    best_k = torch.where(inside, score, float("-inf")).argmax(dim=1)             # [G]
-    rows = needs.nonzero(as_tuple=True)[0]
-    is_pos = is_pos.clone()
-    is_pos[rows, best_k[rows]] = True
-    return is_pos
+    needs = ~is_pos.any(dim=-1) & inside.any(dim=-1)                             # [..., G]
+    best_k = torch.where(inside, score, float("-inf")).argmax(dim=-1)            # [..., G]
+    best = torch.arange(score.shape[-1], device=score.device) == best_k[..., None]
+    return is_pos | (best & needs[..., None])
 
 
 def build_positive_type_assigner(

@@ -1,73 +1,53 @@
-"""Assignment of a batch: the per-image assigner run over the images, results stacked.
+"""Assignment of a batch: the targets padded to one :class:`GTBatch`, one batched assigner call.
 
 This is the one assignment step of every dense head (``DenseHead.assign`` calls it under
 ``torch.no_grad``); the loss functions receive its :class:`BatchAssignment`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-from .base import AssignResult, Predictions
+from .base import BatchAssignment, GTBatch, Predictions
 
-__all__ = ["BatchAssignment", "assign_batch"]
+__all__ = ["BatchAssignment", "GTBatch", "assign_batch", "pad_targets"]
 
 
-@dataclass
-class BatchAssignment:
-    """Assignment of the ``N`` priors of ``B`` images.
+def pad_targets(targets: Sequence[BoxList], device=None, dtype=torch.float32) -> GTBatch:
+    """The targets' boxes and ``labels`` padded to the batch's largest GT count.
 
-    Attributes:
-        labels: Tensor[B, N] int64: class 1..C for positives, 0 background, -1 ignored.
-        matched_gt: Tensor[B, N, 4] the assigned GT box of positives (zeros elsewhere).
-        quality: Tensor[B, N] the assigner's quality target (0 where not positive).
-        pos: Tensor[B, N] bool, the positives.
+    The count comes from the BoxLists' shapes (known on the host), so no synchronisation.
+
+    Args:
+        targets: per image BoxList with a ``labels`` field (1..C).
+        device, dtype: of the padded boxes (default: the first target's device).
+    Returns:
+        :class:`GTBatch` (boxes [B, G, 4], labels [B, G], valid [B, G]; ``G = max(1, max G_i)``).
     """
-
-    labels: Tensor
-    matched_gt: Tensor
-    quality: Tensor
-    pos: Tensor
+    return GTBatch.from_lists([t.bbox for t in targets], [t.get_field("labels") for t in targets],
+                              device=device, dtype=dtype)
 
 
 @torch.no_grad()
-def assign_batch(assigner, priors_per_level: Sequence[Tensor], targets: Sequence[BoxList],
+def assign_batch(assigner, priors_per_level: Sequence[Tensor], targets: "Sequence[BoxList] | GTBatch",
                  predictions: Optional[Predictions] = None) -> BatchAssignment:
-    """Runs ``assigner`` on every image.
+    """Runs the batched ``assigner.assign`` on every image at once.
 
     Args:
-        assigner: per-image assigner ``assigner(priors_per_level, gt_boxes, gt_labels,
-            predictions) -> AssignResult`` (see ``BaseAssigner``).
+        assigner: a :class:`~.base.BaseAssigner`.
         priors_per_level: list over levels of Tensor[N_l, 4] prior boxes (shared by the images;
             points as zero-size boxes).
-        targets: per image BoxList with a ``labels`` field (1..C).
+        targets: per image BoxList with a ``labels`` field (1..C), or an already padded
+            :class:`GTBatch`.
         predictions: batched :class:`Predictions` (``boxes`` [B, N, 4], ``scores`` [B, N, C],
-            either may be None) for prediction-aware assigners; image ``i`` gets row ``i``.
+            either may be None) for prediction-aware assigners.
     Returns:
         :class:`BatchAssignment`.
     """
-    results: List[AssignResult] = []
-    matched = []
-    device = priors_per_level[0].device
-    for i, t in enumerate(targets):
-        gt = t.bbox.to(device)
-        image_pred = None
-        if predictions is not None:
-            image_pred = Predictions(
-                boxes=None if predictions.boxes is None else predictions.boxes[i],
-                scores=None if predictions.scores is None else predictions.scores[i])
-        res = assigner(priors_per_level, gt, t.get_field("labels").to(device), image_pred)
-        results.append(res)
-        m = torch.zeros(res.gt_inds.shape[0], 4, dtype=gt.dtype, device=device)
-        pos = res.pos_mask
-        m[pos] = gt[res.gt_inds[pos]]
-        matched.append(m)
-    return BatchAssignment(labels=torch.stack([r.labels for r in results]),
-                           matched_gt=torch.stack(matched),
-                           quality=torch.stack([r.quality for r in results]),
-                           pos=torch.stack([r.pos_mask for r in results]))
+    gt = targets if isinstance(targets, GTBatch) else pad_targets(
+        targets, device=priors_per_level[0].device, dtype=priors_per_level[0].dtype)
+    return assigner.assign(priors_per_level, gt, predictions)

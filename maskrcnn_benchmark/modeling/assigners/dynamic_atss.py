@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from maskrcnn_benchmark.structures.box_ops import elementwise_iou
@@ -23,10 +24,12 @@ class DynamicATSSAssigner(CandidateThresholdAssigner):
     (the IoU-branch and QFL target), 0 elsewhere. With predictions equal to the anchors this is
     exactly ATSS.
 
-    ``predictions.boxes`` (Tensor[N, 4], decoded predictions in level order) is required.
+    ``predictions.boxes`` (Tensor[B, N, 4], decoded predictions in level order) is required.
     """
 
     needs_predictions = True
+    tuning_keys = ("MODEL.ATSS.TOPK", "MODEL.ATSS.ANCHOR_SIZES", "MODEL.ATSS.ANCHOR_STRIDES",
+                   "INPUT.MIN_SIZE_TRAIN")
 
     def __init__(self, topk: int = 9, anchors_per_location: int = 1,
                  center_margin: float = CENTER_MARGIN):
@@ -49,9 +52,10 @@ class DynamicATSSAssigner(CandidateThresholdAssigner):
 
     def candidate_scores(self, cand_idx: Tensor, cand_anchors: Tensor, gt_boxes: Tensor,
                          predictions: Optional[Predictions]):
-        gt = gt_boxes[:, None, :]
-        p = elementwise_iou(predictions.boxes[cand_idx], gt)                    # [G, K]
-        q = elementwise_iou(cand_anchors, gt)                                    # [G, K]
-        threshold = (p.mean(dim=1) + q.mean(dim=1)
-                     + unbiased_std(p, dim=1) + unbiased_std(q, dim=1))           # [G]
+        gt = gt_boxes[..., None, :]
+        image = torch.arange(cand_idx.shape[0], device=cand_idx.device).view(-1, 1, 1)
+        p = elementwise_iou(predictions.boxes[image, cand_idx], gt)             # [B, G, K]
+        q = elementwise_iou(cand_anchors, gt)                                    # [B, G, K]
+        threshold = (p.mean(dim=-1) + q.mean(dim=-1)
+                     + unbiased_std(p, dim=-1) + unbiased_std(q, dim=-1))         # [B, G]
         return p + q, threshold, p

@@ -12,7 +12,7 @@ from torch import Tensor
 from maskrcnn_benchmark.structures.box_ops import (box_area, box_centers, centerness,
                                                    elementwise_iou, point_box_distances)
 
-from .base import AssignResult, BaseAssigner, Predictions
+from .base import BaseAssigner, GTBatch, Predictions, gather_gt
 
 __all__ = ["FCOSAssigner", "SSCAssigner", "scale_ranges_from_sizes"]
 
@@ -71,39 +71,44 @@ class FCOSAssigner(BaseAssigner):
             raise ValueError(f"FCOSAssigner: {num_levels} levels, built for "
                              f"{len(self.strides)} strides")
 
+    tuning_keys = ("MODEL.FCOS.SIZES_OF_INTEREST", "MODEL.FCOS.CENTER_SAMPLING_RADIUS",
+                   "MODEL.FCOS.FPN_STRIDES", "INPUT.MIN_SIZE_TRAIN")
+
     def quality(self, anchors: Tensor, gt_boxes: Tensor, gt_inds: Tensor,
                 point_centerness: Tensor) -> Tensor:
-        """Quality target per point: Tensor[N] (zeroed later where ``gt_inds`` is -1); FCOS:
-        the centerness of the point in its GT (``point_centerness``)."""
+        """Quality target per point: Tensor[B, N] (zeroed later where ``gt_inds`` [B, N] is -1);
+        FCOS: the centerness of the point in its GT (``point_centerness``). ``anchors`` [N, 4],
+        ``gt_boxes`` [B, G, 4]."""
         return point_centerness
 
-    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt_boxes: Tensor,
-                gt_labels: Tensor, predictions: Optional[Predictions]) -> AssignResult:
+    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt: GTBatch,
+                predictions: Optional[Predictions]):
         self._check_levels(len(anchors_per_level))
-        areas = box_area(gt_boxes)[None]                                         # [1, G]
-        gt_ctr = box_centers(gt_boxes)                                           # [G, 2]
+        gt_boxes = gt.boxes
+        b, g = gt.valid.shape
+        areas = torch.where(gt.valid, box_area(gt_boxes.reshape(-1, 4)).view(b, g),
+                            math.inf)[:, None]                                   # [B, 1, G]
+        gt_ctr = box_centers(gt_boxes.reshape(-1, 4)).view(b, g, 2)              # [B, G, 2]
         gt_inds, quality = [], []
         for level, level_anchors in enumerate(anchors_per_level):
             lo, hi = self.scale_ranges[level]
-            pts = box_centers(level_anchors)[:, None, :]                         # [N_l, 1, 2]
-            ltrb = point_box_distances(pts, gt_boxes[None])                      # [N_l, G, 4]
+            pts = box_centers(level_anchors)[None, :, None, :]                   # [1, N_l, 1, 2]
+            ltrb = point_box_distances(pts, gt_boxes[:, None])                   # [B, N_l, G, 4]
             if self.center_sampling_radius > 0:
                 r = self.center_sampling_radius * self.strides[level]
-                region = torch.cat([torch.maximum(gt_ctr - r, gt_boxes[:, :2]),
-                                    torch.minimum(gt_ctr + r, gt_boxes[:, 2:])], dim=1)
-                in_region = point_box_distances(pts, region[None]).amin(dim=2) > 0
+                region = torch.cat([torch.maximum(gt_ctr - r, gt_boxes[..., :2]),
+                                    torch.minimum(gt_ctr + r, gt_boxes[..., 2:])], dim=-1)
+                in_region = point_box_distances(pts, region[:, None]).amin(dim=-1) > 0
             else:
-                in_region = ltrb.amin(dim=2) > self.inside_margin                # [N_l, G]
-            max_side = ltrb.amax(dim=2)
+                in_region = ltrb.amin(dim=-1) > self.inside_margin               # [B, N_l, G]
+            max_side = ltrb.amax(dim=-1)
             ok = in_region & (max_side >= lo) & (max_side <= hi)
-            best_area, best_gt = torch.where(ok, areas, math.inf).min(dim=1)
-            found = torch.isfinite(best_area)
-            gt_inds.append(torch.where(found, best_gt, -1))
-            quality.append(centerness(ltrb[torch.arange(ltrb.shape[0], device=ltrb.device),
-                                           best_gt]))
-        gt_inds = torch.cat(gt_inds)
-        return AssignResult.from_gt_inds(
-            gt_inds, gt_labels, self.quality(anchors, gt_boxes, gt_inds, torch.cat(quality)))
+            best_area, best_gt = torch.where(ok, areas, math.inf).min(dim=-1)    # [B, N_l]
+            gt_inds.append(torch.where(torch.isfinite(best_area), best_gt, -1))
+            best_ltrb = ltrb.gather(2, best_gt[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
+            quality.append(centerness(best_ltrb))
+        gt_inds = torch.cat(gt_inds, dim=1)
+        return gt_inds, self.quality(anchors, gt_boxes, gt_inds, torch.cat(quality, dim=1)), None
 
 
 class SSCAssigner(FCOSAssigner):
@@ -131,8 +136,7 @@ class SSCAssigner(FCOSAssigner):
             raise ValueError(f"SSCAssigner: {len(self.scale_ranges)} scale ranges for "
                              f"{num_levels} levels")
 
+    tuning_keys = ("MODEL.ATSS.ANCHOR_SIZES", "MODEL.ATSS.ANCHOR_STRIDES", "INPUT.MIN_SIZE_TRAIN")
+
     def quality(self, anchors, gt_boxes, gt_inds, point_centerness):
-        quality = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
-        pos = gt_inds >= 0
-        quality[pos] = elementwise_iou(anchors[pos], gt_boxes[gt_inds[pos]])
-        return quality
+        return elementwise_iou(anchors[None], gather_gt(gt_boxes, gt_inds))

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from maskrcnn_benchmark.structures.box_ops import box_centers, pairwise_iou
 
-from .base import CENTER_MARGIN, AssignResult, BaseAssigner, Predictions, centers_inside
+from .base import CENTER_MARGIN, BaseAssigner, GTBatch, Predictions, centers_inside, gather_gt
 
 __all__ = ["MaxIoUAssigner"]
 
@@ -58,21 +58,24 @@ class MaxIoUAssigner(BaseAssigner):
                 f"allow_low_quality_matches={self.allow_low_quality_matches}, "
                 f"require_center_inside={self.require_center_inside})")
 
-    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt_boxes: Tensor,
-                gt_labels: Tensor, predictions: Optional[Predictions]) -> AssignResult:
-        ious = pairwise_iou(gt_boxes, anchors)                                   # [G, N]
-        best_iou, best_gt = ious.max(dim=0)                                      # [N]
+    tuning_keys = ("MODEL.RETINANET.FG_IOU_THRESHOLD", "MODEL.RETINANET.ANCHOR_SIZES",
+                   "MODEL.RETINANET.ASPECT_RATIOS", "INPUT.MIN_SIZE_TRAIN")
+
+    def _assign(self, anchors_per_level: List[Tensor], anchors: Tensor, gt: GTBatch,
+                predictions: Optional[Predictions]):
+        b, g = gt.valid.shape
+        n = anchors.shape[0]
+        ious = pairwise_iou(gt.boxes.reshape(-1, 4), anchors).view(b, g, n)     # [B, G, N]
+        ious = torch.where(gt.valid[..., None], ious, -1.0)   # padding never the best GT
+        best_iou, best_gt = ious.max(dim=1)                                      # [B, N]
         pos = best_iou >= self.fg_iou_threshold
         ignore = (best_iou >= self.bg_iou_threshold) & ~pos
         if self.allow_low_quality_matches:
-            gt_best = ious.amax(dim=1, keepdim=True)                             # [G, 1]
-            pos |= ((ious == gt_best) & (gt_best > 0)).any(dim=0)
+            gt_best = ious.amax(dim=2, keepdim=True)                             # [B, G, 1]
+            pos |= ((ious == gt_best) & (gt_best > 0)).any(dim=1)
             ignore &= ~pos
         if self.require_center_inside:
-            inside = centers_inside(box_centers(anchors), gt_boxes[best_gt], self.center_margin)
+            inside = centers_inside(box_centers(anchors)[None], gather_gt(gt.boxes, best_gt), self.center_margin)
             ignore |= pos & ~inside
             pos &= inside
-        gt_inds = torch.where(pos, best_gt, -1)
-        result = AssignResult.from_gt_inds(gt_inds, gt_labels, best_iou)
-        result.labels[ignore] = -1
-        return result
+        return torch.where(pos, best_gt, -1), best_iou.clamp(min=0), ignore

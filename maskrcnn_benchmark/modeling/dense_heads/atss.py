@@ -18,12 +18,12 @@ from maskrcnn_benchmark.layers.losses import giou_loss
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, positive_type_assigner_from_config
 from maskrcnn_benchmark.modeling.box_coder import build_box_coder
-from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.box_ops import box_centers, centerness, point_box_distances
 from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, ScoreRule,
-                   check_num_classes, conv_tower, init_conv_std, reduce_mean_count)
+                   check_num_classes, conv_tower, init_conv_std, positive_boxes,
+                   reduce_mean_count, where_weighted)
 from .registry import DENSE_HEADS
 
 __all__ = ["ATSSHead", "ATSSLoss", "centerness_targets", "build_atss", "build_atss_parts"]
@@ -95,12 +95,12 @@ def centerness_targets(anchors: torch.Tensor, gt_boxes: torch.Tensor,
     """FCOS centerness of anchor centres in their GT boxes.
 
     Args:
-        anchors: Tensor[P, 4]; gt_boxes: Tensor[P, 4] (matched rows).
+        anchors: Tensor[..., 4]; gt_boxes: Tensor[..., 4] (matched rows, broadcastable).
         legacy_plus_one: the original ATSS release's target (``MODEL.LEGACY_PLUS_ONE``): it takes
             ``l, t, r, b`` from the anchor centre value to the inclusive GT sides, each the continuous
             distance minus 0.5 (``point_box_distances(plus_one=True)``).
     Returns:
-        Tensor[P] in [0, 1] (:func:`~maskrcnn_benchmark.structures.box_ops.centerness`).
+        Tensor[...] in [0, 1] (:func:`~maskrcnn_benchmark.structures.box_ops.centerness`).
     """
     return centerness(point_box_distances(box_centers(anchors), gt_boxes, plus_one=legacy_plus_one))
 
@@ -131,30 +131,44 @@ class ATSSLoss:
         self.reg_loss_weight = reg_loss_weight
 
     def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
-                 targets: List[BoxList], assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
+                 targets, assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
         logits, bbox_reg, ctr = outputs.cls_logits, outputs.box_regression, outputs.quality
-        labels, matched, pos = assignment.labels, assignment.matched_gt, assignment.pos
+        labels, pos = assignment.labels, assignment.pos
         num_classes = logits.shape[-1]
         num_pos = reduce_mean_count(pos.sum(), device=logits.device)
         loss_cls = sigmoid_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
                                       self.gamma, self.alpha).sum() / num_pos
 
         anchors = torch.cat(anchors_per_level)
-        pos_anchor = pos.nonzero(as_tuple=True)[1]
-        pos_anchors = anchors[pos_anchor]
-        gt = matched[pos]
-        ctr_t = centerness_targets(pos_anchors, gt, self.legacy_plus_one)
-        ctr_sum = reduce_mean_count(ctr_t.sum(), device=logits.device, min_value=0.0)
-        if pos_anchor.numel() == 0 or ctr_sum < WEIGHT_EPS:
-            loss_reg = bbox_reg.sum() * 0
-            loss_ctr = ctr.sum() * 0
-        else:
-            boxes = self.box_coder.decode(bbox_reg[pos].float(), pos_anchors)
-            loss_reg = self.reg_loss_weight * giou_loss(boxes, gt, weight=ctr_t,
-                                                        plus_one=self.legacy_plus_one) / ctr_sum
-            loss_ctr = F.binary_cross_entropy_with_logits(ctr[pos].float(), ctr_t,
-                                                          reduction="sum") / num_pos
+        ctr_t = torch.where(pos, centerness_targets(anchors[None], assignment.matched_gt,
+                                                       self.legacy_plus_one), 0)
+        loss_reg, loss_ctr = self.box_and_quality_losses(bbox_reg, ctr, anchors, assignment, ctr_t,
+                                                         num_pos)
         return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_ctr}
+
+    def box_and_quality_losses(self, bbox_reg: torch.Tensor, quality_logits: torch.Tensor,
+                               anchors: torch.Tensor, assignment: BatchAssignment,
+                               target: torch.Tensor, num_pos: torch.Tensor):
+        """``reg_loss_weight * sum_pos t (1 - GIoU) / sum t`` and ``sum_pos BCE(logit, t) / num_pos``
+        (both 0, keeping the graph, when the all-reduced ``sum t`` is below ``WEIGHT_EPS``).
+
+        Computed on every prior with fixed shapes: non-positives have weight 0 and zeroed inputs
+        (deltas 0, target the anchor itself), so nothing non-finite reaches the sums or gradients.
+
+        Args:
+            bbox_reg: Tensor[B, N, 4]; quality_logits: Tensor[B, N]; anchors: Tensor[N, 4];
+            target: Tensor[B, N] the quality target ``t`` (0 where not positive);
+            num_pos: the all-reduced positive count (0-dim tensor).
+        """
+        pos = assignment.pos
+        t_sum = reduce_mean_count(target.sum(), device=target.device, min_value=0.0)
+        boxes = self.box_coder.decode(torch.where(pos[..., None], bbox_reg.float(), 0), anchors)
+        loss_reg = giou_loss(boxes.reshape(-1, 4), positive_boxes(assignment, anchors).reshape(-1, 4),
+                             weight=target.reshape(-1), plus_one=self.legacy_plus_one)
+        loss_q = F.binary_cross_entropy_with_logits(
+            torch.where(pos, quality_logits.float(), 0), target, weight=pos.float(), reduction="sum")
+        return (where_weighted(t_sum, self.reg_loss_weight * loss_reg / t_sum.clamp(min=WEIGHT_EPS)),
+                where_weighted(t_sum, loss_q / num_pos))
 
 
 def build_atss_parts(cfg, in_channels: int):

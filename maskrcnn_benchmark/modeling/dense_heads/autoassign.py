@@ -42,13 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskrcnn_benchmark.layers.losses import negative_bce
+from maskrcnn_benchmark.modeling.assigners.base import unmatched_gt_stats
 from maskrcnn_benchmark.modeling.point_generator import PointGenerator, distances_to_boxes
-from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.box_ops import (box_centers, elementwise_giou, elementwise_iou,
                                                    point_box_distances)
 
-from .base import (DenseHead, DenseOutputs, DensePostProcessor, ScoreRule, check_num_classes,
-                   reduce_mean_count)
+from .base import (DenseHead, DenseOutputs, DensePostProcessor, ScoreRule, as_gt_batch,
+                   check_num_classes, reduce_mean_count)
 from .fcos import FCOSHead
 from .registry import DENSE_HEADS
 
@@ -83,29 +83,30 @@ class CenterPrior(nn.Module):
                 gt_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            points_per_level: list of Tensor[N_l, 2] ``(x, y)``; gt_boxes: Tensor[G, 4];
-            gt_labels: Tensor[G] in 1..C.
+            points_per_level: list of Tensor[N_l, 2] ``(x, y)``; gt_boxes: Tensor[..., G, 4]
+            (one image [G, 4] or a batch [B, G, 4]); gt_labels: Tensor[..., G] in 1..C (values
+            below 1, e.g. padding, read class 1).
         Returns:
-            log_prior: Tensor[N, G], ``log G`` (finite everywhere; callers mask with ``inside``);
-            inside: Tensor[N, G] bool, point strictly inside the GT (or forced, see above).
+            log_prior: Tensor[..., N, G], ``log G`` (finite everywhere; callers mask with
+            ``inside``);
+            inside: Tensor[..., N, G] bool, point strictly inside the GT (or forced, see above).
         """
-        lab = gt_labels.to(torch.int64) - 1
-        mu, sigma = self.mean[lab][None], self.sigma[lab][None]                  # [1, G, 2]
-        centers = box_centers(gt_boxes)[None]                                    # [1, G, 2]
+        lab = (gt_labels.to(torch.int64) - 1).clamp(min=0)
+        mu, sigma = self.mean[lab][..., None, :, :], self.sigma[lab][..., None, :, :]  # [..., 1, G, 2]
+        centers = box_centers(gt_boxes)[..., None, :, :]                         # [..., 1, G, 2]
         log_prior = []
         for pts, stride in zip(points_per_level, self.strides):
-            d = (pts[:, None, :] - centers) / float(stride) - mu                 # [N_l, G, 2]
+            d = (pts[:, None, :] - centers) / float(stride) - mu                 # [..., N_l, G, 2]
             log_prior.append(-(d.square() / (2 * sigma.square())).sum(dim=-1))
-        log_prior = torch.cat(log_prior)                                         # [N, G]
+        log_prior = torch.cat(log_prior, dim=-2)                                 # [..., N, G]
         points = torch.cat(list(points_per_level))
-        inside = point_box_distances(points[:, None, :], gt_boxes[None]).amin(dim=2) > 0
-        if self.force_topk:
-            empty = ~inside.any(dim=0)                                           # [G]
-            if bool(empty.any()):
-                k = min(self.topk, points.shape[0])
-                top = log_prior.detach().topk(k, dim=0).indices                  # [k, G]
-                forced = torch.zeros_like(inside).scatter_(0, top, True)
-                inside = inside | (forced & empty[None])
+        inside = point_box_distances(points[:, None, :], gt_boxes[..., None, :, :]).amin(dim=-1) > 0
+        if self.force_topk:  # fixed shapes: computed always, used for the GTs with no inside point
+            empty = ~inside.any(dim=-2, keepdim=True)                            # [..., 1, G]
+            k = min(self.topk, points.shape[0])
+            top = log_prior.detach().topk(k, dim=-2).indices                     # [..., k, G]
+            forced = torch.zeros_like(inside).scatter_(-2, top, True)
+            inside = inside | (forced & empty)
         return log_prior, inside
 
 
@@ -124,6 +125,9 @@ class AutoAssignLoss:
     assignment).
     """
 
+    #: config keys that give a GT without an inside point one (the "no positive" warning)
+    tuning_keys = ("MODEL.AUTOASSIGN.FORCE_TOPK", "MODEL.AUTOASSIGN.FPN_STRIDES", "INPUT.MIN_SIZE_TRAIN")
+
     def __init__(self, center_prior: CenterPrior, reg_weight: float = 5.0, pos_weight: float = 0.25,
                  neg_weight: float = 0.75, center_weight: float = 0.75, confidence_scale: float = 3.0):
         self.center_prior = center_prior
@@ -136,88 +140,94 @@ class AutoAssignLoss:
     def positive_loss(self, logits: torch.Tensor, obj: torch.Tensor, pred_boxes: torch.Tensor,
                       gt_boxes: torch.Tensor, gt_labels: torch.Tensor, log_prior: torch.Tensor,
                       inside: torch.Tensor) -> torch.Tensor:
-        """Sum over the GTs (with at least one inside point) of ``-log(sum w+ p_pos)``.
+        """Sum over the GTs with at least one inside point of ``-log(sum w+ p_pos)``.
 
         Args:
-            logits: Tensor[N, C]; obj: Tensor[N] objectness logits; pred_boxes: Tensor[N, 4];
-            gt_boxes: Tensor[G, 4]; gt_labels: Tensor[G] (1..C); log_prior, inside: Tensor[N, G].
+            logits: Tensor[B, N, C]; obj: Tensor[B, N] objectness logits; pred_boxes:
+            Tensor[B, N, 4]; gt_boxes: Tensor[B, G, 4]; gt_labels: Tensor[B, G] (1..C);
+            log_prior, inside: Tensor[B, N, G] (``inside`` False for padding GTs).
         """
-        valid = inside.any(dim=0)
-        if not bool(valid.any()):
-            return logits.sum() * 0 + obj.sum() * 0 + pred_boxes.sum() * 0
-        gt_boxes, gt_labels = gt_boxes[valid], gt_labels[valid]
-        log_prior, inside = log_prior[:, valid], inside[:, valid]
-        giou = elementwise_giou(pred_boxes[:, None, :], gt_boxes[None, :, :])    # [N, G]
-        log_p_pos = (F.logsigmoid(logits[:, gt_labels.to(torch.int64) - 1])
-                     + F.logsigmoid(obj)[:, None] - self.reg_weight * (1 - giou))
-        neg_inf = log_p_pos.new_tensor(float("-inf"))
-        log_cg = torch.where(inside, self.confidence_scale * log_p_pos.exp() + log_prior, neg_inf)
-        log_w = log_cg - torch.logsumexp(log_cg, dim=0, keepdim=True)
-        log_bag = torch.logsumexp(torch.where(inside, log_w + log_p_pos, neg_inf), dim=0)
-        return -log_bag.sum()
+        b, n, _ = logits.shape
+        g = gt_boxes.shape[1]
+        has_point = inside.any(dim=1)                                            # [B, G]
+        # a GT without an inside point is computed over every point (finite), then dropped
+        use = inside | ~has_point[:, None, :]
+        giou = elementwise_giou(pred_boxes[:, :, None, :], gt_boxes[:, None, :, :])  # [B, N, G]
+        cls_col = (gt_labels.to(torch.int64) - 1).clamp(min=0)[:, None, :].expand(b, n, g)
+        log_p_pos = (F.logsigmoid(logits.gather(2, cls_col)) + F.logsigmoid(obj)[..., None]
+                     - self.reg_weight * (1 - giou))
+        neg_inf = float("-inf")
+        log_cg = torch.where(use, self.confidence_scale * log_p_pos.exp() + log_prior, neg_inf)
+        log_w = log_cg - torch.logsumexp(log_cg, dim=1, keepdim=True)
+        log_bag = torch.logsumexp(torch.where(use, log_w + log_p_pos, neg_inf), dim=1)  # [B, G]
+        return -torch.where(has_point, log_bag, 0).sum()
 
     @staticmethod
     @torch.no_grad()
     def negative_weights(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                         inside: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """``w-`` per (point, class): Tensor[N, C], 1 except at the class of a GT containing the
-        point, where it is ``1 - minmax_normalised(1 / (1 - IoU_pred))`` (see module docstring)."""
-        n = pred_boxes.shape[0]
-        weight = pred_boxes.new_ones(n * num_classes)
-        if gt_boxes.shape[0] == 0 or not bool(inside.any()):
-            return weight.view(n, num_classes)
-        iou = elementwise_iou(pred_boxes[:, None, :], gt_boxes[None, :, :]).amax(dim=1)  # [N]
-        f = (1.0 / (1.0 - iou).clamp(min=_EPS))[:, None].expand_as(inside)               # [N, G]
-        f_min = torch.where(inside, f, float("inf")).amin(dim=0, keepdim=True)
-        f_max = torch.where(inside, f, float("-inf")).amax(dim=0, keepdim=True)
-        f_norm = (f - f_min + _EPS) / (f_max - f_min + _EPS)
-        pt, g = inside.nonzero(as_tuple=True)
-        index = pt * num_classes + gt_labels.to(torch.int64)[g] - 1
-        last_gt = torch.full((n * num_classes,), -1, dtype=torch.int64, device=pred_boxes.device)
-        last_gt.scatter_reduce_(0, index, g, reduce="amax", include_self=True)
-        win = g == last_gt[index]
-        weight[index[win]] = 1.0 - f_norm[pt[win], g[win]]
-        return weight.view(n, num_classes)
+                         inside: torch.Tensor, num_classes: int,
+                         valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``w-`` per (point, class): Tensor[B, N, C], 1 except at the class of a GT containing
+        the point, where it is ``1 - minmax_normalised(1 / (1 - IoU_pred))`` (see module
+        docstring). ``pred_boxes`` [B, N, 4], ``gt_boxes`` [B, G, 4], ``gt_labels`` [B, G],
+        ``inside`` [B, N, G], ``valid`` [B, G] (the real GTs; default all)."""
+        b, n, _ = pred_boxes.shape
+        g = gt_boxes.shape[1]
+        iou = elementwise_iou(pred_boxes[:, :, None, :], gt_boxes[:, None, :, :])  # [B, N, G]
+        if valid is not None:
+            iou = torch.where(valid[:, None, :], iou, 0)
+        f = (1.0 / (1.0 - iou.amax(dim=2)).clamp(min=_EPS))[..., None].expand_as(inside)
+        f_min = torch.where(inside, f, float("inf")).amin(dim=1, keepdim=True)
+        f_max = torch.where(inside, f, float("-inf")).amax(dim=1, keepdim=True)
+        f_norm = (f - f_min + _EPS) / (f_max - f_min + _EPS)   # finite wherever ``inside``
+        # per (point, class): the highest-index GT of that class containing the point
+        cls = (gt_labels.to(torch.int64) - 1).clamp(min=0)[:, None, :]           # [B, 1, G]
+        index = torch.arange(n, device=cls.device)[None, :, None] * num_classes + cls
+        gt_index = torch.arange(g, device=cls.device).expand(b, n, g)
+        last_gt = torch.full((b, n * num_classes), -1, dtype=torch.int64, device=cls.device)
+        last_gt.scatter_reduce_(1, index.expand(b, n, g).reshape(b, -1),
+                                torch.where(inside, gt_index, -1).reshape(b, -1), reduce="amax",
+                                include_self=True)
+        last_gt = last_gt.view(b, n, num_classes)
+        weight = 1.0 - f_norm.gather(2, last_gt.clamp(min=0))
+        return torch.where(last_gt >= 0, weight, 1.0).to(pred_boxes.dtype)
 
     def __call__(self, outputs: DenseOutputs, points_per_level: List[torch.Tensor],
-                 targets: List[BoxList], assignment: Optional[object] = None) -> Dict[str, torch.Tensor]:
+                 targets, assignment: Optional[object] = None) -> Dict[str, torch.Tensor]:
         logits = outputs.cls_logits.float()
         distances, objectness = outputs.box_regression.float(), outputs.quality.float()
         points = torch.cat(list(points_per_level))
         num_classes = logits.shape[-1]
-        pos_losses, neg_losses, center_losses = [], [], []
-        num_gt, prior_sum = 0, logits.new_zeros(())
-        for i, t in enumerate(targets):
-            gt = t.bbox.to(device=points.device, dtype=points.dtype).reshape(-1, 4)
-            lab = t.get_field("labels").to(points.device)
-            pred = distances_to_boxes(distances[i], points)                      # [N, 4]
-            if gt.shape[0] == 0:
-                inside = torch.zeros(points.shape[0], 0, dtype=torch.bool, device=points.device)
-                center_losses.append(logits.new_zeros(()))
-            else:
-                log_prior, inside = self.center_prior(points_per_level, gt, lab)
-                prior = torch.where(inside, log_prior.exp(), 0)
-                pos_losses.append(self.positive_loss(logits[i], objectness[i], pred, gt, lab,
-                                                     log_prior, inside))
-                num_gt += gt.shape[0]
-                prior_sum = prior_sum + prior.detach().sum()
-                if bool(inside.any()):
-                    center_losses.append(gt.shape[0] / prior.sum().clamp(min=_EPS))
-                else:  # no point inside any GT (all smaller than a stride): 0, as the reference
-                    center_losses.append(prior.sum() * 0)
-            w_neg = self.negative_weights(pred.detach(), gt, lab, inside, num_classes)
-            x = logits[i].sigmoid() * objectness[i].sigmoid()[:, None] * w_neg
-            neg_losses.append((x.square() * negative_bce(x)).sum())
-        loss_neg = self.neg_weight * torch.stack(neg_losses).sum() / reduce_mean_count(
-            prior_sum, device=logits.device)
-        if num_gt == 0:
-            zero = (distances.sum() + objectness.sum() + logits.sum()) * 0
-            prior_zero = self.center_prior.mean.sum() * 0 + self.center_prior.sigma.sum() * 0
-            return {"loss_pos": zero, "loss_neg": loss_neg, "loss_center": zero + prior_zero}
-        loss_pos = self.pos_weight * torch.stack(pos_losses).sum() / reduce_mean_count(
-            num_gt, device=logits.device)
-        loss_center = self.center_weight * torch.stack(center_losses).mean()
-        return {"loss_pos": loss_pos, "loss_neg": loss_neg, "loss_center": loss_center}
+        gt = as_gt_batch(targets, points.device, points.dtype)
+        pred = distances_to_boxes(distances, points)                             # [B, N, 4]
+        log_prior, inside = self.center_prior(points_per_level, gt.boxes, gt.labels)
+        inside = inside & gt.valid[:, None, :]                                   # [B, N, G]
+        prior = torch.where(inside, log_prior.exp(), 0)
+        num_gt = gt.valid.sum()
+        loss_pos = self.pos_weight * self.positive_loss(
+            logits, objectness, pred, gt.boxes, gt.labels, log_prior, inside
+        ) / reduce_mean_count(num_gt, device=logits.device)
+        w_neg = self.negative_weights(pred.detach(), gt.boxes, gt.labels, inside, num_classes,
+                                      gt.valid)
+        x = logits.sigmoid() * objectness.sigmoid()[..., None] * w_neg
+        loss_neg = self.neg_weight * (x.square() * negative_bce(x)).sum() / reduce_mean_count(
+            prior.detach().sum(), device=logits.device)
+        # per image num_gt / sum G; 0 for an image where no point is inside any GT (as the
+        # reference), with a graph to the prior's parameters
+        prior_img = prior.sum(dim=(1, 2))                                        # [B]
+        center = torch.where(inside.any(dim=2).any(dim=1),
+                             gt.valid.sum(dim=1) / prior_img.clamp(min=_EPS), prior_img * 0)
+        return {"loss_pos": loss_pos, "loss_neg": loss_neg,
+                "loss_center": self.center_weight * center.mean()}
+
+    def gt_stats(self, points_per_level: Sequence[torch.Tensor], targets) -> Dict[str, torch.Tensor]:
+        """The GT statistics of :func:`~maskrcnn_benchmark.modeling.assigners.base.unmatched_gt_stats`:
+        here a GT "without positive" is one with no inside point (no positive term)."""
+        points = torch.cat(list(points_per_level))
+        gt = as_gt_batch(targets, points.device, points.dtype)
+        with torch.no_grad():
+            _, inside = self.center_prior(points_per_level, gt.boxes, gt.labels)
+        return unmatched_gt_stats(gt, inside.any(dim=1))
 
 
 class AutoAssignModule(DenseHead):

@@ -10,14 +10,18 @@ A detector supplies five parts; :class:`DenseHead` owns every step between them:
   Tensor[N_l, 4]`` (what the assigners read);
 - ``assigner``: per-image assigner (``modeling/assigners``) or None for heads whose loss weighs
   every prior itself (FreeAnchor, AutoAssign);
-- ``loss``: ``loss(outputs: DenseOutputs, priors: list[Tensor[N_l, D]], targets,
+- ``loss``: ``loss(outputs: DenseOutputs, priors: list[Tensor[N_l, D]], targets (a padded
+  :class:`~maskrcnn_benchmark.modeling.assigners.GTBatch`, or per image BoxLists),
   assignment: BatchAssignment | None) -> dict of scalar losses``;
 - ``decode(box_regression [..., 4], priors [..., D]) -> boxes [..., 4]`` and a
   :class:`ScoreRule` (the final score and the candidate rule).
 
-Training: :meth:`DenseHead.flatten` -> :meth:`DenseHead.priors` -> :meth:`DenseHead.assign`
-(``torch.no_grad``, :func:`~maskrcnn_benchmark.modeling.assigners.assign_batch`) ->
-:meth:`DenseHead.losses`. Inference: :meth:`DenseHead.predict` (traceable, fixed shapes) ->
+Training: the targets padded to one ``GTBatch`` (the GT count is read from the BoxLists' shapes on
+the host), then :meth:`DenseHead.training_losses`: :meth:`DenseHead.flatten` ->
+:meth:`DenseHead.priors` -> :meth:`DenseHead.assign` (``torch.no_grad``, the whole batch at once)
+-> the loss. That step has fixed shapes and no host-device synchronisation (no ``nonzero``,
+boolean-mask indexing or host read; the normalisers stay tensors), so it can be compiled whole
+(``compile_step``). Inference: :meth:`DenseHead.predict` (traceable, fixed shapes) ->
 :class:`DensePostProcessor` (per-level top-k, clip, class-aware NMS, top-N).
 """
 from __future__ import annotations
@@ -29,7 +33,8 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.layers import DFConv2d, batched_nms
-from maskrcnn_benchmark.modeling.assigners import BatchAssignment, Predictions, assign_batch
+from maskrcnn_benchmark.modeling.assigners import (BatchAssignment, GTBatch, Predictions,
+                                                   assign_batch, pad_targets)
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.box_ops import clip_boxes
 from maskrcnn_benchmark.structures.image_list import ImageList
@@ -37,7 +42,8 @@ from maskrcnn_benchmark.utils.comm import get_world_size, reduce_sum
 
 __all__ = ["DenseHead", "DenseOutputs", "DensePrediction", "DensePostProcessor", "ScoreRule",
            "permute_and_flatten", "concat_levels", "reduce_mean_count", "init_conv_std",
-           "conv_tower", "check_num_classes", "WEIGHT_EPS"]
+           "conv_tower", "check_num_classes", "WEIGHT_EPS", "positive_boxes", "where_weighted",
+           "as_gt_batch"]
 
 #: Sums of regression weights (centerness / quality targets) below this are treated as "no
 #: positive" by the losses (no division by ~0).
@@ -56,14 +62,43 @@ def concat_levels(per_level: Sequence[torch.Tensor], num_anchors: int, k: int) -
     return torch.cat([permute_and_flatten(x, num_anchors, k) for x in per_level], dim=1)
 
 
-def reduce_mean_count(value: torch.Tensor | float, device=None, min_value: float = 1.0) -> float:
+def reduce_mean_count(value: torch.Tensor | float, device=None, min_value: float = 1.0) -> torch.Tensor:
     """All-reduced sum of ``value`` divided by the world size, at least ``min_value``.
 
     The normaliser of the dense losses: the average number of positives (or sum of weights)
-    per process.
+    per process. Returns a float32 0-dim tensor (a tensor collective; never read on the host).
     """
-    t = torch.as_tensor(value, dtype=torch.float32, device=device)
-    return max(float(reduce_sum(t)) / get_world_size(), min_value)
+    t = torch.as_tensor(value, device=device).to(torch.float32)
+    return (reduce_sum(t) / get_world_size()).clamp(min=min_value)
+
+
+def where_weighted(weight_sum: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` where ``weight_sum >= WEIGHT_EPS``, else ``0 * value`` (the "no positive" path
+    of the losses: a zero that keeps the graph, chosen without a host read). ``value`` must be
+    finite either way (divide by ``weight_sum.clamp(min=WEIGHT_EPS)``)."""
+    return torch.where(weight_sum >= WEIGHT_EPS, value, value * 0)
+
+
+def positive_boxes(assignment: BatchAssignment, prior_boxes: torch.Tensor) -> torch.Tensor:
+    """Regression targets of every prior: the matched GT of positives, the prior box itself
+    elsewhere (finite in every box formula; the losses weigh those rows 0).
+
+    Args:
+        assignment: the batch's assignment (``matched_gt`` [B, N, 4], ``pos`` [B, N]).
+        prior_boxes: Tensor[N, 4].
+    Returns:
+        Tensor[B, N, 4].
+    """
+    matched = assignment.matched_gt
+    return torch.where(assignment.pos[..., None], matched, prior_boxes.to(matched.dtype)[None])
+
+
+def as_gt_batch(targets, device, dtype=torch.float32) -> GTBatch:
+    """``targets`` as a :class:`GTBatch` on ``device`` (a list of BoxLists is padded)."""
+    if isinstance(targets, GTBatch):
+        return GTBatch(targets.boxes.to(device=device, dtype=dtype), targets.labels.to(device),
+                       targets.valid.to(device))
+    return pad_targets(targets, device=device, dtype=dtype)
 
 
 def init_conv_std(modules: Sequence[nn.Module], std: float = 0.01) -> None:
@@ -277,6 +312,8 @@ class DenseHead(nn.Module):
         super().__init__()
         self.head = head
         self.prior_generator = prior_generator
+        #: the GT statistics of the last training step (0-dim tensors, read by the hooks)
+        self.step_metrics: Dict[str, torch.Tensor] = {}
         self.assigner = assigner
         self.loss_evaluator = loss
         self.post_processor = post_processor
@@ -304,9 +341,9 @@ class DenseHead(nn.Module):
 
     @torch.no_grad()
     def assign(self, outputs: DenseOutputs, priors: Sequence[torch.Tensor],
-               targets: Sequence[BoxList]) -> Optional[BatchAssignment]:
-        """:func:`assign_batch` of ``self.assigner`` over the images (None without an assigner);
-        the predictions are computed only for an assigner with ``needs_predictions``."""
+               targets: "GTBatch | Sequence[BoxList]") -> Optional[BatchAssignment]:
+        """:func:`assign_batch` of ``self.assigner`` on the whole batch (None without an
+        assigner); the predictions are computed only for an assigner with ``needs_predictions``."""
         if self.assigner is None:
             return None
         predictions = None
@@ -316,10 +353,44 @@ class DenseHead(nn.Module):
         return assign_batch(self.assigner, boxes, targets, predictions)
 
     def losses(self, outputs: DenseOutputs, priors: List[torch.Tensor],
-               targets: List[BoxList]) -> Dict[str, torch.Tensor]:
+               targets: "GTBatch | Sequence[BoxList]") -> Dict[str, torch.Tensor]:
         """Assignment then the loss function."""
-        assignment = self.assign(outputs, priors, targets)
-        return self.loss_evaluator(outputs, priors, targets, assignment)
+        return self._losses_and_stats(outputs, priors, targets)[0]
+
+    def _losses_and_stats(self, outputs, priors, targets):
+        gt = as_gt_batch(targets, priors[0].device, priors[0].dtype)
+        assignment = self.assign(outputs, priors, gt)
+        losses = self.loss_evaluator(outputs, priors, gt, assignment)
+        if assignment is not None:
+            stats = assignment.stats
+        elif hasattr(self.loss_evaluator, "gt_stats"):
+            stats = self.loss_evaluator.gt_stats(priors, gt)
+        else:
+            stats = {}
+        return losses, stats
+
+    def training_losses(self, features: Sequence[torch.Tensor], gt: GTBatch
+                        ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """The training step of the head: conv module, priors, assignment, losses. Fixed shapes,
+        no host-device synchronisation (what ``compile_step`` compiles whole).
+
+        Args:
+            features: per FPN level Tensor[B, C, H_l, W_l].
+            gt: the batch's padded GTs.
+        Returns:
+            ``(losses, stats)``: dicts of 0-dim tensors; ``stats`` are the assignment's GT
+            statistics (``num_gt``, ``num_gt_unmatched``, ``min_unmatched_size``; empty for heads
+            without an assigner).
+        """
+        outputs = self.flatten(self.head(features))
+        return self._losses_and_stats(outputs, self.priors(features), gt)
+
+    def compile_step(self, **compile_kwargs) -> "DenseHead":
+        """``torch.compile(fullgraph=True)`` of :meth:`training_losses` (``MODEL.COMPILE_TRAIN_STEP``):
+        one graph for the conv head, assignment and losses (0 graph breaks). Returns self."""
+        compile_kwargs.setdefault("fullgraph", True)
+        self._compiled_step = torch.compile(self.training_losses, **compile_kwargs)
+        return self
 
     def predict(self, features: Sequence[torch.Tensor],
                 priors: Optional[Sequence[torch.Tensor]] = None) -> DensePrediction:
@@ -367,8 +438,10 @@ class DenseHead(nn.Module):
             if len(targets) != len(images.image_sizes):
                 raise ValueError(f"{type(self).__name__}: {len(targets)} targets for "
                                  f"{len(images.image_sizes)} images")
-            outputs = self.flatten(self.head(features))
-            return None, self.losses(outputs, self.priors(features), targets)
+            gt = pad_targets(targets, device=features[0].device)
+            step = getattr(self, "_compiled_step", None) or self.training_losses
+            losses, self.step_metrics = step(features, gt)
+            return None, losses
         with torch.no_grad():
             prediction = self.predict(features).float()
             with torch.autocast(device_type=prediction.scores.device.type, enabled=False):

@@ -12,15 +12,13 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
-from maskrcnn_benchmark.layers.losses import giou_loss, quality_focal_loss
+from maskrcnn_benchmark.layers.losses import quality_focal_loss
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, DynamicATSSAssigner
-from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .atss import ATSSLoss, build_atss_parts
-from .base import WEIGHT_EPS, DenseHead, DenseOutputs, reduce_mean_count
+from .base import DenseHead, DenseOutputs, reduce_mean_count
 from .registry import DENSE_HEADS
 
 __all__ = ["DynamicATSSLoss", "build_dynamic_atss"]
@@ -44,28 +42,17 @@ class DynamicATSSLoss(ATSSLoss):
     """
 
     def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
-                 targets: List[BoxList], assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
+                 targets, assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
         logits, bbox_reg, iou_logits = outputs.cls_logits, outputs.box_regression, outputs.quality
-        labels, matched = assignment.labels, assignment.matched_gt
-        quality, pos = assignment.quality, assignment.pos
+        labels, quality, pos = assignment.labels, assignment.quality, assignment.pos
         anchors = torch.cat(anchors_per_level)
         num_classes = logits.shape[-1]
         num_pos = reduce_mean_count(pos.sum(), device=logits.device)
         loss_cls = quality_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
                                       quality.reshape(-1), gamma=self.gamma) / num_pos
 
-        q = quality[pos]
-        q_sum = reduce_mean_count(q.sum(), device=logits.device, min_value=0.0)
-        if q.numel() == 0 or q_sum < WEIGHT_EPS:
-            loss_reg = bbox_reg.sum() * 0
-            loss_iou = iou_logits.sum() * 0
-        else:
-            pos_anchors = anchors[pos.nonzero(as_tuple=True)[1]]
-            boxes = self.box_coder.decode(bbox_reg[pos].float(), pos_anchors)
-            loss_reg = self.reg_loss_weight * giou_loss(boxes, matched[pos], weight=q,
-                                                        plus_one=self.legacy_plus_one) / q_sum
-            loss_iou = F.binary_cross_entropy_with_logits(iou_logits[pos].float(), q,
-                                                          reduction="sum") / num_pos
+        loss_reg, loss_iou = self.box_and_quality_losses(bbox_reg, iou_logits, anchors, assignment,
+                                                         quality, num_pos)
         return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_iou": loss_iou}
 
 

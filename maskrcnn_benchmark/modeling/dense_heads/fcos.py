@@ -28,11 +28,12 @@ from torch import nn
 from maskrcnn_benchmark.layers import Scale, sigmoid_focal_loss
 from maskrcnn_benchmark.layers.losses import iou_loss
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, FCOSAssigner
-from maskrcnn_benchmark.modeling.point_generator import PointGenerator, distances_to_boxes
-from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.modeling.point_generator import (PointGenerator, distances_to_boxes,
+                                                         points_as_boxes)
 
 from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, ScoreRule,
-                   check_num_classes, conv_tower, init_conv_std, reduce_mean_count)
+                   check_num_classes, conv_tower, init_conv_std, positive_boxes,
+                   reduce_mean_count, where_weighted)
 from .registry import DENSE_HEADS
 
 __all__ = ["FCOSHead", "FCOSLoss", "build_fcos"]
@@ -116,25 +117,25 @@ class FCOSLoss:
         self.iou_loss_type = iou_loss_type
 
     def __call__(self, outputs: DenseOutputs, points_per_level: List[torch.Tensor],
-                 targets: List[BoxList], assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
+                 targets, assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
         logits, distances, centerness = outputs.cls_logits, outputs.box_regression, outputs.quality
-        labels, matched = assignment.labels, assignment.matched_gt
-        ctr_t, pos = assignment.quality, assignment.pos
+        labels, ctr_t, pos = assignment.labels, assignment.quality, assignment.pos
         num_classes = logits.shape[-1]
         num_pos = reduce_mean_count(pos.sum(), device=logits.device)
         loss_cls = sigmoid_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
                                       self.gamma, self.alpha).sum() / num_pos
-        ctr_t = ctr_t[pos]
+        # every point, the non-positives weighted 0 (``ctr_t`` is 0 there) with zeroed inputs
         ctr_sum = reduce_mean_count(ctr_t.sum(), device=logits.device, min_value=0.0)
-        if ctr_t.numel() == 0 or ctr_sum < WEIGHT_EPS:
-            return {"loss_cls": loss_cls, "loss_reg": distances.sum() * 0,
-                    "loss_centerness": centerness.sum() * 0}
-        points = torch.cat(points_per_level)[pos.nonzero(as_tuple=True)[1]]
-        boxes = distances_to_boxes(distances[pos].float(), points)
-        loss_reg = iou_loss(boxes, matched[pos], weight=ctr_t, loss_type=self.iou_loss_type) / ctr_sum
-        loss_ctr = F.binary_cross_entropy_with_logits(centerness[pos].float(), ctr_t,
-                                                      reduction="sum") / num_pos
-        return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_ctr}
+        points = torch.cat(points_per_level)
+        boxes = distances_to_boxes(torch.where(pos[..., None], distances.float(), 0), points)
+        target = positive_boxes(assignment, points_as_boxes(points))
+        loss_reg = iou_loss(boxes.reshape(-1, 4), target.reshape(-1, 4), weight=ctr_t.reshape(-1),
+                            loss_type=self.iou_loss_type)
+        loss_ctr = F.binary_cross_entropy_with_logits(
+            torch.where(pos, centerness.float(), 0), ctr_t, weight=pos.float(), reduction="sum")
+        return {"loss_cls": loss_cls,
+                "loss_reg": where_weighted(ctr_sum, loss_reg / ctr_sum.clamp(min=WEIGHT_EPS)),
+                "loss_centerness": where_weighted(ctr_sum, loss_ctr / num_pos)}
 
 
 @DENSE_HEADS.register("FCOS", config_node="FCOS")

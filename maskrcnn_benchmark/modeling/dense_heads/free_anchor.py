@@ -22,17 +22,17 @@ over the bag), so saturated logits give finite losses and gradients (the referen
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 from maskrcnn_benchmark.layers.losses import negative_bce, smooth_l1_loss
+from maskrcnn_benchmark.modeling.assigners import GTBatch
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
-from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.box_ops import pairwise_iou
 
-from .base import DenseHead, DenseOutputs, reduce_mean_count
+from .base import DenseHead, DenseOutputs, as_gt_batch, reduce_mean_count
 from .registry import DENSE_HEADS
 from .retinanet import build_retinanet_parts
 
@@ -71,54 +71,56 @@ class FreeAnchorLoss:
         self.reg_weight = float(reg_weight)
 
     @torch.no_grad()
-    def positive_anchor_prob(self, pred_boxes: torch.Tensor, gt_boxes: torch.Tensor,
-                             gt_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """``P(a_j in A+)`` per (anchor, class).
+    def positive_anchor_prob(self, pred_boxes: torch.Tensor, gt: GTBatch,
+                             num_classes: int) -> torch.Tensor:
+        """``P(a_j in A+)`` per (image, anchor, class).
 
         Args:
-            pred_boxes: Tensor[N, 4] decoded (detached) predictions; gt_boxes: Tensor[G, 4];
-            gt_labels: Tensor[G] in 1..C.
+            pred_boxes: Tensor[B, N, 4] decoded (detached) predictions; gt: the padded GTs.
         Returns:
-            Tensor[N, C] in [0, 1] (0 for classes without a GT).
+            Tensor[B, N, C] in [0, 1] (0 for classes without a GT).
         """
-        out = pred_boxes.new_zeros(num_classes, pred_boxes.shape[0])
-        if gt_boxes.shape[0] == 0:
-            return out.t()
-        iou = pairwise_iou(gt_boxes, pred_boxes)                                 # [G, N]
+        b, n, _ = pred_boxes.shape
+        # the compiled pairwise IoU, image by image (a fixed number of calls)
+        iou = torch.stack([pairwise_iou(gt.boxes[i], pred_boxes[i]) for i in range(b)])  # [B, G, N]
         t1 = self.iou_threshold
-        t2 = iou.amax(dim=1, keepdim=True).clamp(min=t1 + 1e-12)
-        prob = ((iou - t1) / (t2 - t1)).clamp(0, 1)
-        index = (gt_labels.to(torch.int64) - 1)[:, None].expand_as(prob)
-        out.scatter_reduce_(0, index, prob, reduce="amax", include_self=True)
-        return out.t()
+        t2 = iou.amax(dim=2, keepdim=True).clamp(min=t1 + 1e-12)
+        prob = torch.where(gt.valid[..., None], ((iou - t1) / (t2 - t1)).clamp(0, 1), 0)
+        index = (gt.labels - 1).clamp(min=0)[..., None].expand_as(prob)
+        out = pred_boxes.new_zeros(b, num_classes, n)
+        out.scatter_reduce_(1, index, prob, reduce="amax", include_self=True)
+        return out.transpose(1, 2)
 
     def bags(self, anchors: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
-        """Tensor[N, 4] anchors, Tensor[G, 4] GTs -> Tensor[G, K] anchor indices of each GT's bag
-        (``K = min(bag_size, N)``, the anchors of highest IoU with the GT)."""
+        """Tensor[N, 4] anchors, Tensor[..., G, 4] GTs -> Tensor[..., G, K] anchor indices of each
+        GT's bag (``K = min(bag_size, N)``, the anchors of highest IoU with the GT)."""
         with torch.no_grad():
             k = min(self.bag_size, anchors.shape[0])
-            return pairwise_iou(gt_boxes, anchors).topk(k, dim=1).indices
+            iou = pairwise_iou(gt_boxes.reshape(-1, 4), anchors)
+            return iou.view(*gt_boxes.shape[:-1], -1).topk(k, dim=-1).indices
 
     def positive_loss(self, logits: torch.Tensor, bbox_reg: torch.Tensor, anchors: torch.Tensor,
-                      gt_boxes: torch.Tensor, gt_labels: torch.Tensor) -> torch.Tensor:
-        """Sum over the GTs of one image of ``alpha * -log(mean-max bag probability)``.
+                      gt: GTBatch) -> torch.Tensor:
+        """Sum over the real GTs of the batch of ``alpha * -log(mean-max bag probability)``.
 
         Args:
-            logits: Tensor[N, C]; bbox_reg: Tensor[N, 4]; anchors: Tensor[N, 4];
-            gt_boxes: Tensor[G, 4] (G >= 1); gt_labels: Tensor[G] in 1..C.
+            logits: Tensor[B, N, C]; bbox_reg: Tensor[B, N, 4]; anchors: Tensor[N, 4];
+            gt: the padded GTs (padding rows are computed, finite, and dropped).
         """
-        bag = self.bags(anchors, gt_boxes)                                       # [G, K]
-        g, k = bag.shape
-        cls_col = (gt_labels.to(torch.int64) - 1)[:, None].expand(g, k)
-        log_p_cls = F.logsigmoid(logits[bag, cls_col])                          # [G, K]
-        targets = self.box_coder.encode(gt_boxes[:, None, :].expand(g, k, 4).reshape(-1, 4),
-                                        anchors[bag].reshape(-1, 4)).view(g, k, 4)
-        loc = smooth_l1_loss(bbox_reg[bag], targets, beta=self.beta, reduction="none").sum(-1)
+        bag = self.bags(anchors, gt.boxes)                                       # [B, G, K]
+        b, g, k = bag.shape
+        image = torch.arange(b, device=bag.device).view(b, 1, 1)
+        cls_col = (gt.labels - 1).clamp(min=0)[..., None].expand(b, g, k)
+        log_p_cls = F.logsigmoid(logits[image, bag, cls_col])                   # [B, G, K]
+        targets = self.box_coder.encode(gt.boxes[:, :, None, :].expand(b, g, k, 4).reshape(-1, 4),
+                                        anchors[bag].reshape(-1, 4)).view(b, g, k, 4)
+        loc = smooth_l1_loss(bbox_reg[image, bag], targets, beta=self.beta,
+                             reduction="none").sum(-1)
         log_p = log_p_cls - self.reg_weight * loc                                # log(P_cls P_loc)
         p = log_p.exp()
         log_w = -torch.log((1.0 - p).clamp(min=_EPS))                            # log(1 / (1 - P))
-        log_bag = torch.logsumexp(log_w + log_p, dim=1) - torch.logsumexp(log_w, dim=1)
-        return -self.alpha * log_bag.sum()
+        log_bag = torch.logsumexp(log_w + log_p, dim=-1) - torch.logsumexp(log_w, dim=-1)
+        return -self.alpha * torch.where(gt.valid, log_bag, 0).sum()
 
     def negative_loss(self, cls_prob: torch.Tensor, box_prob: torch.Tensor) -> torch.Tensor:
         """Sum of ``(1 - alpha) x^gamma BCE(x, 0)``, ``x = P_cls (1 - P(a in A+))`` clamped to
@@ -127,32 +129,20 @@ class FreeAnchorLoss:
         return (1 - self.alpha) * (x.pow(self.gamma) * negative_bce(x)).sum()
 
     def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
-                 targets: List[BoxList], assignment: Optional[object] = None) -> Dict[str, torch.Tensor]:
+                 targets, assignment: Optional[object] = None) -> Dict[str, torch.Tensor]:
         anchors = torch.cat(anchors_per_level)
         logits, bbox_reg = outputs.cls_logits.float(), outputs.box_regression.float()
         num_classes = logits.shape[-1]
-        box_probs, pos_losses, num_gt = [], [], 0
-        for i, t in enumerate(targets):
-            gt, lab = self._gt(t, anchors)
-            with torch.no_grad():
-                pred = self.box_coder.decode(bbox_reg[i].detach(), anchors)
-            box_probs.append(self.positive_anchor_prob(pred, gt, lab, num_classes))
-            if gt.shape[0] > 0:
-                pos_losses.append(self.positive_loss(logits[i], bbox_reg[i], anchors, gt, lab))
-                num_gt += gt.shape[0]
-        gt_norm = reduce_mean_count(num_gt, device=logits.device)
-        if pos_losses:
-            loss_pos = torch.stack(pos_losses).sum() / gt_norm
-        else:
-            loss_pos = bbox_reg.sum() * 0 + logits.sum() * 0
+        gt = as_gt_batch(targets, anchors.device, anchors.dtype)
+        with torch.no_grad():
+            pred = self.box_coder.decode(bbox_reg.detach(), anchors)             # [B, N, 4]
+        box_prob = self.positive_anchor_prob(pred, gt, num_classes)
+        num_gt = gt.valid.sum()
+        loss_pos = self.positive_loss(logits, bbox_reg, anchors, gt) / reduce_mean_count(
+            num_gt, device=logits.device)
         neg_norm = reduce_mean_count(num_gt * self.bag_size, device=logits.device)
-        loss_neg = self.negative_loss(logits.sigmoid(), torch.stack(box_probs)) / neg_norm
+        loss_neg = self.negative_loss(logits.sigmoid(), box_prob) / neg_norm
         return {"loss_pos": loss_pos, "loss_neg": loss_neg}
-
-    @staticmethod
-    def _gt(target: BoxList, anchors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        gt = target.bbox.to(device=anchors.device, dtype=anchors.dtype).reshape(-1, 4)
-        return gt, target.get_field("labels").to(anchors.device)
 
 
 @DENSE_HEADS.register("FREEANCHOR", config_node="RETINANET")

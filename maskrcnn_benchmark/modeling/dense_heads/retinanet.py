@@ -29,10 +29,9 @@ from maskrcnn_benchmark.layers.losses import smooth_l1_loss
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, MaxIoUAssigner
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
-from maskrcnn_benchmark.structures.bounding_box import BoxList
 
 from .base import (DenseHead, DenseOutputs, DensePostProcessor, ScoreRule, check_num_classes,
-                   conv_tower, init_conv_std, reduce_mean_count)
+                   conv_tower, init_conv_std, positive_boxes, reduce_mean_count)
 from .registry import DENSE_HEADS
 
 __all__ = ["RetinaNetHead", "RetinaNetLoss", "build_retinanet", "build_retinanet_parts"]
@@ -106,22 +105,22 @@ class RetinaNetLoss:
         self.reg_norm = reg_norm
 
     def __call__(self, outputs: DenseOutputs, anchors_per_level: List[torch.Tensor],
-                 targets: List[BoxList], assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
+                 targets, assignment: BatchAssignment) -> Dict[str, torch.Tensor]:
         logits, bbox_reg = outputs.cls_logits, outputs.box_regression
-        labels, matched, pos = assignment.labels, assignment.matched_gt, assignment.pos
-        num_images, _, num_classes = logits.shape
+        labels, pos = assignment.labels, assignment.pos
+        num_images, num_anchors, num_classes = logits.shape
         pos_count = pos.sum()
         cls_norm = reduce_mean_count(pos_count + num_images, device=logits.device)
         loss_cls = sigmoid_focal_loss(logits.reshape(-1, num_classes).float(), labels.reshape(-1),
                                       self.gamma, self.alpha).sum() / cls_norm
         num_pos = reduce_mean_count(pos_count, device=logits.device, min_value=0.0)
-        if not bool(pos.any()):
-            loss_reg = bbox_reg.sum() * 0
-        else:
-            anchors = torch.cat(anchors_per_level)
-            target = self.box_coder.encode(matched[pos], anchors[pos.nonzero(as_tuple=True)[1]])
-            loss_reg = smooth_l1_loss(bbox_reg[pos].float(), target, beta=self.beta,
-                                      reduction="sum") / max(1.0, num_pos * self.reg_norm)
+        # every anchor, the non-positives weighted 0 (target: the anchor itself, deltas 0)
+        anchors = torch.cat(anchors_per_level)
+        target = self.box_coder.encode(positive_boxes(assignment, anchors).reshape(-1, 4),
+                                       anchors.repeat(num_images, 1))
+        reg = smooth_l1_loss(torch.where(pos[..., None], bbox_reg.float(), 0).reshape(-1, 4), target,
+                             beta=self.beta, reduction="none")
+        loss_reg = (reg.sum(dim=1) * pos.reshape(-1)).sum() / (num_pos * self.reg_norm).clamp(min=1.0)
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
 
 

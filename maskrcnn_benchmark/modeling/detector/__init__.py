@@ -92,7 +92,8 @@ def build_detection_model(cfg) -> GeneralizedRCNN:
     """The model of ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` (train mode); with
     ``MODEL.WINOGRAD`` its 3x3 / stride-1 convs run as Winograd F(4x4, 3x3) on the CPU
     (:func:`~maskrcnn_benchmark.layers.convert_to_winograd`), with ``MODEL.COMPILE`` its backbone
-    and head are compiled (:func:`compile_model`)."""
+    and head are compiled (:func:`compile_model`), with ``MODEL.COMPILE_TRAIN_STEP`` the dense
+    head's whole training step (``DenseHead.compile_step``)."""
     check_supported(cfg)
     device = check_device(cfg.MODEL.DEVICE)
     model = META_ARCHITECTURES[cfg.MODEL.META_ARCHITECTURE](cfg)
@@ -103,4 +104,6 @@ def build_detection_model(cfg) -> GeneralizedRCNN:
         convert_to_winograd(model)
     if cfg.MODEL.COMPILE:
         compile_model(model)
+    if cfg.MODEL.COMPILE_TRAIN_STEP:
+        model.rpn.compile_step()
     return model

@@ -4,7 +4,7 @@ import itertools
 
 import torch
 
-from maskrcnn_benchmark.modeling.assigners import (ATSSAssigner, AssignResult, BaseAssigner,
+from maskrcnn_benchmark.modeling.assigners import (ATSSAssigner, BaseAssigner,
                                                    Predictions, assign_batch)
 from maskrcnn_benchmark.modeling.assigners.base import (centers_inside, resolve_conflicts,
                                                         select_candidates)
@@ -42,7 +42,11 @@ def test_resolve_conflicts_highest_score_then_lowest_gt():
     cand_idx = torch.tensor([[0, 1, 2], [2, 3, 1], [1, 4, 0]])
     is_pos = torch.tensor([[True, True, True], [True, True, False], [True, False, True]])
     score = torch.tensor([[0.5, 0.7, 0.2], [0.2, 0.9, 0.8], [0.7, 0.1, 0.6]])
-    gt_inds, pair_gt, pair_k = resolve_conflicts(cand_idx, is_pos, score, num_anchors=6)
+    # image 1 of the batch: the same scene with the GTs in reverse order
+    gt_inds, won = resolve_conflicts(torch.stack([cand_idx, cand_idx.flip(0)]),
+                                     torch.stack([is_pos, is_pos.flip(0)]),
+                                     torch.stack([score, score.flip(0)]), num_anchors=6)
+    assert gt_inds.shape == (2, 6) and won.shape == (2, 3, 3)
     # reference: per anchor, the positive pair of highest score, ties to the lowest GT
     ref = [-1] * 6
     best = [None] * 6
@@ -52,9 +56,20 @@ def test_resolve_conflicts_highest_score_then_lowest_gt():
             if best[a] is None or s > best[a]:
                 best[a], ref[a] = s, g
     # anchor 0: 0.5 (GT 0) < 0.6 (GT 2); anchor 1: tie 0.7 -> GT 0; anchor 2: tie 0.2 -> GT 0
-    assert gt_inds.tolist() == ref == [2, 0, 0, 1, -1, -1]
-    assert sorted(cand_idx[pair_gt, pair_k].tolist()) == [0, 1, 2, 3]
-    assert all(gt_inds[cand_idx[g, k]] == g for g, k in zip(pair_gt.tolist(), pair_k.tolist()))
+    assert gt_inds[0].tolist() == ref == [2, 0, 0, 1, -1, -1]
+    # reversed GT order: the anchor 1 / 2 ties now go to (new) GT 1 = old GT 1 / GT 1 ...
+    ref_rev = [-1] * 6
+    best = [None] * 6
+    for g, k in itertools.product(range(3), range(3)):
+        if is_pos.flip(0)[g, k]:
+            a, s = int(cand_idx.flip(0)[g, k]), float(score.flip(0)[g, k])
+            if best[a] is None or s > best[a]:
+                best[a], ref_rev[a] = s, g
+    assert gt_inds[1].tolist() == ref_rev
+    for i, (c, w) in enumerate(zip([cand_idx, cand_idx.flip(0)], won)):
+        pair_gt, pair_k = w.nonzero(as_tuple=True)
+        assert sorted(c[pair_gt, pair_k].tolist()) == [0, 1, 2, 3]
+        assert all(gt_inds[i, c[g, k]] == g for g, k in zip(pair_gt.tolist(), pair_k.tolist()))
 
 
 def test_centers_inside_margin():
@@ -70,10 +85,11 @@ class _Recorder(BaseAssigner):
     def __init__(self):
         self.calls = []
 
-    def _assign(self, levels, anchors, gt_boxes, gt_labels, predictions):
+    def _assign(self, levels, anchors, gt, predictions):
         self.calls.append(predictions)
-        return AssignResult.from_gt_inds(torch.zeros(anchors.shape[0], dtype=torch.int64),
-                                         gt_labels, torch.full((anchors.shape[0],), 0.5))
+        b, n = gt.boxes.shape[0], anchors.shape[0]
+        gt_inds = torch.where(gt.valid[:, :1], 0, -1).expand(b, n)   # GT 0 where it exists
+        return gt_inds, torch.full((b, n), 0.5), None
 
 
 def _target(boxes, labels, size=(32, 32)):
@@ -95,9 +111,12 @@ def test_assign_batch_stacks_images_and_slices_predictions():
     assert torch.equal(out.matched_gt[0], torch.tensor([[0.0, 0, 16, 16]]).expand(n, 4))
     assert out.matched_gt[1].abs().sum() == 0 and not out.pos[1].any()
     assert out.quality[0].tolist() == [0.5] * n and out.quality[1].abs().sum() == 0
-    # only image 0 reaches _assign (image 1 has no GT); it got its own row of the predictions
+    # one batched call with the batch's predictions
     (p,) = rec.calls
-    assert torch.equal(p.boxes, boxes[0]) and torch.equal(p.scores, scores[0])
+    assert torch.equal(p.boxes, boxes) and torch.equal(p.scores, scores)
+    # the GT statistics: GT 1 of image 0 got no positive; its size is sqrt(26 * 26)
+    assert out.stats["num_gt"].item() == 2 and out.stats["num_gt_unmatched"].item() == 1
+    assert out.stats["min_unmatched_size"].item() == 26.0
 
 
 def test_assign_batch_equals_per_image_calls():

@@ -165,6 +165,26 @@ def test_empty_gt_gives_finite_losses_and_backward(regression_type):
     assert torch.isfinite(module.head.cls_logits.weight.grad).all()
 
 
+def test_one_pixel_gts_get_no_positive_and_are_counted():
+    """Issue 28's silent case: 1 x 1 px GTs (no anchor centre inside) train no regression; the
+    step's statistics say so (read by the hooks' UnmatchedGTWarning)."""
+    module = _module()
+    module.train()
+    images, feats = _inputs()
+    tiny = [_target([[10.0, 10.0, 11.0, 11.0], [30.0, 40.0, 31.0, 41.0]], [1, 2]),
+            _target([[50.0, 2.0, 51.0, 3.0]], [3])]
+    losses = module(images, feats, tiny)[1]
+    assert losses["loss_reg"].item() == 0 and losses["loss_centerness"].item() == 0
+    stats = {k: v.item() for k, v in module.step_metrics.items()}
+    assert stats == {"num_gt": 3, "num_gt_unmatched": 3, "min_unmatched_size": 1.0}
+    # a normal box next to them gets positives; only the tiny ones are counted
+    mixed = [_target([[10.0, 10.0, 11.0, 11.0], [4.0, 4.0, 44.0, 36.0]], [1, 2]), _target([], [])]
+    losses = module(images, feats, mixed)[1]
+    assert losses["loss_reg"].item() > 0
+    stats = {k: v.item() for k, v in module.step_metrics.items()}
+    assert stats == {"num_gt": 2, "num_gt_unmatched": 1, "min_unmatched_size": 1.0}
+
+
 def test_training_without_targets_raises():
     module = _module()
     module.train()

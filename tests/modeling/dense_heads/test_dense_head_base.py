@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.layers import DFConv2d
-from maskrcnn_benchmark.modeling.assigners import AssignResult, BaseAssigner
+from maskrcnn_benchmark.modeling.assigners import BaseAssigner
 from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS, config_node, num_classes_key
 from maskrcnn_benchmark.modeling.dense_heads.base import (DenseHead, DenseOutputs, DensePostProcessor,
                                                           ScoreRule, check_num_classes, conv_tower,
@@ -46,10 +46,10 @@ class FakeAssigner(BaseAssigner):
     def __init__(self):
         self.calls = []
 
-    def _assign(self, levels, anchors, gt_boxes, gt_labels, predictions):
+    def _assign(self, levels, anchors, gt, predictions):
         self.calls.append((levels, predictions, torch.is_grad_enabled()))
-        n = anchors.shape[0]
-        return AssignResult.from_gt_inds(torch.zeros(n, dtype=torch.int64), gt_labels, torch.ones(n))
+        b, n = gt.boxes.shape[0], anchors.shape[0]
+        return torch.zeros(b, n, dtype=torch.int64), torch.ones(b, n), None
 
 
 class FakeLoss:
@@ -93,18 +93,19 @@ def test_training_step_flattens_assigns_without_grad_and_calls_the_loss():
     assert isinstance(outputs, DenseOutputs) and torch.equal(outputs.cls_logits, ref_cls)
     assert torch.equal(outputs.quality, torch.cat([x.flatten(2)[:, 0] for x in raw[2]], dim=1))
     # priors: one Tensor[N_l, 2] per level (not per image)
-    assert [p.shape for p in priors] == [(24, 2), (6, 2)] and got_targets is targets
-    # the assigner saw zero-size prior boxes, each image its own row of detached predictions
-    assert len(m.assigner.calls) == 2
+    assert [p.shape for p in priors] == [(24, 2), (6, 2)]
+    # the loss got the targets padded to one GTBatch (1 GT each here)
+    assert torch.equal(got_targets.boxes, torch.stack([t.bbox for t in targets]))
+    assert got_targets.labels.tolist() == [[2], [1]] and got_targets.valid.all()
+    # one batched assigner call: zero-size prior boxes, the batch's detached predictions
+    (levels, pred, grad_on), = m.assigner.calls
     points = torch.cat(priors)
     pred_boxes = distances_to_boxes(outputs.box_regression.detach(), points[None])
-    for i, (levels, pred, grad_on) in enumerate(m.assigner.calls):
-        assert not grad_on
-        assert torch.equal(torch.cat(levels), torch.cat([points, points], dim=1))
-        assert torch.equal(pred.boxes, pred_boxes[i]) and not pred.boxes.requires_grad
-        # sigmoid of the whole batch vs of one image: vectorised tails may differ by an ulp
-        torch.testing.assert_close(pred.scores, outputs.cls_logits[i].detach().sigmoid(), rtol=1e-6, atol=1e-7)
-        assert not pred.scores.requires_grad
+    assert not grad_on
+    assert torch.equal(torch.cat(levels), torch.cat([points, points], dim=1))
+    assert torch.equal(pred.boxes, pred_boxes) and not pred.boxes.requires_grad
+    torch.testing.assert_close(pred.scores, outputs.cls_logits.detach().sigmoid())
+    assert not pred.scores.requires_grad
     assert assignment.labels.shape == (2, 30)
     assert assignment.labels[0].unique().tolist() == [2] and assignment.labels[1].unique().tolist() == [1]
     assert torch.equal(assignment.matched_gt[1], targets[1].bbox.expand(30, 4))

@@ -6,6 +6,7 @@ import torch
 
 from maskrcnn_benchmark.config import cfg as _default_cfg
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
+from maskrcnn_benchmark.modeling.assigners import GTBatch
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 from maskrcnn_benchmark.modeling.dense_heads import num_classes_key, set_num_classes
 from maskrcnn_benchmark.modeling.dense_heads.free_anchor import FreeAnchorLoss
@@ -108,7 +109,8 @@ def test_positive_anchor_prob_is_max_over_same_class_objects():
     loss = FreeAnchorLoss(BoxCoder(), iou_threshold=0.5)
     pred = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 7.5], [20.0, 20.0, 30.0, 30.0]])
     gts = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 6.0]])
-    prob = loss.positive_anchor_prob(pred, gts, torch.tensor([2, 2]), 3)
+    gt = GTBatch.from_lists([gts], [torch.tensor([2, 2])])
+    prob = loss.positive_anchor_prob(pred[None], gt, 3)[0]
     # GT 0: IoUs 1, 0.75, 0 -> (iou - 0.5) / 0.5 = 1, 0.5, 0; GT 1: IoUs 0.6, 0.8, 0 -> t2 = 0.8:
     # 1/3, 1, 0. Class 2 takes the max.
     torch.testing.assert_close(prob[:, 1], torch.tensor([1.0, 1.0, 0.0]))
