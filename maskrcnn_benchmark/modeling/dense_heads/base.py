@@ -489,9 +489,7 @@ class DenseHead(nn.Module):
                                  f"{len(images.image_sizes)} images")
             outputs = self.flatten(self.head(features))
             return None, self.losses(outputs, self.priors(features), targets)
-        candidates = self.candidates(images, features)
-        with torch.no_grad(), torch.autocast(device_type=candidates.scores.device.type, enabled=False):
-            return self.post_processor.select(candidates).to_boxlists(), {}
+        return self.detect(self.candidates(images, features)).to_boxlists(), {}
 
     @torch.no_grad()
     def candidates(self, images: ImageList, features: Sequence[torch.Tensor]) -> DenseCandidates:
@@ -500,3 +498,10 @@ class DenseHead(nn.Module):
         prediction = self.predict(features).float()
         with torch.autocast(device_type=prediction.scores.device.type, enabled=False):
             return self.post_processor.candidates(prediction, images.image_sizes)
+
+    @torch.no_grad()
+    def detect(self, candidates: DenseCandidates) -> DetectionBatch:
+        """Eval: NMS and top-N of every image of ``candidates`` (:meth:`DensePostProcessor.select`,
+        one NMS call, float32); fixed-size detections on the device."""
+        with torch.autocast(device_type=candidates.scores.device.type, enabled=False):
+            return self.post_processor.select(candidates)
