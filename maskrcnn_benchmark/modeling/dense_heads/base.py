@@ -303,8 +303,8 @@ class DensePostProcessor:
 
     def candidates(self, prediction: DensePrediction,
                    image_sizes: Sequence[Tuple[int, int]]) -> DenseCandidates:
-        """Per image the ``pre_nms_top_n`` best (prior, class) pairs of each level (unsorted),
-        levels concatenated; boxes clipped to the image, empty ones masked. No sync."""
+        """Per image the ``pre_nms_top_n`` best (prior, class) pairs of each level (in (prior,
+        class) order), levels concatenated; boxes clipped to the image, empty ones masked. No sync."""
         c = prediction.scores.shape[-1]
         scores, boxes, labels = [], [], []
         start = 0
@@ -364,11 +364,14 @@ class DensePostProcessor:
 
     def _level_top(self, scores: torch.Tensor, mask: torch.Tensor):
         """One level of every image: Tensor[B, N_l, C] scores / mask -> the ``pre_nms_top_n``
-        best (prior, class) pairs per image, unsorted: (scores [B, k] with -1 for non-candidates,
-        flat indices ``prior * C + class`` [B, k]); one ``topk`` for the batch."""
+        best (prior, class) pairs per image in (prior, class) order: (scores [B, k] with -1 for
+        non-candidates, flat indices ``prior * C + class`` [B, k]); one ``topk`` for the batch.
+        The order makes ties in NMS and top-N independent of the ``topk`` kernel."""
         flat = scores.masked_fill(~mask, -1.0).flatten(1)
         k = min(self.pre_nms_top_n, flat.shape[1])
-        return flat.topk(k, dim=1, sorted=False)
+        top, idx = flat.topk(k, dim=1, sorted=False)
+        idx, order = idx.sort(dim=1)
+        return top.gather(1, order), idx
 
 
 # ---- the pipeline --------------------------------------------------------------------------------
