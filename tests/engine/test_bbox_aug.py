@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dist_helpers import run_ranks
+from plain_boxes import iou
 from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.engine.bbox_aug import (Augmentation, BBoxAugmentor, box_voting,
                                                 build_bbox_augmentor, detect_augmented,
@@ -114,14 +115,6 @@ def test_size_range_filters_in_the_view_frame():
     assert out.bbox.tolist() == [[0.0, 0.0, 10.0, 10.0]]
 
 
-def _iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _plain_vote(boxes, scores, labels, th, soft_th=None):
     """The original greedy loop, per class, in plain Python (continuous IoU, no "+1")."""
     out = []
@@ -129,8 +122,8 @@ def _plain_vote(boxes, scores, labels, th, soft_th=None):
         dets = sorted([(s, b) for b, s, l in zip(boxes, scores, labels) if l == c], key=lambda d: -d[0])
         while dets:
             head = dets[0]
-            members = [(s, b, _iou(head[1], b)) for s, b in dets if _iou(head[1], b) >= th]
-            dets = [(s, b) for s, b in dets if _iou(head[1], b) < th]
+            members = [(s, b, iou(head[1], b)) for s, b in dets if iou(head[1], b) >= th]
+            dets = [(s, b) for s, b in dets if iou(head[1], b) < th]
             wsum = sum(s for s, _, _ in members)
             mean = [sum(s * b[k] for s, b, _ in members) / wsum for k in range(4)]
             out.append((head[0], mean, c))
@@ -143,7 +136,7 @@ def _plain_nms(boxes, scores, labels, th):
     out = []
     order = sorted(range(len(boxes)), key=lambda i: -scores[i])
     for i in order:
-        if all(labels[j] != labels[i] or _iou(boxes[i], boxes[j]) <= th for j in out):
+        if all(labels[j] != labels[i] or iou(boxes[i], boxes[j]) <= th for j in out):
             out.append(i)
     return out
 

@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+from plain_boxes import iou
 from maskrcnn_benchmark.modeling.dense_heads.base import (DenseCandidates, DensePostProcessor,
                                                           DensePrediction, clip_boxes_to_images)
 
@@ -34,14 +35,6 @@ def _prediction(seed, image_sizes=IMAGE_SIZES, threshold=0.3, levels=(0.0, 0.2, 
     return DensePrediction(scores, boxes, scores > threshold, LEVELS)
 
 
-def _iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _reference(pred, i, image_hw, pre_nms_top_n, nms_thresh, detections_per_img):
     """One image in plain Python: per level the ``pre_nms_top_n`` best candidates (reported in
     (prior, class) order), clipped, empty dropped; greedy per-class NMS in decreasing score
@@ -60,7 +53,7 @@ def _reference(pred, i, image_hw, pre_nms_top_n, nms_thresh, detections_per_img)
         start += n
     kept = []
     for j in sorted(range(len(cands)), key=lambda j: -cands[j][1]):  # stable: ties in candidate order
-        if all(cands[k][2] != cands[j][2] or _iou(cands[k][0], cands[j][0]) <= nms_thresh for k in kept):
+        if all(cands[k][2] != cands[j][2] or iou(cands[k][0], cands[j][0]) <= nms_thresh for k in kept):
             kept.append(j)
     return [cands[j] for j in kept[:detections_per_img]]
 
