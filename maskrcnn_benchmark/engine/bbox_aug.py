@@ -47,8 +47,8 @@ from maskrcnn_benchmark.structures.box_ops import box_area, pairwise_iou
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
 __all__ = ["Augmentation", "BBoxAugmentor", "MERGE_TYPES", "build_bbox_augmentor",
-           "detect_augmented", "detect_views_batched", "keep_size_range", "merge_detections", "box_voting", "soft_box_voting",
-           "tta_input_transforms"]
+           "detect_augmented", "detect_views_batched", "keep_size_range", "merge_detections",
+           "box_voting", "soft_box_voting", "tta_input_transforms"]
 
 logger = logging.getLogger(__name__)
 

@@ -223,8 +223,8 @@ class DenseCandidates:
         m = max(p.scores.shape[1] for p in parts)
 
         def pad(t: torch.Tensor, value: float) -> torch.Tensor:
-            extra = m - t.shape[1]
-            return t if extra == 0 else torch.cat([t, t.new_full((t.shape[0], extra) + t.shape[2:], value)], 1)
+            extra = (t.shape[0], m - t.shape[1]) + tuple(t.shape[2:])
+            return t if extra[1] == 0 else torch.cat([t, t.new_full(extra, value)], dim=1)
 
         return DenseCandidates(torch.cat([pad(p.scores, -1.0) for p in parts]),
                                torch.cat([pad(p.boxes, 0.0) for p in parts]),
