@@ -7,8 +7,9 @@ FLOPs are counted by ``torch.utils.flop_counter`` on one forward pass of the mod
 (inference, post-processing included) on a random image; one FLOP is one multiply or add (a
 multiply-add is 2). The project's compiled ops (deformable convolution, box IoU, NMS, focal loss)
 are counted by the formulas of ``maskrcnn_benchmark/utils/flop_count.py``, not as zero; NMS is
-counted as its worst case (data dependent). Default size: INPUT.MIN_SIZE_TEST x INPUT.MAX_SIZE_TEST.
-Weights: random unless --load-weights (then MODEL.WEIGHT); they change only post-processing FLOPs.
+counted as its worst case over every candidate slot of the batch (the post-processor's one NMS
+call sees a fixed number of slots, whatever the scores). Default size: INPUT.MIN_SIZE_TEST x
+INPUT.MAX_SIZE_TEST. Weights: random unless --load-weights (then MODEL.WEIGHT).
 """
 from __future__ import annotations
 

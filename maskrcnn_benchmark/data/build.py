@@ -159,6 +159,9 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, s
     ``transforms`` replaces the config's transforms when given (test-time augmentation loads the
     images at their original size and resizes them itself).
 
+    With a CUDA ``MODEL.DEVICE`` the batches are pinned (``pin_memory=True``: ImageList / BoxList
+    ``pin_memory``), so the copies to the GPU (``.to(device, non_blocking=True)``) are asynchronous.
+
     Each loader has ``.num_foreground_classes`` and ``.class_names`` attributes (its datasets'
     ``K`` and names incl. ``"__background__"``).
     """
@@ -178,6 +181,8 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, s
     num_fg = num_foreground_classes(datasets)
 
     collator = BatchCollator(cfg.DATALOADER.SIZE_DIVISIBILITY)
+    # page-locked batches for a CUDA model: the step's copies to the GPU are non_blocking, no sync
+    pin_memory = torch.device(cfg.MODEL.DEVICE).type == "cuda" and torch.cuda.is_available()
     loaders = []
     for dataset in datasets:
         sampler = samplers.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=is_train,
@@ -194,7 +199,7 @@ def make_data_loader(cfg, is_train: bool = True, is_distributed: bool = False, s
         generator = torch.Generator()
         generator.manual_seed(seed + 1000003 * rank + start_iter)
         loader = DataLoader(dataset, num_workers=cfg.DATALOADER.NUM_WORKERS, batch_sampler=batch_sampler,
-                            collate_fn=collator, generator=generator,
+                            collate_fn=collator, generator=generator, pin_memory=pin_memory,
                             worker_init_fn=_worker_init if cfg.DATALOADER.NUM_WORKERS > 0 else None)
         loader.num_foreground_classes = num_fg
         loader.class_names = list(_leaf_datasets([dataset])[0].class_names)

@@ -1,11 +1,14 @@
 """Test-time augmentation (TTA) for every dense detector: horizontal flip, several scales, and the
 merge of the original ATSS / Dynamic ATSS releases (per-class NMS, box voting or soft voting).
 
-It is built on the detector's public inference interface only: ``model(images)`` in eval mode
-returns per image a :class:`BoxList` (fields ``scores``, ``labels``) in the frame of the (resized)
-input image. Each augmentation runs once on the whole batch; its boxes are mapped back exactly to
-the original image: a flip is undone in the augmented frame (``x1' = w - x2``, ``x2' = w - x1``,
-no "+1"), then the boxes are divided by the resize factors ``(w_aug / w, h_aug / h)``.
+It works with any detector whose ``model(images)`` in eval mode returns per image a
+:class:`BoxList` (fields ``scores``, ``labels``) in the frame of the (resized) input image. Each
+augmentation runs once on the whole batch; its boxes are mapped back exactly to the original
+image: a flip is undone in the augmented frame (``x1' = w - x2``, ``x2' = w - x1``, no "+1"), then
+the boxes are divided by the resize factors ``(w_aug / w, h_aug / h)``. A dense detector
+(``model.candidates`` / ``model.detect``) runs every view's NMS in one call and copies all views'
+detections to the host at once (:func:`detect_views_batched`: two host syncs per batch, whatever
+the number of views); the mapping back and the merge run on the host.
 
 Augmentations (``TEST.BBOX_AUG.*``, the original keys):
 
@@ -44,8 +47,8 @@ from maskrcnn_benchmark.structures.box_ops import box_area, pairwise_iou
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
 __all__ = ["Augmentation", "BBoxAugmentor", "MERGE_TYPES", "build_bbox_augmentor",
-           "detect_augmented", "keep_size_range", "merge_detections", "box_voting", "soft_box_voting",
-           "tta_input_transforms"]
+           "detect_augmented", "detect_views_batched", "keep_size_range", "merge_detections",
+           "box_voting", "soft_box_voting", "tta_input_transforms"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +187,43 @@ def _images_as_list(images) -> List[Tensor]:
     return list(images)
 
 
+def _view_batch(images: Sequence[Tensor], aug: Augmentation, normalize,
+                size_divisibility: int) -> ImageList:
+    """One view of every image (resized, mirrored with ``aug.hflip``, normalised), batched; on the
+    images' device."""
+    resize = T.Resize(aug.min_size, aug.max_size if aug.max_size > 0 else None)
+    views = []
+    for img in images:
+        view, _ = resize(img)
+        if aug.hflip:
+            view = view.flip(-1)
+        views.append(normalize(view, None)[0])
+    return to_image_list(views, size_divisibility)
+
+
+def _map_back(pred: BoxList, aug: Augmentation, view_hw: Tuple[int, int], size: Tuple[int, int]) -> BoxList:
+    """A view's detections (BoxList in the ``view_hw`` (h, w) frame) -> the original image's frame
+    (``size`` (w, h)): flip undone, ``aug.size_range`` applied in the view frame, resized."""
+    view_size = (int(view_hw[1]), int(view_hw[0]))
+    if tuple(pred.size) != view_size:
+        raise ValueError(f"test-time augmentation: the model returned boxes for an image of size "
+                         f"{pred.size} (w, h), expected the input size {view_size}")
+    if aug.hflip:
+        pred = pred.transpose(FLIP_LEFT_RIGHT)
+    if aug.size_range is not None:
+        pred = pred[keep_size_range(pred.bbox, *aug.size_range)]
+    return pred.resize(size)
+
+
+def _original_sizes(images: Sequence[Tensor]) -> List[Tuple[int, int]]:
+    return [(int(img.shape[-1]), int(img.shape[-2])) for img in images]
+
+
 @torch.no_grad()
 def detect_augmented(model: nn.Module, images: Sequence[Tensor], aug: Augmentation, normalize,
                      size_divisibility: int = 0) -> List[BoxList]:
-    """Detections of one augmented view of every image, mapped back to the original image.
+    """Detections of one augmented view of every image, mapped back to the original image
+    (any detector: ``model(ImageList)``; one NMS call and one host copy for the view).
 
     Args:
         model: detector in eval mode (``model(ImageList) -> list of BoxList`` in the input frame).
@@ -197,28 +233,33 @@ def detect_augmented(model: nn.Module, images: Sequence[Tensor], aug: Augmentati
     Returns:
         per image a BoxList of size ``(W_i, H_i)`` with ``scores`` and ``labels``.
     """
-    resize = T.Resize(aug.min_size, aug.max_size if aug.max_size > 0 else None)
-    views, sizes = [], []
-    for img in images:
-        view, _ = resize(img)
-        if aug.hflip:
-            view = view.flip(-1)
-        view, _ = normalize(view, None)
-        views.append(view)
-        sizes.append((int(img.shape[-1]), int(img.shape[-2])))
-    outputs = model(to_image_list(views, size_divisibility))
-    results = []
-    for pred, view, size in zip(outputs, views, sizes):
-        view_size = (int(view.shape[-1]), int(view.shape[-2]))
-        if tuple(pred.size) != view_size:
-            raise ValueError(f"test-time augmentation: the model returned boxes for an image of size "
-                             f"{pred.size} (w, h), expected the input size {view_size}")
-        if aug.hflip:
-            pred = pred.transpose(FLIP_LEFT_RIGHT)
-        if aug.size_range is not None:
-            pred = pred[keep_size_range(pred.bbox, *aug.size_range)]
-        results.append(pred.resize(size))
-    return results
+    batch = _view_batch(images, aug, normalize, size_divisibility)
+    outputs = model(batch)
+    return [_map_back(pred, aug, hw, size)
+            for pred, hw, size in zip(outputs, batch.image_sizes, _original_sizes(images))]
+
+
+@torch.no_grad()
+def detect_views_batched(model: nn.Module, images: Sequence[Tensor], augs: Sequence[Augmentation],
+                         normalize, size_divisibility: int = 0) -> List[List[BoxList]]:
+    """:func:`detect_augmented` of every view, with ONE NMS call and ONE device-to-host copy for
+    all views and images: the pre-NMS candidates of each view (``model.candidates``, fixed shapes
+    on the device) are stacked (:meth:`DenseCandidates.cat`; NMS groups are per view and image, so
+    views never suppress each other) and finished by ``model.detect``; the mapping back runs on
+    the host. Needs a dense detector (:class:`GeneralizedRCNN`); the detections equal
+    :func:`detect_augmented`'s.
+
+    Returns:
+        per view, per image a CPU BoxList of size ``(W_i, H_i)`` with ``scores`` and ``labels``.
+    """
+    from maskrcnn_benchmark.modeling.dense_heads.base import DenseCandidates
+
+    batches = [_view_batch(images, aug, normalize, size_divisibility) for aug in augs]
+    candidates = DenseCandidates.cat([model.candidates(batch) for batch in batches])
+    dets = model.detect(candidates).to_boxlists()
+    n, sizes = len(images), _original_sizes(images)
+    return [[_map_back(dets[v * n + i], aug, batch.image_sizes[i], sizes[i]) for i in range(n)]
+            for v, (aug, batch) in enumerate(zip(augs, batches))]
 
 
 class BBoxAugmentor:
@@ -267,8 +308,12 @@ class BBoxAugmentor:
             at most ``detections_per_img`` boxes, sorted by decreasing score.
         """
         images = _images_as_list(images)
-        views = [detect_augmented(model, images, aug, self.normalize, self.size_divisibility)
-                 for aug in self.augmentations]
+        if hasattr(model, "candidates") and hasattr(model, "detect"):  # one sync for all views
+            views = detect_views_batched(model, images, self.augmentations, self.normalize,
+                                         self.size_divisibility)
+        else:
+            views = [detect_augmented(model, images, aug, self.normalize, self.size_divisibility)
+                     for aug in self.augmentations]
         results = []
         for per_view in zip(*views):
             size = per_view[0].size

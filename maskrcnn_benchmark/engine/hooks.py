@@ -501,8 +501,8 @@ def run_training(state: TrainState, data_loader, hooks: List[HookBase],
                                f"{state.max_iter - state.start_iter} batches (built with "
                                f"start_iter={state.start_iter})") from None
         state.data_time = time.perf_counter() - state._tic
-        images = images.to(state.device)
-        targets = [t.to(state.device) for t in targets]
+        images = images.to(state.device, non_blocking=True)  # pinned by the loader on CUDA
+        targets = [t.to(state.device, non_blocking=True) for t in targets]
         train_step(state, images, targets, hooks)
         state.arguments["iteration"] = iteration
         state.step_time = time.perf_counter() - state._tic

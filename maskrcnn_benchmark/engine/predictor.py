@@ -208,7 +208,10 @@ class Predictor:
             return []
         originals = [read_image(image) for image in images]
         tensors = [self.transforms(image, None)[0] for image in originals]
-        batch = to_image_list(tensors, self.size_divisibility).to(self.device)
+        batch = to_image_list(tensors, self.size_divisibility)
+        if self.device.type == "cuda":  # page-locked: an asynchronous copy, no sync
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
         outputs = self.model(batch)
         results = []
         for original, pred in zip(originals, outputs):

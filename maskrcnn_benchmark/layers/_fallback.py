@@ -114,7 +114,10 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Optio
         if rest[nxt]:
             break
         i = i + 1 + nxt
-    return order[torch.as_tensor(keep, dtype=torch.int64).to(device)]
+    kept = torch.as_tensor(keep, dtype=torch.int64)
+    if device.type != "cpu":  # page-locked: an asynchronous copy back, no second sync
+        kept = kept.pin_memory()
+    return order[kept.to(device, non_blocking=True)]
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

@@ -85,10 +85,18 @@ class BoxList:
             raise ValueError(f"BoxList.transpose: unknown method {method}")
         return self._copy_with(bbox)
 
-    def to(self, device) -> "BoxList":
-        fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                  for k, v in self.extra_fields.items()}
-        return self._copy_with(self.bbox.to(device), fields=fields)
+    def to(self, device, non_blocking: bool = False) -> "BoxList":
+        """The boxes and tensor fields on ``device``; ``non_blocking`` (from pinned memory) does
+        not wait for the copies."""
+        return self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "BoxList":
+        """The boxes and tensor fields in page-locked host memory (``DataLoader(pin_memory=True)``)."""
+        return self._map_tensors(lambda t: t.pin_memory())
+
+    def _map_tensors(self, fn) -> "BoxList":
+        fields = {k: (fn(v) if isinstance(v, torch.Tensor) else v) for k, v in self.extra_fields.items()}
+        return self._copy_with(fn(self.bbox), fields=fields)
 
     def __getitem__(self, item) -> "BoxList":
         fields = {k: (v[item] if isinstance(v, torch.Tensor) and v.ndim > 0 else v)

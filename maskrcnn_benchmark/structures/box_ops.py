@@ -158,8 +158,9 @@ def clip_boxes(boxes: Tensor, image_wh, plus_one: bool = False):
     """Clip boxes to an image and tell which are non-empty (the post-processing rule).
 
     Args:
-        boxes: Tensor[N, 4] continuous ``x1, y1, x2, y2``.
-        image_wh: ``(w, h)`` of the image.
+        boxes: Tensor[..., 4] continuous ``x1, y1, x2, y2``.
+        image_wh: ``(w, h)`` of the image: numbers, or Tensors broadcastable against
+            ``boxes[..., 0]`` (e.g. ``[B, 1]`` for a batch of images of different sizes).
         plus_one: the original releases' rule (``MODEL.LEGACY_PLUS_ONE``): ``clip_to_image`` clamps
             the inclusive corners to ``[0, w - 1]`` / ``[0, h - 1]``, i.e. here ``x1`` to ``[0, w - 1]``
             and ``x2`` to ``[1, w]`` (the inclusive ``x2 - 1`` to ``[0, w - 1]``), and
@@ -167,17 +168,19 @@ def clip_boxes(boxes: Tensor, image_wh, plus_one: bool = False):
             ``x2 >= x1`` here (a box outside the image survives as a 1 px sliver at its border).
 
     Returns:
-        (Tensor[N, 4] clipped boxes, Tensor[N] bool non-empty): continuous ``[0, w] x [0, h]``
-        and ``x2 > x1, y2 > y1``, or the ``plus_one`` rule above.
+        (Tensor[..., 4] clipped boxes, Tensor[...] bool non-empty): continuous ``[0, w] x [0, h]``
+        and ``x2 > x1, y2 > y1``, or the ``plus_one`` rule above. Number sizes are made on the
+        boxes' device by fills (no host-to-device copy).
     """
-    w, h = float(image_wh[0]), float(image_wh[1])
+    w, h = (v if torch.is_tensor(v) else boxes.new_full((), float(v)) for v in image_wh)
+    x1, y1, x2, y2 = boxes.unbind(-1)
     if plus_one:
-        clipped = torch.stack([boxes[:, 0].clamp(0, w - 1), boxes[:, 1].clamp(0, h - 1),
-                               boxes[:, 2].clamp(1, w), boxes[:, 3].clamp(1, h)], dim=1)
-        return clipped, (clipped[:, 2] >= clipped[:, 0]) & (clipped[:, 3] >= clipped[:, 1])
-    clipped = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                           boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
-    return clipped, (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        clipped = torch.stack([torch.minimum(x1.clamp(min=0), w - 1), torch.minimum(y1.clamp(min=0), h - 1),
+                               torch.minimum(x2.clamp(min=1), w), torch.minimum(y2.clamp(min=1), h)], dim=-1)
+        return clipped, (clipped[..., 2] >= clipped[..., 0]) & (clipped[..., 3] >= clipped[..., 1])
+    clipped = torch.stack([torch.minimum(x1.clamp(min=0), w), torch.minimum(y1.clamp(min=0), h),
+                           torch.minimum(x2.clamp(min=0), w), torch.minimum(y2.clamp(min=0), h)], dim=-1)
+    return clipped, (clipped[..., 2] > clipped[..., 0]) & (clipped[..., 3] > clipped[..., 1])
 
 
 def centerness(ltrb: Tensor) -> Tensor:

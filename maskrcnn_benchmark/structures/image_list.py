@@ -14,8 +14,13 @@ class ImageList:
         self.tensors = tensors
         self.image_sizes = [tuple(int(v) for v in s) for s in image_sizes]
 
-    def to(self, device) -> "ImageList":
-        return ImageList(self.tensors.to(device), self.image_sizes)
+    def to(self, device, non_blocking: bool = False) -> "ImageList":
+        """The batch on ``device``; ``non_blocking`` (from pinned memory) does not wait for the copy."""
+        return ImageList(self.tensors.to(device, non_blocking=non_blocking), self.image_sizes)
+
+    def pin_memory(self) -> "ImageList":
+        """The batch in page-locked host memory (``DataLoader(pin_memory=True)`` calls this)."""
+        return ImageList(self.tensors.pin_memory(), self.image_sizes)
 
 
 def to_image_list(tensors: Union[torch.Tensor, Sequence[torch.Tensor], ImageList],

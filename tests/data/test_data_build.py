@@ -75,3 +75,25 @@ def test_collator_pads_to_divisibility():
     assert images.image_sizes == [(3, 5), (9, 2)]
     assert images.tensors[0, :, 3:].abs().sum() == 0 and images.tensors[0, :, :3, :5].min() == 1
     assert idx == (4, 1) and targets == [a, a]
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # no GPU here
+def test_loader_pins_batches_only_for_a_cuda_model(cfg, monkeypatch):
+    """A CUDA MODEL.DEVICE gets pin_memory=True, and pinning reaches every tensor of a batch
+    (ImageList / BoxList.pin_memory); a CPU model does not pin."""
+    assert not make_data_loader(cfg, is_train=False)[0].pin_memory
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    c = cfg.clone()
+    c.merge_from_list(["MODEL.DEVICE", "cuda"])
+    assert make_data_loader(c, is_train=False)[0].pin_memory
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a: pinned.append(t) or t.clone())
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    images, targets, indices = next(iter(make_data_loader(cfg, is_train=False)[0]))
+    out_images, out_targets, out_indices = pin_memory((images, targets, indices))
+    assert any(t is images.tensors for t in pinned) and out_images.image_sizes == images.image_sizes
+    for t, out in zip(targets, out_targets):
+        assert any(p is t.bbox for p in pinned) and any(p is t.get_field("labels") for p in pinned)
+        assert torch.equal(out.bbox, t.bbox) and out.size == t.size
+    assert out_indices == indices and len(pinned) == 1 + 2 * len(targets)

@@ -86,3 +86,14 @@ def test_compose_passes_target_through():
     t = Compose([lambda im, tg: (im + 1, tg), lambda im, tg: (seen.append(tg) or im * 2, tg)])
     out, tg = t(1, "target")
     assert out == 4 and tg == "target" and seen == ["target"]
+
+
+def test_normalize_builds_its_statistics_once_per_device_and_dtype():
+    norm = Normalize([1.0, 2.0, 3.0], [0.5, 1.0, 4.0], to_bgr255=True)
+    x = torch.rand(3, 4, 5) * 255
+    mean, std = norm.stats(x)
+    assert mean.shape == std.shape == (3, 1, 1) and mean.flatten().tolist() == [1.0, 2.0, 3.0]
+    out, _ = norm(x, None)
+    assert torch.equal(out, (x - torch.tensor([1.0, 2.0, 3.0])[:, None, None]) / torch.tensor([0.5, 1.0, 4.0])[:, None, None])
+    assert norm.stats(x * 2)[0] is mean  # the same tensors on the next call
+    assert norm.stats(x.double())[0].dtype == torch.float64 and norm.stats(x.double())[0] is not mean

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dist_helpers import run_ranks
+from plain_boxes import iou
 from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.engine.bbox_aug import (Augmentation, BBoxAugmentor, box_voting,
                                                 build_bbox_augmentor, detect_augmented,
@@ -114,14 +115,6 @@ def test_size_range_filters_in_the_view_frame():
     assert out.bbox.tolist() == [[0.0, 0.0, 10.0, 10.0]]
 
 
-def _iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _plain_vote(boxes, scores, labels, th, soft_th=None):
     """The original greedy loop, per class, in plain Python (continuous IoU, no "+1")."""
     out = []
@@ -129,8 +122,8 @@ def _plain_vote(boxes, scores, labels, th, soft_th=None):
         dets = sorted([(s, b) for b, s, l in zip(boxes, scores, labels) if l == c], key=lambda d: -d[0])
         while dets:
             head = dets[0]
-            members = [(s, b, _iou(head[1], b)) for s, b in dets if _iou(head[1], b) >= th]
-            dets = [(s, b) for s, b in dets if _iou(head[1], b) < th]
+            members = [(s, b, iou(head[1], b)) for s, b in dets if iou(head[1], b) >= th]
+            dets = [(s, b) for s, b in dets if iou(head[1], b) < th]
             wsum = sum(s for s, _, _ in members)
             mean = [sum(s * b[k] for s, b, _ in members) / wsum for k in range(4)]
             out.append((head[0], mean, c))
@@ -143,7 +136,7 @@ def _plain_nms(boxes, scores, labels, th):
     out = []
     order = sorted(range(len(boxes)), key=lambda i: -scores[i])
     for i in order:
-        if all(labels[j] != labels[i] or _iou(boxes[i], boxes[j]) <= th for j in out):
+        if all(labels[j] != labels[i] or iou(boxes[i], boxes[j]) <= th for j in out):
             out.append(i)
     return out
 
@@ -356,3 +349,31 @@ def test_scale_merge_hand_computed():
     torch.testing.assert_close(soft.get_field("scores"), torch.tensor([0.8, 0.5, 0.4 * (1 - 196 / 460)]))
     assert soft.bbox[2].tolist() == [10, 10, 30, 30]
     assert len(BBoxAugmentor(views, "soft-vote", soft_score_thresh=0.3, **kw)(FixedPixelBox(), image)[0]) == 2
+
+
+def test_batched_views_of_a_dense_detector_equal_one_view_at_a_time():
+    """A dense detector's views share one NMS call and one host copy (``detect_views_batched``):
+    the same detections, bit for bit, as running each view through ``model(images)``."""
+    from maskrcnn_benchmark.engine.bbox_aug import detect_views_batched
+    from maskrcnn_benchmark.modeling.dense_heads import set_num_classes
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+
+    cfg = default_cfg.clone()
+    cfg.merge_from_file(os.path.join(ROOT, "configs/atss/atss_R_18_FPN_small.yaml"))
+    cfg.merge_from_list(["MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64, "MODEL.ATSS.NUM_CONVS", 1,
+                         "MODEL.ATSS.INFERENCE_TH", 0.0, "MODEL.ATSS.PRE_NMS_TOP_N", 50, "TEST.DETECTIONS_PER_IMG", 20])
+    set_num_classes(cfg, 4)
+    torch.manual_seed(0)
+    model = build_detection_model(cfg).eval()
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, 40, 56, generator=g) * 255, torch.rand(3, 48, 36, generator=g) * 255]
+    views = [Augmentation(40, 1000), Augmentation(40, 1000, hflip=True), Augmentation(64, 1000),
+             Augmentation(48, 1000, True, (4.0, 40.0))]
+    normalize = T.Normalize((102.9801, 115.9465, 122.7717), (1.0, 1.0, 1.0), True)
+    batched = detect_views_batched(model, images, views, normalize, 32)
+    for aug, got in zip(views, batched):
+        for a, b in zip(got, detect_augmented(model, images, aug, normalize, 32)):
+            assert a.size == b.size and len(b) > 0
+            assert torch.equal(a.bbox, b.bbox)
+            assert torch.equal(a.get_field("scores"), b.get_field("scores"))
+            assert torch.equal(a.get_field("labels"), b.get_field("labels"))

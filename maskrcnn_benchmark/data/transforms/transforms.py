@@ -10,7 +10,7 @@ its own seed (:func:`apply_transforms`), so a sample does not depend on the work
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -209,15 +209,25 @@ class Normalize:
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         self.to_bgr255 = bool(to_bgr255)
+        self._stats: Dict[Tuple[torch.device, torch.dtype], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def stats(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)``, each Tensor[3, 1, 1] on ``like``'s device and dtype, built once per
+        (device, dtype) from fills (no host-to-device copy; test-time augmentation normalises
+        every view on the GPU)."""
+        key = (like.device, like.dtype)
+        if key not in self._stats:
+            self._stats[key] = tuple(torch.cat([like.new_full((1, 1, 1), v) for v in values])
+                                     for values in (self.mean, self.std))
+        return self._stats[key]
 
     def __call__(self, image: torch.Tensor, target: Optional[BoxList] = None,
                  generator: Optional[torch.Generator] = None):
         if not isinstance(image, torch.Tensor):
             raise TypeError("Normalize expects a tensor; put ToTensor() before it")
         if not self.to_bgr255:
-            image = image[[2, 1, 0]] / 255.0
-        mean = image.new_tensor(self.mean)[:, None, None]
-        std = image.new_tensor(self.std)[:, None, None]
+            image = image.flip(0) / 255.0  # BGR -> RGB
+        mean, std = self.stats(image)
         return (image - mean) / std, target
 
     def __repr__(self) -> str:

@@ -22,7 +22,8 @@ the host), then :meth:`DenseHead.training_losses`: :meth:`DenseHead.flatten` ->
 -> the loss. That step has fixed shapes and no host-device synchronisation (no ``nonzero``,
 boolean-mask indexing or host read; the normalisers stay tensors), so it can be compiled whole
 (``compile_step``). Inference: :meth:`DenseHead.predict` (traceable, fixed shapes) ->
-:class:`DensePostProcessor` (per-level top-k, clip, class-aware NMS, top-N).
+:class:`DensePostProcessor` (per-level top-k, clip, class-aware NMS, top-N: fixed shapes, one NMS
+call per batch, one device-to-host copy of the detections).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from maskrcnn_benchmark.structures.image_list import ImageList
 from maskrcnn_benchmark.utils.comm import get_world_size, reduce_sum
 
 __all__ = ["DenseHead", "DenseOutputs", "DensePrediction", "DensePostProcessor", "ScoreRule",
+           "DenseCandidates", "DetectionBatch", "clip_boxes_to_images",
            "permute_and_flatten", "concat_levels", "reduce_mean_count", "init_conv_std",
            "conv_tower", "check_num_classes", "WEIGHT_EPS", "positive_boxes", "where_weighted",
            "as_gt_batch"]
@@ -213,14 +215,116 @@ class ScoreRule:
 
 
 # ---- post-processing -----------------------------------------------------------------------------
+def clip_boxes_to_images(boxes: torch.Tensor, image_sizes: Sequence[Tuple[int, int]],
+                         plus_one: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Boxes Tensor[B, M, 4] (x1, y1, x2, y2) clipped to their image, and which are non-empty.
+
+    ``image_sizes``: per image ``(h, w)``. The rule is :func:`~maskrcnn_benchmark.structures.box_ops.clip_boxes`
+    (continuous ``[0, w] x [0, h]``, or with ``plus_one`` the original releases' rule,
+    ``MODEL.LEGACY_PLUS_ONE``). The limits are built on the boxes' device from the Python sizes by
+    fills, so no host-to-device copy is made.
+
+    Returns:
+        (Tensor[B, M, 4] clipped boxes, Tensor[B, M] bool non-empty).
+    """
+    if len(image_sizes) != boxes.shape[0]:
+        raise ValueError(f"clip_boxes_to_images: {len(image_sizes)} image sizes for a batch of "
+                         f"{boxes.shape[0]}")
+    wh = torch.stack([torch.cat([boxes.new_full((1,), float(w)), boxes.new_full((1,), float(h))])
+                      for h, w in image_sizes])  # [B, 2]
+    return clip_boxes(boxes, (wh[:, 0:1], wh[:, 1:2]), plus_one=plus_one)
+
+
+@dataclass
+class DenseCandidates:
+    """The pre-NMS candidates of a batch: fixed shapes, on the model's device (the output of
+    :meth:`DensePostProcessor.candidates`; ``M = sum_l min(pre_nms_top_n, N_l * C)``).
+
+    Attributes:
+        scores: Tensor[B, M] float32, >= 0 for a candidate and -1 in an empty slot (a (prior,
+            class) pair below the threshold, or a box that is empty after clipping): empty slots
+            are masked, never removed, so no shape depends on the data.
+        boxes: Tensor[B, M, 4] float32, clipped to the image.
+        labels: Tensor[B, M] int64 class in 1..C.
+        image_sizes: per image ``(h, w)`` (the boxes' frame).
+        num_classes: C.
+    """
+
+    scores: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    image_sizes: List[Tuple[int, int]]
+    num_classes: int
+
+    @staticmethod
+    def cat(parts: Sequence["DenseCandidates"]) -> "DenseCandidates":
+        """The images of several batches as one batch (e.g. the views of test-time augmentation);
+        each part padded to the largest ``M`` with empty slots."""
+        if not parts or len({p.num_classes for p in parts}) != 1:
+            raise ValueError("DenseCandidates.cat: needs one or more parts with the same num_classes")
+        m = max(p.scores.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor, value: float) -> torch.Tensor:
+            extra = (t.shape[0], m - t.shape[1]) + tuple(t.shape[2:])
+            return t if extra[1] == 0 else torch.cat([t, t.new_full(extra, value)], dim=1)
+
+        return DenseCandidates(torch.cat([pad(p.scores, -1.0) for p in parts]),
+                               torch.cat([pad(p.boxes, 0.0) for p in parts]),
+                               torch.cat([pad(p.labels, 1) for p in parts]),
+                               [s for p in parts for s in p.image_sizes], parts[0].num_classes)
+
+
+@dataclass
+class DetectionBatch:
+    """Fixed-size detections of a batch, on the model's device (the output of
+    :meth:`DensePostProcessor.select`; ``K = min(detections_per_img, M)``).
+
+    Per image the detections come first, by decreasing score (ties: candidate order); the rows
+    after them are padding with label 0, score 0 and a zero box.
+
+    Attributes:
+        boxes: Tensor[B, K, 4]; scores: Tensor[B, K] float32; labels: Tensor[B, K] int64 in 1..C
+        (0: padding); image_sizes: per image ``(h, w)``.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    image_sizes: List[Tuple[int, int]]
+
+    def to_boxlists(self) -> List[BoxList]:
+        """Per image a BoxList on the CPU (size ``(w, h)``, fields ``scores`` float32 and
+        ``labels`` int64), built on the host after ONE device-to-host copy of the whole batch
+        (boxes, scores and labels packed in one tensor; labels < 2^24 are exact in float32)."""
+        packed = torch.cat([self.boxes, self.scores[..., None].to(self.boxes.dtype),
+                            self.labels[..., None].to(self.boxes.dtype)], dim=-1).cpu()
+        counts = (packed[..., 5] > 0).sum(dim=1).tolist()  # host tensor: no device sync
+        results = []
+        for rows, n, (h, w) in zip(packed, counts, self.image_sizes):
+            result = BoxList(rows[:n, :4], (int(w), int(h)))
+            result.add_field("scores", rows[:n, 4].to(self.scores.dtype))
+            result.add_field("labels", rows[:n, 5].to(torch.int64))
+            results.append(result)
+        return results
+
+
 class DensePostProcessor:
-    """Detections of every image from a :class:`DensePrediction`.
+    """Detections of every image from a :class:`DensePrediction`, with one host sync per batch.
 
-    Per image and level: the candidates (``candidate_mask``), at most ``pre_nms_top_n`` of them
-    ranked by score; their boxes clipped to the image and empty boxes dropped. Across levels:
-    class-aware NMS at ``nms_thresh``, then the ``detections_per_img`` highest scores.
+    Per image and level the ``pre_nms_top_n`` best candidates (``candidate_mask``; a fixed-size
+    top-k with the other slots masked); their boxes clipped to the image, empty boxes masked.
+    Across levels: class-aware NMS at ``nms_thresh``, then the ``detections_per_img`` highest
+    scores. Three steps (:meth:`__call__` chains them):
 
-    ``legacy_plus_one``: clip and drop empty boxes as the original releases
+    - :meth:`candidates` -> :class:`DenseCandidates` (fixed shapes, no sync);
+    - :meth:`select` -> :class:`DetectionBatch` (fixed shapes): ONE NMS call for the whole batch
+      (the group of a candidate is ``image * C + class``, so images never suppress each
+      other); on a GPU its kernel reads the number of kept boxes, the batch's one sync;
+    - :meth:`DetectionBatch.to_boxlists`: one device-to-host copy, the BoxLists built on the host.
+
+    An image's detections do not depend on the other images of the batch.
+
+    ``legacy_plus_one``: clip and mask empty boxes as the original releases
     (:func:`~maskrcnn_benchmark.structures.box_ops.clip_boxes`, ``MODEL.LEGACY_PLUS_ONE``). Their NMS
     needs no switch: its "+1" areas and intersections on inclusive boxes are the continuous ones,
     and it suppresses at IoU ``>`` the threshold as :func:`~maskrcnn_benchmark.layers.batched_nms`.
@@ -240,51 +344,81 @@ class DensePostProcessor:
             prediction: the batch's candidates (scores must be >= 0).
             image_sizes: per image ``(h, w)`` of the (resized, unpadded) image.
         Returns:
-            per image a BoxList (size ``(w, h)``) with fields ``scores`` [K] and ``labels`` [K]
-            int64 in 1..C, sorted by decreasing score, ``K <= detections_per_img``.
+            per image a BoxList on the CPU (size ``(w, h)``) with fields ``scores`` [K] and
+            ``labels`` [K] int64 in 1..C, sorted by decreasing score, ``K <= detections_per_img``.
         """
-        num_classes = prediction.scores.shape[-1]
-        levels = []  # per level: (top scores [B, k], (prior, class) flat indices [B, k], first prior)
+        return self.select(self.candidates(prediction, image_sizes)).to_boxlists()
+
+    def candidates(self, prediction: DensePrediction,
+                   image_sizes: Sequence[Tuple[int, int]]) -> DenseCandidates:
+        """Per image the ``pre_nms_top_n`` best (prior, class) pairs of each level (in (prior,
+        class) order), levels concatenated; boxes clipped to the image, empty ones masked. No sync."""
+        c = prediction.scores.shape[-1]
+        scores, boxes, labels = [], [], []
         start = 0
         for n in prediction.level_sizes:
-            levels.append(self._level_top(prediction.scores[:, start:start + n],
-                                          prediction.candidate_mask[:, start:start + n]) + (start,))
+            top, idx = self._level_top(prediction.scores[:, start:start + n],
+                                       prediction.candidate_mask[:, start:start + n])
+            prior = torch.div(idx, c, rounding_mode="floor") + start
+            scores.append(top)
+            labels.append(idx % c + 1)
+            boxes.append(prediction.boxes.gather(1, prior[..., None].expand(-1, -1, 4)))
             start += n
-        results = []
-        for i, (h, w) in enumerate(image_sizes):
-            boxes, kept_scores, labels = [], [], []
-            for top, idx, first in levels:
-                top, idx = top[i], idx[i]
-                keep = top >= 0
-                top, idx = top[keep], idx[keep]
-                prior_idx = torch.div(idx, num_classes, rounding_mode="floor")
-                boxes.append(prediction.boxes[i, first + prior_idx])
-                kept_scores.append(top.float())
-                labels.append(idx % num_classes + 1)
-            results.append(self._select(torch.cat(boxes), torch.cat(kept_scores), torch.cat(labels),
-                                        image_wh=(int(w), int(h))))
-        return results
+        boxes, nonempty = clip_boxes_to_images(torch.cat(boxes, dim=1), image_sizes, self.legacy_plus_one)
+        scores = torch.cat(scores, dim=1).masked_fill(~nonempty, -1.0)
+        return DenseCandidates(scores, boxes, torch.cat(labels, dim=1),
+                               [tuple(int(v) for v in s) for s in image_sizes], c)
+
+    def select(self, candidates: DenseCandidates) -> DetectionBatch:
+        """Class-aware NMS of every image at once (:meth:`nms_keep_mask`), then per image the
+        ``detections_per_img`` best kept candidates (a stable sort: ties keep candidate order).
+
+        The empty slots share one group of their own with identical unit boxes, so the first
+        suppresses the rest (``nms_thresh < 1``) and they cost the NMS kernels almost nothing;
+        they are never reported.
+        """
+        scores, boxes, labels = candidates.scores, candidates.boxes, candidates.labels
+        b, m = scores.shape
+        valid = scores >= 0
+        image = torch.arange(b, device=scores.device)[:, None]
+        groups = torch.where(valid, image * candidates.num_classes + labels - 1,
+                             b * candidates.num_classes)
+        unit = (torch.arange(4, device=boxes.device) >= 2).to(boxes.dtype)  # (0, 0, 1, 1)
+        keep = self.nms_keep_mask(torch.where(valid[..., None], boxes, unit).reshape(-1, 4),
+                                  scores.reshape(-1), groups.reshape(-1)).view(b, m)
+        ranked, order = torch.where(keep & valid, scores, -1.0).sort(dim=1, descending=True,
+                                                                     stable=True)
+        k = max(0, min(self.detections_per_img, m))
+        ranked, order = ranked[:, :k], order[:, :k]
+        found = ranked >= 0
+        out_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        return DetectionBatch(torch.where(found[..., None], out_boxes, 0.0),
+                              torch.where(found, ranked, 0.0),
+                              torch.where(found, labels.gather(1, order), 0),
+                              list(candidates.image_sizes))
+
+    def nms_keep_mask(self, boxes: torch.Tensor, scores: torch.Tensor,
+                      groups: torch.Tensor) -> torch.Tensor:
+        """Boxes Tensor[N, 4], scores Tensor[N], groups Tensor[N] int64 -> keep mask Tensor[N]
+        bool of greedy NMS at ``nms_thresh`` within each group (:func:`batched_nms`).
+
+        The only step of the inference with a data-dependent shape (the kept indices): on a GPU
+        the NMS kernel reads their number on the host, the one sync of a batch. The mask has a
+        fixed shape again.
+        """
+        keep = batched_nms(boxes, scores, groups, self.nms_thresh)
+        return torch.zeros_like(scores, dtype=torch.bool).index_fill_(0, keep, True)
 
     def _level_top(self, scores: torch.Tensor, mask: torch.Tensor):
         """One level of every image: Tensor[B, N_l, C] scores / mask -> the ``pre_nms_top_n``
-        best (prior, class) pairs per image, unsorted: (scores [B, k] with -1 for non-candidates,
-        flat indices ``prior * C + class`` [B, k]); one ``topk`` for the batch."""
+        best (prior, class) pairs per image in (prior, class) order: (scores [B, k] with -1 for
+        non-candidates, flat indices ``prior * C + class`` [B, k]); one ``topk`` for the batch.
+        The order makes ties in NMS and top-N independent of the ``topk`` kernel."""
         flat = scores.masked_fill(~mask, -1.0).flatten(1)
         k = min(self.pre_nms_top_n, flat.shape[1])
-        return flat.topk(k, dim=1, sorted=False)
-
-    def _select(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                image_wh: Tuple[int, int]) -> BoxList:
-        """Clip to the ``(w, h)`` image, drop empty, class-aware NMS, top-N, sort."""
-        boxes, nonempty = clip_boxes(boxes, image_wh, plus_one=self.legacy_plus_one)
-        boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh)
-        order = scores[keep].argsort(descending=True)[: self.detections_per_img]
-        keep = keep[order]
-        result = BoxList(boxes[keep], image_wh)
-        result.add_field("scores", scores[keep])
-        result.add_field("labels", labels[keep].to(torch.int64))
-        return result
+        top, idx = flat.topk(k, dim=1, sorted=False)
+        idx, order = idx.sort(dim=1)
+        return top.gather(1, order), idx
 
 
 # ---- the pipeline --------------------------------------------------------------------------------
@@ -430,7 +564,8 @@ class DenseHead(nn.Module):
             targets: per image BoxList with a ``labels`` field (1..C); required in training.
         Returns:
             ``(detections, losses)``: ``(None, dict of scalar losses)`` in training,
-            ``(list of BoxList, {})`` in eval mode.
+            ``(list of BoxList on the CPU, {})`` in eval mode (one NMS call and one
+            device-to-host copy for the batch, see :class:`DensePostProcessor`).
         """
         if self.training:
             if targets is None:
@@ -442,7 +577,19 @@ class DenseHead(nn.Module):
             step = getattr(self, "_compiled_step", None) or self.training_losses
             losses, self.step_metrics = step(features, gt)
             return None, losses
-        with torch.no_grad():
-            prediction = self.predict(features).float()
-            with torch.autocast(device_type=prediction.scores.device.type, enabled=False):
-                return self.post_processor(prediction, images.image_sizes), {}
+        return self.detect(self.candidates(images, features)).to_boxlists(), {}
+
+    @torch.no_grad()
+    def candidates(self, images: ImageList, features: Sequence[torch.Tensor]) -> DenseCandidates:
+        """Eval: the pre-NMS candidates of the batch (:meth:`predict`, then
+        :meth:`DensePostProcessor.candidates` in float32); fixed shapes, on the device, no sync."""
+        prediction = self.predict(features).float()
+        with torch.autocast(device_type=prediction.scores.device.type, enabled=False):
+            return self.post_processor.candidates(prediction, images.image_sizes)
+
+    @torch.no_grad()
+    def detect(self, candidates: DenseCandidates) -> DetectionBatch:
+        """Eval: NMS and top-N of every image of ``candidates`` (:meth:`DensePostProcessor.select`,
+        one NMS call, float32); fixed-size detections on the device."""
+        with torch.autocast(device_type=candidates.scores.device.type, enabled=False):
+            return self.post_processor.select(candidates)

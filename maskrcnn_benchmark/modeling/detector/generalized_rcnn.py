@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.modeling.dense_heads.base import DenseCandidates, DetectionBatch
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
@@ -74,8 +75,9 @@ class GeneralizedRCNN(nn.Module):
             targets: per image BoxList (image coordinates) with a ``labels`` field (int64, 1..C);
                 required in training mode.
         Returns:
-            training: dict of scalar losses; eval: per image BoxList (fields ``scores``,
-            ``labels``) in the coordinates of the input image, sorted by decreasing score.
+            training: dict of scalar losses; eval: per image BoxList on the CPU (fields
+            ``scores``, ``labels``) in the coordinates of the input image, sorted by decreasing
+            score (one NMS call and one device-to-host copy for the batch).
         """
         if self.training and targets is None:
             raise ValueError("GeneralizedRCNN: targets are required in training mode "
@@ -83,12 +85,31 @@ class GeneralizedRCNN(nn.Module):
         images = to_image_list(images, self.size_divisibility)
         if targets is not None:
             targets = [t.to(images.tensors.device) for t in targets]
-        x = images.tensors
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.inference_autocast(x.device):
-            features = self.backbone(x)
-            detections, losses = self.rpn(images, list(features), targets if self.training else None)
+        with self.inference_autocast(images.tensors.device):
+            detections, losses = self.rpn(images, self._features(images),
+                                          targets if self.training else None)
         if self.training:
             return losses
         return detections
+
+    def _features(self, images: ImageList) -> List[torch.Tensor]:
+        """The backbone's per-level features of the batch (in the model's memory format)."""
+        x = images.tensors
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return list(self.backbone(x))
+
+    @torch.no_grad()
+    def candidates(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor]) -> DenseCandidates:
+        """Eval mode, first half of :meth:`forward`: the head's pre-NMS candidates of the batch
+        (:meth:`DenseHead.candidates`; fixed shapes, on the device, no host sync). ``images`` as in
+        :meth:`forward`. :meth:`detect` finishes them; several batches (the views of test-time
+        augmentation) can be finished together with :meth:`DenseCandidates.cat`."""
+        images = to_image_list(images, self.size_divisibility)
+        with self.inference_autocast(images.tensors.device):
+            return self.rpn.candidates(images, self._features(images))
+
+    def detect(self, candidates: DenseCandidates) -> DetectionBatch:
+        """Eval mode, second half: NMS and top-N of every image (:meth:`DenseHead.detect`, one NMS
+        call); :meth:`DetectionBatch.to_boxlists` copies them to the host."""
+        return self.rpn.detect(candidates)
