@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.layers.padding_mask import PaddingMask
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
@@ -31,10 +32,16 @@ class GeneralizedRCNN(nn.Module):
             are converted here and the input batch in :meth:`forward` (``MODEL.CHANNELS_LAST``;
             oneDNN convolutions then need no layout reorders; results agree with the default
             layout within float32 rounding, not bit for bit).
+        batch_invariant: ``(train, eval)``: in that mode each image of a mixed-size batch sees
+            only its own canvas (:class:`~maskrcnn_benchmark.layers.padding_mask.PaddingMask`;
+            ``SOLVER.BATCH_INVARIANT``, ``TEST.BATCH_INVARIANT``), so its detections equal its
+            batch-1 detections. Needs a backbone whose ``forward(x, masks)`` takes them
+            (:class:`~maskrcnn_benchmark.modeling.backbone.backbone.Backbone`) and ``strides``.
     """
 
     def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0,
-                 inference_amp: Optional[torch.dtype] = None, channels_last: bool = False):
+                 inference_amp: Optional[torch.dtype] = None, channels_last: bool = False,
+                 batch_invariant: Tuple[bool, bool] = (False, True)):
         super().__init__()
         if inference_amp not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"GeneralizedRCNN: inference_amp must be None, torch.float16 or "
@@ -43,6 +50,7 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = dense_head
         self.size_divisibility = int(size_divisibility)
         self.inference_amp = inference_amp
+        self.batch_invariant = tuple(bool(v) for v in batch_invariant)
         self.channels_last = False
         if channels_last:
             self.set_channels_last(True)
@@ -64,6 +72,23 @@ class GeneralizedRCNN(nn.Module):
         if self.training or self.inference_amp is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.inference_amp)
+
+    def padding_mask(self, images: ImageList) -> Optional[PaddingMask]:
+        """The batch's :class:`PaddingMask` when this mode is batch-invariant and some image does
+        not fill the padded tensor (host-known sizes, no device sync); else None."""
+        if not self.batch_invariant[0 if self.training else 1]:
+            return None
+        return PaddingMask.for_batch(images.image_sizes, images.tensors.shape[-2:],
+                                     self.size_divisibility, images.tensors.device)
+
+    def features(self, x: torch.Tensor, masks: Optional[PaddingMask] = None
+                 ) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
+        """Backbone features of the batch x [B, 3, H, W] (per level [B, C, H_l, W_l]) and, with
+        ``masks``, each level's canvas mask [B, 1, H_l, W_l] (else None)."""
+        if masks is None:
+            return list(self.backbone(x)), None
+        features = list(self.backbone(x, masks))
+        return features, [masks.at(s, f) for s, f in zip(self.backbone.strides, features)]
 
     def forward(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor],
                 targets: Optional[List[BoxList]] = None) -> Union[Dict[str, torch.Tensor], List[BoxList]]:
@@ -87,8 +112,10 @@ class GeneralizedRCNN(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.inference_autocast(x.device):
-            features = self.backbone(x)
-            detections, losses = self.rpn(images, list(features), targets if self.training else None)
+            features, level_masks = self.features(x, self.padding_mask(images))
+            targets = targets if self.training else None
+            detections, losses = (self.rpn(images, features, targets) if level_masks is None
+                                  else self.rpn(images, features, targets, masks=level_masks))
         if self.training:
             return losses
         return detections
