@@ -2,7 +2,10 @@
 
 - :class:`DenseDetectorGraph`: backbone + FPN + :meth:`DenseHead.predict` for a fixed input size
   ``H x W`` (the priors are computed once and stored as buffers) -> every candidate's scores
-  [B, N, C], boxes [B, N, 4] (input pixels, not clipped) and candidate mask [B, N, C].
+  [B, N, C], boxes [B, N, 4] (input pixels, not clipped) and candidate mask [B, N, C]. Given the
+  images' sizes it is batch-invariant: each image sees only its own canvas (its size rounded up
+  to the size divisibility, :mod:`~maskrcnn_benchmark.layers.padding_mask`), so its detections
+  are those of ``test_net`` whatever the graph's canvas and batch.
 - :class:`FixedSizeDetections`: the post-processing of :class:`DensePostProcessor` as a graph of
   standard ONNX operators (TopK, NonMaxSuppression, ScatterND, Gather) with fixed-size, padded
   outputs: boxes [B, K, 4], scores [B, K], labels [B, K] (``K = detections_per_img``; padding
@@ -22,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskrcnn_benchmark.layers.padding_mask import PaddingMask
+
 __all__ = ["DenseDetectorGraph", "FixedSizeDetections", "DetectorWithDetections",
            "plain_nms_indices", "NonMaxSuppressionOp"]
 
@@ -34,14 +39,16 @@ class DenseDetectorGraph(nn.Module):
         image_hw: the input's ``(H, W)``, each a multiple of the model's size divisibility.
         amp_dtype: autocast dtype of the PyTorch forward (backbone and head convs; scores and
             boxes stay float32); None: float32. The ONNX export itself is traced in float32.
+        batch_invariant: with ``image_sizes``, mask each image's canvas (``TEST.BATCH_INVARIANT``).
 
-    ``forward(images: Tensor[B, 3, H, W])`` -> ``(scores [B, N, C], boxes [B, N, 4],
-    candidate_mask [B, N, C] bool)``, float32; attributes ``level_sizes`` (``N_l``) and
-    ``num_classes`` (C).
+    ``forward(images: Tensor[B, 3, H, W], image_sizes: Tensor[B, 2] (h, w) or None)`` ->
+    ``(scores [B, N, C], boxes [B, N, 4], candidate_mask [B, N, C] bool)``, float32; attributes
+    ``level_sizes`` (``N_l``) and ``num_classes`` (C). With ``image_sizes`` (and
+    ``batch_invariant``) priors outside an image's canvas are no candidates.
     """
 
     def __init__(self, model: nn.Module, image_hw: Tuple[int, int],
-                 amp_dtype: Optional[torch.dtype] = None):
+                 amp_dtype: Optional[torch.dtype] = None, batch_invariant: bool = True):
         super().__init__()
         h, w = (int(v) for v in image_hw)
         div = int(getattr(model, "size_divisibility", 0) or 0)
@@ -52,6 +59,8 @@ class DenseDetectorGraph(nn.Module):
         self.dense_head = model.rpn
         self.image_hw = (h, w)
         self.amp_dtype = amp_dtype
+        self.size_divisibility = div
+        self.batch_invariant = bool(batch_invariant)
         self.num_classes = int(self.dense_head.head.num_classes)
         param = next(model.parameters())
         with torch.no_grad():
@@ -65,15 +74,28 @@ class DenseDetectorGraph(nn.Module):
         """Per level Tensor[N_l, D] priors of the fixed input size."""
         return [getattr(self, f"priors_{i}") for i in range(len(self.level_sizes))]
 
-    def forward(self, images: torch.Tensor):
+    def padding_mask(self, images: torch.Tensor,
+                     image_sizes: Optional[torch.Tensor]) -> Optional[PaddingMask]:
+        """The canvases of ``image_sizes`` [B, 2] (h, w) in ``images`` (None without sizes or
+        with ``batch_invariant`` off)."""
+        if image_sizes is None or not self.batch_invariant:
+            return None
+        return PaddingMask.from_sizes(image_sizes, self.size_divisibility, images.shape[-2:])
+
+    def forward(self, images: torch.Tensor, image_sizes: Optional[torch.Tensor] = None):
         if tuple(images.shape[-2:]) != self.image_hw:
             raise ValueError(f"input of spatial size {tuple(images.shape[-2:])}, the graph is built "
                              f"for {self.image_hw}")
         ctx = (torch.autocast(device_type=images.device.type, dtype=self.amp_dtype)
                if self.amp_dtype is not None else contextlib.nullcontext())
+        masks = self.padding_mask(images, image_sizes)
         with ctx:
-            features = self.backbone(images)
-            prediction = self.dense_head.predict(list(features), self.priors())
+            if masks is None:
+                features, level_masks = list(self.backbone(images)), None
+            else:
+                features = list(self.backbone(images, masks))
+                level_masks = masks.levels(self.backbone.strides, features)
+            prediction = self.dense_head.predict(features, self.priors(), level_masks)
         return prediction.scores.float(), prediction.boxes.float(), prediction.candidate_mask
 
 
@@ -221,5 +243,5 @@ class DetectorWithDetections(nn.Module):
         self.detections = detections
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor):
-        scores, boxes, mask = self.graph(images)
+        scores, boxes, mask = self.graph(images, image_sizes)
         return self.detections(scores, boxes, mask, image_sizes)

@@ -11,12 +11,19 @@ nodes.)
 
 Graph inputs / outputs:
 
-- ``--postprocess none``: input ``images`` [B, 3, H, W] float32; outputs ``scores`` [B, N, C],
+- ``--postprocess none``: inputs ``images`` [B, 3, H, W] float32 and (batch-invariant graphs,
+  ``TEST.BATCH_INVARIANT``) ``image_sizes`` [B, 2] float32 (h, w of each image before padding:
+  each image then sees only its canvas, as in ``test_net``); outputs ``scores`` [B, N, C],
   ``boxes`` [B, N, 4] (input pixels, not clipped), ``candidate_mask`` [B, N, C] bool (the (prior,
   class) pairs above the head's ``INFERENCE_TH``; what the post-processing may report).
 - ``--postprocess nms``: inputs ``images`` and ``image_sizes`` [B, 2] float32 (h, w of each
-  image before padding: boxes are clipped to it); outputs ``boxes`` [B, K, 4], ``scores`` [B, K],
-  ``labels`` [B, K] int64 (1..C; 0 marks the padding rows), ``K = TEST.DETECTIONS_PER_IMG``.
+  image before padding: boxes are clipped to it, and each image sees only its canvas); outputs
+  ``boxes`` [B, K, 4], ``scores`` [B, K], ``labels`` [B, K] int64 (1..C; 0 marks the padding
+  rows), ``K = TEST.DETECTIONS_PER_IMG``.
+
+The file's metadata (``metadata_props``) records ``num_classes`` (C), ``size_divisibility``,
+``postprocess`` and ``batch_invariant``; ``infer_onnx`` refuses a graph whose C differs from the
+dataset's.
 """
 from __future__ import annotations
 
@@ -90,13 +97,19 @@ def preprocessing_description(cfg) -> str:
 
 
 def build_export_module(model: nn.Module, image_hw: Tuple[int, int], postprocess: str = "none",
-                        amp_dtype: Optional[torch.dtype] = None) -> nn.Module:
+                        amp_dtype: Optional[torch.dtype] = None,
+                        batch_invariant: Optional[bool] = None) -> nn.Module:
     """The module to export for ``model`` (a GeneralizedRCNN with a DenseHead) and an input of
     ``image_hw``: :class:`DenseDetectorGraph` (``postprocess="none"``) or
-    :class:`DetectorWithDetections` (``"nms"``, the head's post-processor's settings)."""
+    :class:`DetectorWithDetections` (``"nms"``, the head's post-processor's settings).
+    ``batch_invariant`` (default: the model's eval setting, ``TEST.BATCH_INVARIANT``): mask each
+    image's canvas from the ``image_sizes`` input."""
     if postprocess not in ("none", "nms"):
         raise ValueError(f"--postprocess must be 'none' or 'nms', got {postprocess!r}")
-    graph = DenseDetectorGraph(model, image_hw, amp_dtype=amp_dtype).eval()
+    if batch_invariant is None:
+        batch_invariant = getattr(model, "batch_invariant", (False, False))[1]
+    graph = DenseDetectorGraph(model, image_hw, amp_dtype=amp_dtype,
+                               batch_invariant=batch_invariant).eval()
     if postprocess == "none":
         return graph
     post = model.rpn.post_processor
@@ -120,19 +133,42 @@ def _register_deform_conv_symbolic(opset: int) -> None:
     register_custom_op_symbolic("maskrcnn_benchmark::deform_conv2d", deform_conv, opset)
 
 
+def _takes_sizes(module: nn.Module) -> bool:
+    """Whether the export module has the ``image_sizes`` input (the ``nms`` graph, or a
+    batch-invariant ``none`` graph)."""
+    return isinstance(module, DetectorWithDetections) or module.batch_invariant
+
+
 def _example_inputs(module: nn.Module, batch: int, image_hw: Tuple[int, int], device) -> Tuple:
+    """A seeded batch and, for a graph with ``image_sizes``, sizes that leave a canvas smaller
+    than the input for the second image onwards (the masks then matter in a comparison)."""
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, *image_hw, generator=g).to(device)
+    if not _takes_sizes(module):
+        return (images,)
+    h, w = image_hw
+    sizes = torch.tensor([[h, w]] + [[max(1, h * 2 // 3), max(1, w // 2)]] * (batch - 1),
+                         dtype=torch.float32, device=device)
+    return images, sizes
+
+
+def _names(module: nn.Module) -> Tuple[List[str], List[str]]:
+    inputs = ["images", "image_sizes"] if _takes_sizes(module) else ["images"]
     if isinstance(module, DetectorWithDetections):
-        sizes = torch.tensor([list(image_hw)] * batch, dtype=torch.float32, device=device)
-        return images, sizes
-    return (images,)
+        return inputs, ["boxes", "scores", "labels"]
+    return inputs, ["scores", "boxes", "candidate_mask"]
 
 
-def _names(postprocess: str) -> Tuple[List[str], List[str]]:
-    if postprocess == "nms":
-        return ["images", "image_sizes"], ["boxes", "scores", "labels"]
-    return ["images"], ["scores", "boxes", "candidate_mask"]
+def _write_metadata(path: str, values: Dict[str, object]) -> None:
+    """Set the ONNX file's ``metadata_props`` ``values`` (as strings), in place."""
+    onnx = require("onnx", "the ONNX export")
+    model = onnx.load(path)
+    old = {p.key: p.value for p in model.metadata_props}
+    old.update({k: str(v) for k, v in values.items()})
+    del model.metadata_props[:]
+    for k, v in sorted(old.items()):
+        model.metadata_props.add(key=k, value=v)
+    _save_atomic(model, path)
 
 
 def export_onnx(module: nn.Module, path: str, batch: int = 1, dynamic_batch: bool = False,
@@ -148,7 +184,7 @@ def export_onnx(module: nn.Module, path: str, batch: int = 1, dynamic_batch: boo
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     postprocess = "nms" if isinstance(module, DetectorWithDetections) else "none"
-    inputs, outputs = _names(postprocess)
+    inputs, outputs = _names(module)
     device = next(module.parameters()).device
     example = _example_inputs(module, batch, graph.image_hw, device)
     dynamic_axes = {n: {0: "batch"} for n in inputs + outputs} if dynamic_batch else None
@@ -166,6 +202,9 @@ def export_onnx(module: nn.Module, path: str, batch: int = 1, dynamic_batch: boo
         if os.path.exists(tmp):
             os.remove(tmp)
     _check_no_project_ops(path)
+    _write_metadata(path, {"num_classes": graph.num_classes, "postprocess": postprocess,
+                           "size_divisibility": graph.size_divisibility,
+                           "batch_invariant": int(graph.batch_invariant)})
 
 
 def _check_no_project_ops(path: str) -> None:

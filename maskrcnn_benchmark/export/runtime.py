@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -52,7 +53,32 @@ def create_session(path: str, provider: str = "cpu", intra_op_threads: int = 0):
     if intra_op_threads > 0:
         options.intra_op_num_threads = int(intra_op_threads)
     providers = [p for p in PROVIDERS[provider] if p in available]
-    return ort.InferenceSession(path, sess_options=options, providers=providers)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such ONNX model file")
+    try:
+        return ort.InferenceSession(path, sess_options=options, providers=providers)
+    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
+        raise ValueError(f"{path}: not a loadable ONNX model (corrupt or truncated file, or written "
+                         f"by another tool?): {type(e).__name__}: {str(e).strip()[:300]}") from None
+
+
+def graph_num_classes(session, path: str, num_anchors: int) -> Optional[int]:
+    """Foreground classes C of an exported detector: its ``num_classes`` metadata (written by
+    :func:`~.onnx_export.export_onnx`), else the rows of its ``cls_logits`` convolution weight
+    divided by ``num_anchors`` (files written before the metadata); None when neither is found."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if "num_classes" in meta:
+        return int(meta["num_classes"])
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(path, load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and "cls_logits" in node.name and node.input[1] in inits:
+            return int(inits[node.input[1]].dims[0]) // max(1, int(num_anchors))
+    return None
 
 
 def _input_spec(session) -> Tuple[Optional[int], int, int, bool]:
@@ -103,7 +129,8 @@ class OnnxDetector(nn.Module):
     def __init__(self, session, post_processor=None, level_sizes: Optional[Sequence[int]] = None):
         super().__init__()
         self.session = session
-        self.batch, self.height, self.width, self.with_nms = _input_spec(session)
+        self.batch, self.height, self.width, self.takes_sizes = _input_spec(session)
+        self.with_nms = "labels" in {o.name for o in session.get_outputs()}
         if not self.with_nms and (post_processor is None or level_sizes is None):
             raise ValueError("a --postprocess none graph needs the PyTorch post_processor and "
                              "level_sizes")
@@ -137,8 +164,9 @@ class OnnxDetector(nn.Module):
 
     def _run(self, x: np.ndarray, sizes: List[Tuple[int, int]]) -> List[BoxList]:
         feeds = {"images": x}
-        if self.with_nms:
+        if self.takes_sizes:  # clips the detections and (batch-invariant graphs) masks the canvases
             feeds["image_sizes"] = np.asarray(sizes, dtype=np.float32).reshape(-1, 2)
+        if self.with_nms:
             boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], feeds)
             return detections_from_outputs(boxes, scores, labels, sizes)
         from maskrcnn_benchmark.modeling.dense_heads.base import DensePrediction
@@ -212,7 +240,8 @@ def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads:
     """An :class:`OnnxDetector` of the file ``path`` for ``cfg`` (NUM_CLASSES resolved; the
     PyTorch post-processor of the config is used for a ``--postprocess none`` graph).
 
-    Raises ValueError when the graph's classes or candidates do not match the config.
+    Raises ValueError when the graph's classes (both graphs) or candidates (``none``) do not
+    match the config.
     """
     from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data, num_classes_key
     from maskrcnn_benchmark.modeling.dense_heads import get_num_classes
@@ -221,15 +250,24 @@ def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads:
     from .graph import DenseDetectorGraph
 
     session = create_session(path, provider, intra_op_threads)
-    batch, h, w, with_nms = _input_spec(session)
-    if with_nms:
-        return OnnxDetector(session)
+    batch, h, w, _ = _input_spec(session)
     cfg = fill_num_classes_from_data(cfg)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     model = build_detection_model(cfg).eval()
+    want = int(model.rpn.head.num_classes)
+    got = graph_num_classes(session, path, model.rpn.head.num_anchors)
+    if got is None:
+        logger.warning("%s: cannot read the graph's class count (no num_classes metadata, no "
+                       "cls_logits convolution); not checked against the config's %d", path, want)
+    elif got != want:
+        raise ValueError(f"{path}: the graph has {got} foreground classes, the config / dataset "
+                         f"{want} ({num_classes_key(cfg)} = {get_num_classes(cfg)}, DATASETS.TRAIN "
+                         f"{list(cfg.DATASETS.TRAIN)}): export and evaluate with the same config")
+    if "labels" in {o.name for o in session.get_outputs()}:
+        return OnnxDetector(session)
     graph = DenseDetectorGraph(model, (h, w))
     shape = {o.name: o.shape for o in session.get_outputs()}["scores"]
     n, c = sum(graph.level_sizes), graph.num_classes

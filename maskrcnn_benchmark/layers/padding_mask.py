@@ -18,7 +18,7 @@ multiple of the largest stride whose output is upsampled (32 for the FPN top-dow
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -65,6 +65,25 @@ class PaddingMask:
         if all(c == tensor_hw for c in canvases):
             return None
         return cls(torch.tensor(canvases, dtype=torch.int64, device=device))
+
+    @classmethod
+    def from_sizes(cls, image_sizes: torch.Tensor, size_divisibility: int,
+                   tensor_hw: Sequence[int]) -> "PaddingMask":
+        """The masks from a Tensor[B, 2] of image sizes ``(h, w)`` (any dtype; a graph input of an
+        export): each canvas the size rounded up to ``size_divisibility``, at most ``tensor_hw``.
+        Traceable (no host decision)."""
+        sizes = image_sizes.to(torch.int64)
+        if size_divisibility > 0:
+            sizes = torch.div(sizes + (size_divisibility - 1), size_divisibility,
+                              rounding_mode="floor") * size_divisibility
+        limit = torch.stack([torch.as_tensor(tensor_hw[0]), torch.as_tensor(tensor_hw[1])])
+        return cls(torch.minimum(sizes, limit.to(sizes.device, torch.int64)[None]))
+
+    def levels(self, strides: Sequence[int], features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Per level Tensor[B, 1, H_l, W_l]: the masks of ``features`` at ``strides`` (pixels)."""
+        if len(strides) != len(features):
+            raise ValueError(f"PaddingMask: {len(strides)} strides for {len(features)} feature levels")
+        return [self.at(s, f) for s, f in zip(strides, features)]
 
     def at(self, stride: int, like: torch.Tensor) -> torch.Tensor:
         """Tensor[B, 1, H, W] of ``like``'s dtype (``like``: a feature [B, C, H, W] at ``stride``):

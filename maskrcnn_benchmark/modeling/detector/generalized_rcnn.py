@@ -88,7 +88,7 @@ class GeneralizedRCNN(nn.Module):
         if masks is None:
             return list(self.backbone(x)), None
         features = list(self.backbone(x, masks))
-        return features, [masks.at(s, f) for s, f in zip(self.backbone.strides, features)]
+        return features, masks.levels(self.backbone.strides, features)
 
     def forward(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor],
                 targets: Optional[List[BoxList]] = None) -> Union[Dict[str, torch.Tensor], List[BoxList]]:
