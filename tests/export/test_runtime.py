@@ -159,3 +159,110 @@ def test_onnx_detector_scales_down_images_larger_than_the_graph(tmp_path):
     out = detector(ImageList(x, [(128, 96), (64, 64), (60, 50)]))  # 3 images, batch-2 graph
     assert [d.size for d in out] == [(96, 128), (64, 64), (50, 60)]
     assert len(out[0]) > 0 and float(out[0].bbox[:, 3].max()) > 64  # scaled back to 128 x 96
+
+
+@pytest.fixture(scope="module")
+def mixed_coco(tmp_path_factory):
+    """Four images of two orientations: 48 x 64 (resized to 64 x 85, canvas 64 x 96) and 64 x 48
+    (85 x 64, canvas 96 x 64); a batch of both pads to 96 x 96."""
+    root = str(tmp_path_factory.mktemp("mixed"))
+    os.makedirs(os.path.join(root, "img"))
+    g = np.random.default_rng(1)
+    imgs, anns = [], []
+    for i, (h, w) in enumerate(((48, 64), (64, 48), (64, 48), (48, 64))):
+        img = g.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        cv2.rectangle(img, (5 + i, 8), (30, 36), (0, 200, 255), -1)
+        cv2.imwrite(os.path.join(root, "img", f"{i}.png"), img)
+        imgs.append({"id": 10 + i, "file_name": f"{i}.png", "height": h, "width": w})
+        anns.append({"id": i + 1, "image_id": 10 + i, "category_id": 1 + i % 2,
+                     "bbox": [5 + i, 8, 25 - i, 28], "area": 500.0, "iscrowd": 0})
+    with open(os.path.join(root, "ann.json"), "w") as f:
+        json.dump({"images": imgs, "annotations": anns,
+                   "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, f)
+    return f"{root}/ann.json:{root}/img"
+
+
+def _assert_same_detections(got, want):
+    """Two bbox.json lists (``_detections`` rows): the same rows, scores within 1e-4 and boxes
+    within 1e-3 px (plus the json's 2-decimal rounding)."""
+    assert len(got) == len(want) > 4
+    a, b = np.array(got, dtype=np.float64), np.array(want, dtype=np.float64)
+    np.testing.assert_array_equal(a[:, :2], b[:, :2])
+    np.testing.assert_allclose(a[:, 2], b[:, 2], atol=1.1e-4)
+    np.testing.assert_allclose(a[:, 3:], b[:, 3:], atol=1e-2 + 1e-3)
+
+
+@pytest.mark.parametrize("postprocess", ["nms", "none"])
+def test_infer_onnx_and_test_net_batch_invariant_on_mixed_sizes(tmp_path, mixed_coco, postprocess):
+    """GroupNorm head towers, images of two canvases: test_net at TEST.IMS_PER_BATCH 1, 2 and 4
+    and the fixed 96 x 96 graph at batch 2 (every image padded to the graph's canvas, masked
+    from image_sizes) give the same detections; the releases' behaviour (TEST.BATCH_INVARIANT
+    False) at batch 4 does not."""
+    pytest.importorskip("onnxruntime")
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    cfg = setup_cfg(SMALL, _opts(mixed_coco, str(tmp_path / "x")))
+    torch.manual_seed(0)
+    model = build_detection_model(cfg)
+    with torch.no_grad():
+        model.rpn.head.cls_logits.bias.normal_()
+        for m in model.rpn.head.modules():  # GN shifts: the padding is not zero after the towers
+            if isinstance(m, torch.nn.GroupNorm):
+                m.bias.normal_()
+    weights = Checkpointer(model, save_dir=str(tmp_path / "w"), save_to_disk=True).save("m")
+
+    def test_net(batch, *extra):
+        out = tmp_path / f"torch{batch}{len(extra)}"
+        opts = _opts(mixed_coco, str(out)) + ["TEST.IMS_PER_BATCH", str(batch), *extra]
+        _load_tool("test_net").main(["--config-file", SMALL, *opts, "MODEL.WEIGHT", weights])
+        return _detections(out / "inference" / "ann")
+
+    alone = test_net(1)
+    _assert_same_detections(test_net(2), alone)
+    _assert_same_detections(test_net(4), alone)
+    with pytest.raises(AssertionError):
+        _assert_same_detections(test_net(4, "TEST.BATCH_INVARIANT", "False"), alone)
+
+    path, onnx_out = str(tmp_path / "m.onnx"), tmp_path / "onnx"
+    _load_tool("export_onnx").main(["--config-file", SMALL, "--output", path, "--height", "96",
+                                    "--width", "96", "--batch", "2", "--postprocess", postprocess,
+                                    *_opts(mixed_coco, str(onnx_out)), "MODEL.WEIGHT", weights])
+    _load_tool("infer_onnx").main(["--config-file", SMALL, "--model", path,
+                                   *_opts(mixed_coco, str(onnx_out))])
+    _assert_same_detections(_detections(onnx_out / "inference" / "ann"), alone)
+
+
+def test_infer_onnx_refuses_nms_graph_of_another_class_count(tmp_path, tiny_coco, capsys):
+    """The nms graph has 3 foreground classes (metadata, and without it the cls_logits weight),
+    the dataset 2: exit status 2 naming both; a corrupt file: exit status 2, a clear message."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from maskrcnn_benchmark.export.onnx_export import export_detector
+
+    opts = _opts(tiny_coco, str(tmp_path / "out"))
+    i = opts.index("MODEL.ATSS.NUM_CLASSES")
+    cfg = tiny_cfg("ATSS", num_classes=3)
+    path = str(tmp_path / "nms.onnx")
+    export_detector(cfg, path, height=64, width=96, postprocess="nms", model=tiny_model(cfg),
+                    verify=False)
+    stripped = onnx.load(path)
+    assert {p.key: p.value for p in stripped.metadata_props}["num_classes"] == "3"
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "old.onnx"))
+    tiny = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16"]
+    for model_path in (path, str(tmp_path / "old.onnx")):
+        with pytest.raises(SystemExit) as exit_info:
+            _load_tool("infer_onnx").main(["--config-file", SMALL, "--model", model_path,
+                                           *opts[:i], "MODEL.ATSS.NUM_CLASSES", "0", *opts[i + 2:],
+                                           *tiny])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "the graph has 3 foreground classes, the config / dataset 2" in err, err
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(open(path, "rb").read()[:2000])
+    with pytest.raises(SystemExit) as exit_info:
+        _load_tool("infer_onnx").main(["--config-file", SMALL, "--model", str(corrupt), *opts])
+    assert exit_info.value.code == 2
+    assert "corrupt.onnx: not a loadable ONNX model" in capsys.readouterr().err
