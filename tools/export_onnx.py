@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
     group.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis")
+    parser.add_argument("--dynamic-shape", action="store_true",
+                        help="symbolic height and width (any multiples of "
+                             "DATALOADER.SIZE_DIVISIBILITY; --height / --width: the traced example); "
+                             "priors computed in the graph")
     parser.add_argument("--height", type=int, default=0, help="input height (0: from the config)")
     parser.add_argument("--width", type=int, default=0, help="input width (0: from the config)")
     parser.add_argument("--opset", type=int, default=0,
@@ -74,7 +78,8 @@ def main(argv: Optional[List[str]] = None):
         result = export_detector(cfg, args.output, batch=1 if args.dynamic_batch else args.batch,
                                  dynamic_batch=args.dynamic_batch, height=args.height,
                                  width=args.width, opset=args.opset, simplify=args.simplify,
-                                 fp16=args.fp16, postprocess=args.postprocess)
+                                 fp16=args.fp16, postprocess=args.postprocess,
+                                 dynamic_shape=args.dynamic_shape)
     except (ImportError, ValueError, FileNotFoundError, RuntimeError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(f"wrote {result.path}")

@@ -64,7 +64,11 @@ def run_benchmark(cfg, args) -> List[dict]:
     if detector.batch and batch != detector.batch:
         raise ValueError(f"--batch {batch}: {args.model} has a fixed batch of {detector.batch} "
                          "(export with --dynamic-batch for other sizes)")
-    images = fixed_batch(batch, detector.height, detector.width)
+    from maskrcnn_benchmark.export.onnx_export import default_input_hw
+
+    # a dynamic-shape graph: the config's largest landscape test size
+    hw = (detector.height, detector.width) if detector.height else default_input_hw(cfg)
+    images = fixed_batch(batch, *hw)
     rows = [dict(backend=f"onnxruntime ({args.provider})", model=os.path.basename(args.model),
                  **benchmark(lambda: detector(images), batch, args.warmup, args.iters))]
     precisions = [p for p in args.torch.split(",") if p]

@@ -81,18 +81,28 @@ def graph_num_classes(session, path: str, num_anchors: int) -> Optional[int]:
     return None
 
 
-def _input_spec(session) -> Tuple[Optional[int], int, int, bool]:
-    """(fixed batch or None, H, W, has image_sizes input) of an exported detector session."""
+def _input_spec(session) -> Tuple[Optional[int], Optional[int], Optional[int], bool]:
+    """(fixed batch or None, H, W (both None for a dynamic-shape graph), has image_sizes input)
+    of an exported detector session."""
     inputs = {i.name: i for i in session.get_inputs()}
     if "images" not in inputs:
         raise ValueError(f"the ONNX model has inputs {sorted(inputs)}; expected 'images' (a model "
                          "written by tools/export_onnx.py)")
     shape = inputs["images"].shape
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+    fixed = [isinstance(d, int) for d in shape[2:]]
+    if len(shape) != 4 or (any(fixed) and not all(fixed)):
         raise ValueError(f"the ONNX model's 'images' input has shape {shape}; expected "
-                         "[B, 3, H, W] with a fixed H and W")
+                         "[B, 3, H, W] with H and W both fixed or both dynamic")
     batch = shape[0] if isinstance(shape[0], int) else None
-    return batch, int(shape[2]), int(shape[3]), "image_sizes" in inputs
+    h, w = (int(shape[2]), int(shape[3])) if all(fixed) else (None, None)
+    return batch, h, w, "image_sizes" in inputs
+
+
+def level_sizes_of(model: nn.Module, image_hw: Tuple[int, int]) -> Tuple[int, ...]:
+    """Candidates per level ``N_l = ceil(H / s_l) * ceil(W / s_l) * A`` of ``model``'s backbone
+    strides for an ``image_hw`` input (every stride-2 layer rounds up)."""
+    a = int(model.rpn.head.num_anchors)
+    return tuple(-(-image_hw[0] // s) * -(-image_hw[1] // s) * a for s in model.backbone.strides)
 
 
 def detections_from_outputs(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -118,15 +128,17 @@ class OnnxDetector(nn.Module):
         session: from :func:`create_session` (a ``--postprocess nms`` or ``none`` graph).
         post_processor: the PyTorch post-processor to run on a ``none`` graph's candidates
             (``DensePostProcessor``; needs the model's ``level_sizes``, see ``level_sizes``).
-        level_sizes: candidates per level of a ``none`` graph.
+        level_sizes: candidates per level of a ``none`` graph: a sequence (fixed-size graph) or
+            a function ``(H, W) -> sequence`` (dynamic-shape graph, :func:`level_sizes_of`).
 
     ``forward(images: ImageList)`` pads the batch to the graph's H x W (an image larger than
-    that is scaled down to fit, with a warning, and its boxes scaled back), runs it in chunks of
-    the graph's batch size (padding the last one) and returns per image a BoxList in the
-    image's (resized) frame, as ``GeneralizedRCNN`` does.
+    that is scaled down to fit, with a warning, and its boxes scaled back; a dynamic-shape graph
+    takes the batch as it is), runs it in chunks of the graph's batch size (padding the last
+    one) and returns per image a BoxList in the image's (resized) frame, as ``GeneralizedRCNN``
+    does.
     """
 
-    def __init__(self, session, post_processor=None, level_sizes: Optional[Sequence[int]] = None):
+    def __init__(self, session, post_processor=None, level_sizes=None):
         super().__init__()
         self.session = session
         self.batch, self.height, self.width, self.takes_sizes = _input_spec(session)
@@ -135,13 +147,15 @@ class OnnxDetector(nn.Module):
             raise ValueError("a --postprocess none graph needs the PyTorch post_processor and "
                              "level_sizes")
         self.post_processor = post_processor
-        self.level_sizes = tuple(level_sizes or ())
+        self.level_sizes = level_sizes if callable(level_sizes) else tuple(level_sizes or ())
         self._warned = False
 
     def _fit(self, images: ImageList) -> Tuple[torch.Tensor, List[Tuple[int, int]], List[float]]:
         """The batch padded (or scaled down) to H x W; per image the size inside it and the
         factor applied."""
         x = images.tensors.float().cpu()
+        if self.height is None:  # dynamic shape: the batch as the loader padded it
+            return x, [tuple(s) for s in images.image_sizes], [1.0] * x.shape[0]
         out = x.new_zeros(x.shape[0], x.shape[1], self.height, self.width)
         sizes, factors = [], []
         for i, (h, w) in enumerate(images.image_sizes):
@@ -172,8 +186,9 @@ class OnnxDetector(nn.Module):
         from maskrcnn_benchmark.modeling.dense_heads.base import DensePrediction
 
         scores, boxes, mask = self.session.run(["scores", "boxes", "candidate_mask"], feeds)
+        level_sizes = self.level_sizes(x.shape[-2:]) if callable(self.level_sizes) else self.level_sizes
         pred = DensePrediction(torch.from_numpy(scores).float(), torch.from_numpy(boxes).float(),
-                               torch.from_numpy(mask), self.level_sizes)
+                               torch.from_numpy(mask), tuple(level_sizes))
         return self.post_processor(pred, sizes)
 
     @torch.no_grad()
@@ -188,7 +203,7 @@ class OnnxDetector(nn.Module):
             if self.batch and real < self.batch:
                 chunk = torch.cat([chunk, chunk.new_zeros(self.batch - real, *chunk.shape[1:])])
             chunk_sizes = sizes[start:start + real]
-            padded_sizes = chunk_sizes + [(self.height, self.width)] * (chunk.shape[0] - real)
+            padded_sizes = chunk_sizes + [tuple(chunk.shape[-2:])] * (chunk.shape[0] - real)
             results += self._run(chunk.numpy(), padded_sizes)[:real]
         out = []
         for det, (h, w), f in zip(results, images.image_sizes, factors):
@@ -268,6 +283,9 @@ def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads:
                          f"{list(cfg.DATASETS.TRAIN)}): export and evaluate with the same config")
     if "labels" in {o.name for o in session.get_outputs()}:
         return OnnxDetector(session)
+    if h is None:  # dynamic shape: the candidates per level follow each batch's size
+        return OnnxDetector(session, model.rpn.post_processor,
+                            lambda hw: level_sizes_of(model, (int(hw[0]), int(hw[1]))))
     graph = DenseDetectorGraph(model, (h, w))
     shape = {o.name: o.shape for o in session.get_outputs()}["scores"]
     n, c = sum(graph.level_sizes), graph.num_classes

@@ -67,17 +67,15 @@ class PaddingMask:
         return cls(torch.tensor(canvases, dtype=torch.int64, device=device))
 
     @classmethod
-    def from_sizes(cls, image_sizes: torch.Tensor, size_divisibility: int,
-                   tensor_hw: Sequence[int]) -> "PaddingMask":
+    def from_sizes(cls, image_sizes: torch.Tensor, size_divisibility: int) -> "PaddingMask":
         """The masks from a Tensor[B, 2] of image sizes ``(h, w)`` (any dtype; a graph input of an
-        export): each canvas the size rounded up to ``size_divisibility``, at most ``tensor_hw``.
-        Traceable (no host decision)."""
+        export): each canvas the size rounded up to ``size_divisibility``. Traceable with dynamic
+        shapes (no host decision; a canvas beyond the tensor just gives an all-ones mask)."""
         sizes = image_sizes.to(torch.int64)
         if size_divisibility > 0:
             sizes = torch.div(sizes + (size_divisibility - 1), size_divisibility,
                               rounding_mode="floor") * size_divisibility
-        limit = torch.stack([torch.as_tensor(tensor_hw[0]), torch.as_tensor(tensor_hw[1])])
-        return cls(torch.minimum(sizes, limit.to(sizes.device, torch.int64)[None]))
+        return cls(sizes)
 
     def levels(self, strides: Sequence[int], features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Per level Tensor[B, 1, H_l, W_l]: the masks of ``features`` at ``strides`` (pixels)."""

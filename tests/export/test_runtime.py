@@ -192,42 +192,61 @@ def _assert_same_detections(got, want):
     np.testing.assert_allclose(a[:, 3:], b[:, 3:], atol=1e-2 + 1e-3)
 
 
-@pytest.mark.parametrize("postprocess", ["nms", "none"])
-def test_infer_onnx_and_test_net_batch_invariant_on_mixed_sizes(tmp_path, mixed_coco, postprocess):
-    """GroupNorm head towers, images of two canvases: test_net at TEST.IMS_PER_BATCH 1, 2 and 4
-    and the fixed 96 x 96 graph at batch 2 (every image padded to the graph's canvas, masked
-    from image_sizes) give the same detections; the releases' behaviour (TEST.BATCH_INVARIANT
-    False) at batch 4 does not."""
-    pytest.importorskip("onnxruntime")
+@pytest.fixture(scope="module")
+def mixed_weights(tmp_path_factory, mixed_coco):
+    """Weights of a model whose GN head towers have non-zero shifts (the padding is not zero
+    after them) and that detects (classification bias N(0, 1)), and its test_net detections at
+    TEST.IMS_PER_BATCH 1."""
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
     from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
-    cfg = setup_cfg(SMALL, _opts(mixed_coco, str(tmp_path / "x")))
+    tmp = tmp_path_factory.mktemp("mixed_w")
+    cfg = setup_cfg(SMALL, _opts(mixed_coco, str(tmp / "x")))
     torch.manual_seed(0)
     model = build_detection_model(cfg)
     with torch.no_grad():
         model.rpn.head.cls_logits.bias.normal_()
-        for m in model.rpn.head.modules():  # GN shifts: the padding is not zero after the towers
+        for m in model.rpn.head.modules():
             if isinstance(m, torch.nn.GroupNorm):
                 m.bias.normal_()
-    weights = Checkpointer(model, save_dir=str(tmp_path / "w"), save_to_disk=True).save("m")
+    weights = Checkpointer(model, save_dir=str(tmp / "w"), save_to_disk=True).save("m")
+    return weights, _test_net_detections(tmp, mixed_coco, weights, 1)
 
-    def test_net(batch, *extra):
-        out = tmp_path / f"torch{batch}{len(extra)}"
-        opts = _opts(mixed_coco, str(out)) + ["TEST.IMS_PER_BATCH", str(batch), *extra]
-        _load_tool("test_net").main(["--config-file", SMALL, *opts, "MODEL.WEIGHT", weights])
-        return _detections(out / "inference" / "ann")
 
-    alone = test_net(1)
-    _assert_same_detections(test_net(2), alone)
-    _assert_same_detections(test_net(4), alone)
+def _test_net_detections(tmp, dataset, weights, batch, *extra):
+    out = tmp / f"torch{batch}{len(extra)}"
+    opts = _opts(dataset, str(out)) + ["TEST.IMS_PER_BATCH", str(batch), *extra]
+    _load_tool("test_net").main(["--config-file", SMALL, *opts, "MODEL.WEIGHT", weights])
+    return _detections(out / "inference" / "ann")
+
+
+def test_test_net_batch_invariant_on_mixed_sizes(tmp_path, mixed_coco, mixed_weights):
+    """GroupNorm head towers, images of two canvases: test_net at TEST.IMS_PER_BATCH 2 and 4
+    gives the detections of TEST.IMS_PER_BATCH 1; the releases' behaviour (TEST.BATCH_INVARIANT
+    False) at batch 4 does not."""
+    weights, alone = mixed_weights
+    _assert_same_detections(_test_net_detections(tmp_path, mixed_coco, weights, 2), alone)
+    _assert_same_detections(_test_net_detections(tmp_path, mixed_coco, weights, 4), alone)
     with pytest.raises(AssertionError):
-        _assert_same_detections(test_net(4, "TEST.BATCH_INVARIANT", "False"), alone)
+        _assert_same_detections(_test_net_detections(tmp_path, mixed_coco, weights, 4,
+                                                     "TEST.BATCH_INVARIANT", "False"), alone)
 
+
+@pytest.mark.parametrize("shape", ["fixed", "dynamic"])
+@pytest.mark.parametrize("postprocess", ["nms", "none"])
+def test_infer_onnx_equals_test_net_on_mixed_sizes(tmp_path, mixed_coco, mixed_weights,
+                                                   postprocess, shape):
+    """The fixed 96 x 96 graph at batch 2 (every image padded to the graph's canvas, masked from
+    image_sizes) and the dynamic-shape graph (traced at 64 x 96, run on the loader's batches)
+    give test_net's batch-1 detections."""
+    pytest.importorskip("onnxruntime")
+    weights, alone = mixed_weights
     path, onnx_out = str(tmp_path / "m.onnx"), tmp_path / "onnx"
-    _load_tool("export_onnx").main(["--config-file", SMALL, "--output", path, "--height", "96",
-                                    "--width", "96", "--batch", "2", "--postprocess", postprocess,
+    size = ["--height", "96", "--width", "96", "--batch", "2"] if shape == "fixed" else \
+        ["--height", "64", "--width", "96", "--dynamic-batch", "--dynamic-shape"]
+    _load_tool("export_onnx").main(["--config-file", SMALL, "--output", path, *size,
+                                    "--postprocess", postprocess,
                                     *_opts(mixed_coco, str(onnx_out)), "MODEL.WEIGHT", weights])
     _load_tool("infer_onnx").main(["--config-file", SMALL, "--model", path,
                                    *_opts(mixed_coco, str(onnx_out))])
