@@ -148,7 +148,7 @@ class DenseDetectorGraph(nn.Module):
         if not self.dynamic and tuple(images.shape[-2:]) != self.image_hw:
             raise ValueError(f"input of spatial size {tuple(images.shape[-2:])}, the graph is built "
                              f"for {self.image_hw}")
-        if self.dynamic and not torch.jit.is_tracing() and div and (
+        if self.dynamic and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and div and (
                 images.shape[-2] % div or images.shape[-1] % div):
             raise ValueError(f"input of spatial size {tuple(images.shape[-2:])}: a dynamic graph "
                              f"takes multiples of the size divisibility {div}")

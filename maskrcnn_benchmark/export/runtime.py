@@ -26,7 +26,8 @@ from .deps import require
 
 __all__ = ["PROVIDERS", "create_session", "OnnxDetector", "compare_with_torch",
            "detections_from_outputs", "benchmark", "build_onnx_detector", "evaluate_onnx",
-           "fixed_batch"]
+           "fixed_batch", "graph_num_classes", "level_sizes_of", "build_exported_detector",
+           "RUNTIMES"]
 
 logger = logging.getLogger("maskrcnn_benchmark.export")
 
@@ -138,11 +139,22 @@ class OnnxDetector(nn.Module):
     does.
     """
 
+    #: smallest H / W a dynamic-shape model takes (a smaller batch is zero-padded up to it; the
+    #: batch-invariant masks make that padding invisible). 0 for an ONNX graph.
+    min_side = 0
+
     def __init__(self, session, post_processor=None, level_sizes=None):
         super().__init__()
         self.session = session
         self.batch, self.height, self.width, self.takes_sizes = _input_spec(session)
         self.with_nms = "labels" in {o.name for o in session.get_outputs()}
+        self._check_post_processing(post_processor, level_sizes)
+
+    def _outputs(self, names: List[str], feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """The outputs ``names`` of one run on ``feeds`` (the runtime's own call)."""
+        return self.session.run(names, feeds)
+
+    def _check_post_processing(self, post_processor, level_sizes) -> None:
         if not self.with_nms and (post_processor is None or level_sizes is None):
             raise ValueError("a --postprocess none graph needs the PyTorch post_processor and "
                              "level_sizes")
@@ -155,6 +167,9 @@ class OnnxDetector(nn.Module):
         factor applied."""
         x = images.tensors.float().cpu()
         if self.height is None:  # dynamic shape: the batch as the loader padded it
+            pad_h, pad_w = (max(0, self.min_side - n) for n in x.shape[-2:])
+            if pad_h or pad_w:
+                x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
             return x, [tuple(s) for s in images.image_sizes], [1.0] * x.shape[0]
         out = x.new_zeros(x.shape[0], x.shape[1], self.height, self.width)
         sizes, factors = [], []
@@ -181,11 +196,11 @@ class OnnxDetector(nn.Module):
         if self.takes_sizes:  # clips the detections and (batch-invariant graphs) masks the canvases
             feeds["image_sizes"] = np.asarray(sizes, dtype=np.float32).reshape(-1, 2)
         if self.with_nms:
-            boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], feeds)
+            boxes, scores, labels = self._outputs(["boxes", "scores", "labels"], feeds)
             return detections_from_outputs(boxes, scores, labels, sizes)
         from maskrcnn_benchmark.modeling.dense_heads.base import DensePrediction
 
-        scores, boxes, mask = self.session.run(["scores", "boxes", "candidate_mask"], feeds)
+        scores, boxes, mask = self._outputs(["scores", "boxes", "candidate_mask"], feeds)
         level_sizes = self.level_sizes(x.shape[-2:]) if callable(self.level_sizes) else self.level_sizes
         pred = DensePrediction(torch.from_numpy(scores).float(), torch.from_numpy(boxes).float(),
                                torch.from_numpy(mask), tuple(level_sizes))
@@ -258,29 +273,14 @@ def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads:
     Raises ValueError when the graph's classes (both graphs) or candidates (``none``) do not
     match the config.
     """
-    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data, num_classes_key
-    from maskrcnn_benchmark.modeling.dense_heads import get_num_classes
-    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, num_classes_key
 
     from .graph import DenseDetectorGraph
 
     session = create_session(path, provider, intra_op_threads)
     batch, h, w, _ = _input_spec(session)
-    cfg = fill_num_classes_from_data(cfg)
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    model = build_detection_model(cfg).eval()
-    want = int(model.rpn.head.num_classes)
-    got = graph_num_classes(session, path, model.rpn.head.num_anchors)
-    if got is None:
-        logger.warning("%s: cannot read the graph's class count (no num_classes metadata, no "
-                       "cls_logits convolution); not checked against the config's %d", path, want)
-    elif got != want:
-        raise ValueError(f"{path}: the graph has {got} foreground classes, the config / dataset "
-                         f"{want} ({num_classes_key(cfg)} = {get_num_classes(cfg)}, DATASETS.TRAIN "
-                         f"{list(cfg.DATASETS.TRAIN)}): export and evaluate with the same config")
+    cfg, model = _config_model(cfg)
+    _check_num_classes(path, graph_num_classes(session, path, model.rpn.head.num_anchors), cfg, model)
     if "labels" in {o.name for o in session.get_outputs()}:
         return OnnxDetector(session)
     if h is None:  # dynamic shape: the candidates per level follow each batch's size
@@ -296,8 +296,59 @@ def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads:
     return OnnxDetector(session, model.rpn.post_processor, graph.level_sizes)
 
 
-def evaluate_onnx(cfg, path: str, provider: str = "cpu", intra_op_threads: int = 0):
-    """COCO / VOC evaluation of the ONNX model ``path`` on every DATASETS.TEST entry, exactly as
+def _config_model(cfg):
+    """(cfg with NUM_CLASSES resolved on the CPU, its detector in eval mode: strides, anchors and
+    the post-processor of an exported model; its weights are not used)."""
+    from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+
+    cfg = fill_num_classes_from_data(cfg).clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg, build_detection_model(cfg).eval()
+
+
+def _check_num_classes(path: str, got: Optional[int], cfg, model: nn.Module) -> None:
+    """ValueError naming both counts when the exported model's foreground classes ``got`` differ
+    from the config's (resolved from the dataset); a warning when ``got`` is unknown (None)."""
+    from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, num_classes_key
+
+    want = int(model.rpn.head.num_classes)
+    if got is None:
+        logger.warning("%s: cannot read the graph's class count (no num_classes metadata, no "
+                       "cls_logits convolution); not checked against the config's %d", path, want)
+    elif got != want:
+        raise ValueError(f"{path}: the graph has {got} foreground classes, the config / dataset "
+                         f"{want} ({num_classes_key(cfg)} = {get_num_classes(cfg)}, DATASETS.TRAIN "
+                         f"{list(cfg.DATASETS.TRAIN)}): export and evaluate with the same config")
+
+
+#: ``--runtime`` of tools/infer_onnx.py: onnxruntime (a .onnx graph) or AOTInductor (a .pt2).
+RUNTIMES = ("onnxruntime", "aoti")
+
+
+def build_exported_detector(cfg, path: str, runtime: str = "onnxruntime", provider: str = "cpu",
+                            intra_op_threads: int = 0) -> OnnxDetector:
+    """The detector of an exported model ``path`` for ``cfg``: :func:`build_onnx_detector`, or
+    for ``runtime="aoti"`` an :class:`~.aoti.AotiDetector` of the package (its class count
+    checked against the config's, as for ONNX)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"--runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "onnxruntime":
+        return build_onnx_detector(cfg, path, provider, intra_op_threads)
+    from .aoti import AotiDetector, load_aoti
+
+    cfg, model = _config_model(cfg)
+    detector = AotiDetector(load_aoti(path), model)
+    _check_num_classes(path, detector.num_classes(), cfg, model)
+    return detector
+
+
+def evaluate_onnx(cfg, path: str, provider: str = "cpu", intra_op_threads: int = 0,
+                  runtime: str = "onnxruntime"):
+    """COCO / VOC evaluation of the exported model ``path`` (``runtime``: an ONNX graph on
+    onnxruntime, or an AOTInductor package) on every DATASETS.TEST entry, exactly as
     ``tools/test_net.py`` (``run_test``: OUTPUT_DIR/inference/<dataset>/bbox.json, metrics.json).
 
     Returns ``{dataset: metrics}``.
@@ -309,7 +360,7 @@ def evaluate_onnx(cfg, path: str, provider: str = "cpu", intra_op_threads: int =
                          "ONNX models; set it to False")
     if not cfg.DATASETS.TEST:
         raise ValueError("DATASETS.TEST is empty: nothing to evaluate")
-    detector = build_onnx_detector(cfg, path, provider, intra_op_threads)
+    detector = build_exported_detector(cfg, path, runtime, provider, intra_op_threads)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"  # the loader's batches stay on the host; onnxruntime places them

@@ -360,7 +360,7 @@ class DenseHead(nn.Module):
             candidates.append(m)
             boxes.append(self.decode(reg.float(), p[None]))
         return DensePrediction(torch.cat(scores, dim=1), torch.cat(boxes, dim=1),
-                               torch.cat(candidates, dim=1), tuple(int(p.shape[0]) for p in priors))
+                               torch.cat(candidates, dim=1), tuple(p.shape[0] for p in priors))
 
     # -- entry ---------------------------------------------------------------------------------
     def forward(self, images: ImageList, features: List[torch.Tensor],
