@@ -47,16 +47,22 @@ def test_export_without_onnxslim_is_a_clear_error(monkeypatch, tmp_path):
 def tiny_coco(tmp_path_factory):
     """Four 48 x 64 images (resized to 64 x 85, padded to 64 x 96 in both runtimes)."""
     root = str(tmp_path_factory.mktemp("coco"))
+    return _write_coco(root, [(48, 64)] * 4, seed=0, left=10, right=40, area=840.0)
+
+
+def _write_coco(root, sizes, seed, left, right, area):
+    """A two-class COCO dataset under ``root`` (``img/<i>.png`` of ``sizes`` (h, w), random pixels
+    with one filled rectangle each, its box annotated); returns its DATASETS name."""
     os.makedirs(os.path.join(root, "img"))
-    g = np.random.default_rng(0)
+    g = np.random.default_rng(seed)
     imgs, anns = [], []
-    for i in range(4):
-        img = g.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-        cv2.rectangle(img, (10 + i, 8), (40, 36), (0, 200, 255), -1)
+    for i, (h, w) in enumerate(sizes):
+        img = g.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        cv2.rectangle(img, (left + i, 8), (right, 36), (0, 200, 255), -1)
         cv2.imwrite(os.path.join(root, "img", f"{i}.png"), img)
-        imgs.append({"id": 10 + i, "file_name": f"{i}.png", "height": 48, "width": 64})
+        imgs.append({"id": 10 + i, "file_name": f"{i}.png", "height": h, "width": w})
         anns.append({"id": i + 1, "image_id": 10 + i, "category_id": 1 + i % 2,
-                     "bbox": [10 + i, 8, 30 - i, 28], "area": 840.0, "iscrowd": 0})
+                     "bbox": [left + i, 8, right - left - i, 28], "area": area, "iscrowd": 0})
     with open(os.path.join(root, "ann.json"), "w") as f:
         json.dump({"images": imgs, "annotations": anns,
                    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, f)
@@ -166,20 +172,8 @@ def mixed_coco(tmp_path_factory):
     """Four images of two orientations: 48 x 64 (resized to 64 x 85, canvas 64 x 96) and 64 x 48
     (85 x 64, canvas 96 x 64); a batch of both pads to 96 x 96."""
     root = str(tmp_path_factory.mktemp("mixed"))
-    os.makedirs(os.path.join(root, "img"))
-    g = np.random.default_rng(1)
-    imgs, anns = [], []
-    for i, (h, w) in enumerate(((48, 64), (64, 48), (64, 48), (48, 64))):
-        img = g.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        cv2.rectangle(img, (5 + i, 8), (30, 36), (0, 200, 255), -1)
-        cv2.imwrite(os.path.join(root, "img", f"{i}.png"), img)
-        imgs.append({"id": 10 + i, "file_name": f"{i}.png", "height": h, "width": w})
-        anns.append({"id": i + 1, "image_id": 10 + i, "category_id": 1 + i % 2,
-                     "bbox": [5 + i, 8, 25 - i, 28], "area": 500.0, "iscrowd": 0})
-    with open(os.path.join(root, "ann.json"), "w") as f:
-        json.dump({"images": imgs, "annotations": anns,
-                   "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, f)
-    return f"{root}/ann.json:{root}/img"
+    return _write_coco(root, [(48, 64), (64, 48), (64, 48), (48, 64)], seed=1, left=5, right=30,
+                       area=500.0)
 
 
 def _assert_same_detections(got, want):
