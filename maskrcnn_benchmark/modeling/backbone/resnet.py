@@ -299,7 +299,7 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor, masks: Optional[PaddingMask] = None) -> List[torch.Tensor]:
         """``masks``: the batch's :class:`PaddingMask` for batch-invariant inference (None: the
         plain forward)."""
-        x = self.stem(x, masks)
+        x = self.stem(x) if masks is None else self.stem(x, masks)
         features = {}
         stride = 4
         for index, name in enumerate(self.stages, 1):
