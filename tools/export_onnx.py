@@ -20,10 +20,17 @@ Graph input ``images`` [B, 3, H, W] float32, the pre-processing of tools/test_ne
      DATALOADER.SIZE_DIVISIBILITY; default H, W = MIN_SIZE_TEST, MAX_SIZE_TEST rounded up).
 Outputs, --postprocess none: scores [B, N, C] (the head's final score), boxes [B, N, 4] (x1, y1,
 x2, y2 in input pixels, not clipped), candidate_mask [B, N, C] (pairs above INFERENCE_TH).
---postprocess nms: second input image_sizes [B, 2] float32 (h, w of each resized image before
-padding); outputs boxes [B, K, 4], scores [B, K], labels [B, K] int64 (1..C, 0 = padding row),
-K = TEST.DETECTIONS_PER_IMG. Boxes are in the resized image's pixels: divide by the resize
-factor for the original image.
+With TEST.BATCH_INVARIANT (default) a second input image_sizes [B, 2] float32 (h, w of each
+resized image before padding): each image then sees only its canvas (its size rounded up to
+DATALOADER.SIZE_DIVISIBILITY), so its detections are test_net's whatever H x W and the batch.
+--postprocess nms: image_sizes also clips the boxes; outputs boxes [B, K, 4], scores [B, K],
+labels [B, K] int64 (1..C, 0 = padding row), K = TEST.DETECTIONS_PER_IMG. Boxes are in the
+resized image's pixels: divide by the resize factor for the original image.
+--dynamic-shape: H and W symbolic (multiples of DATALOADER.SIZE_DIVISIBILITY), priors computed
+in the graph. --format aoti: torch.export (dynamic batch, H, W >= the first multiple of the
+divisibility above the largest stride) compiled by AOTInductor into a .pt2 package (torch only,
+a C++ compiler; minutes), the --postprocess none outputs; run it with tools/infer_onnx.py
+--runtime aoti.
 """
 from __future__ import annotations
 
@@ -46,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
     group.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis")
+    parser.add_argument("--format", choices=("onnx", "aoti"), default="onnx",
+                        help="onnx (default) or aoti: a .pt2 AOTInductor package of torch.export "
+                             "(dynamic batch / H / W, --postprocess none outputs)")
+    parser.add_argument("--dynamic-shape", action="store_true",
+                        help="symbolic height and width (any multiples of "
+                             "DATALOADER.SIZE_DIVISIBILITY; --height / --width: the traced example); "
+                             "priors computed in the graph")
     parser.add_argument("--height", type=int, default=0, help="input height (0: from the config)")
     parser.add_argument("--width", type=int, default=0, help="input width (0: from the config)")
     parser.add_argument("--opset", type=int, default=0,
@@ -70,11 +84,14 @@ def main(argv: Optional[List[str]] = None):
     args = parser.parse_args(argv)
     cfg = cfg_from_args(parser, args)
     setup_logger("maskrcnn_benchmark", None, 0)
+    if args.format == "aoti":
+        return _export_aoti(parser, cfg, args.output)
     try:
         result = export_detector(cfg, args.output, batch=1 if args.dynamic_batch else args.batch,
                                  dynamic_batch=args.dynamic_batch, height=args.height,
                                  width=args.width, opset=args.opset, simplify=args.simplify,
-                                 fp16=args.fp16, postprocess=args.postprocess)
+                                 fp16=args.fp16, postprocess=args.postprocess,
+                                 dynamic_shape=args.dynamic_shape)
     except (ImportError, ValueError, FileNotFoundError, RuntimeError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(f"wrote {result.path}")
@@ -82,6 +99,20 @@ def main(argv: Optional[List[str]] = None):
     for name, diff in result.max_abs_diff.items():
         print(f"max |onnxruntime - pytorch| {name}: {diff:.3g}")
     return result
+
+
+def _export_aoti(parser: argparse.ArgumentParser, cfg, output: str) -> str:
+    """--format aoti: the AOTInductor package of the config's inference model."""
+    from maskrcnn_benchmark.engine.inference import build_test_model
+    from maskrcnn_benchmark.export.aoti import export_aoti
+
+    try:
+        cfg, model = build_test_model(cfg)
+        path = export_aoti(model, output)
+    except (ImportError, ValueError, FileNotFoundError, RuntimeError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    print(f"wrote {path}")
+    return path
 
 
 if __name__ == "__main__":

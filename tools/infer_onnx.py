@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    parser.add_argument("--model", required=True, help="the .onnx file")
+    parser.add_argument("--model", required=True,
+                        help="the .onnx file (or, --runtime aoti, the .pt2 AOTInductor package of "
+                             "tools/export_onnx.py --format aoti)")
+    parser.add_argument("--runtime", choices=("onnxruntime", "aoti"), default="",
+                        help="onnxruntime (default; a .onnx graph) or aoti (a .pt2 package, torch "
+                             "only; default for a .pt2 file)")
     parser.add_argument("--batch", type=int, default=0,
                         help="images per batch (accuracy: TEST.IMS_PER_BATCH by default; "
                              "benchmark: the graph's batch, else 1)")
@@ -52,20 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def runtime_of(args) -> str:
+    """``--runtime``, or by default ``aoti`` for a ``.pt2`` file and onnxruntime otherwise."""
+    return args.runtime or ("aoti" if args.model.endswith(".pt2") else "onnxruntime")
+
+
 def run_benchmark(cfg, args) -> List[dict]:
     """The benchmark rows (onnxruntime, then PyTorch per ``--torch`` precision)."""
     import torch
 
     from maskrcnn_benchmark.engine.inference import build_test_model
-    from maskrcnn_benchmark.export.runtime import benchmark, build_onnx_detector, fixed_batch
+    from maskrcnn_benchmark.export.runtime import benchmark, build_exported_detector, fixed_batch
 
-    detector = build_onnx_detector(cfg, args.model, args.provider, args.threads)
+    detector = build_exported_detector(cfg, args.model, runtime_of(args), args.provider,
+                                       args.threads)
     batch = args.batch or detector.batch or 1
     if detector.batch and batch != detector.batch:
         raise ValueError(f"--batch {batch}: {args.model} has a fixed batch of {detector.batch} "
                          "(export with --dynamic-batch for other sizes)")
-    images = fixed_batch(batch, detector.height, detector.width)
-    rows = [dict(backend=f"onnxruntime ({args.provider})", model=os.path.basename(args.model),
+    from maskrcnn_benchmark.export.onnx_export import default_input_hw
+
+    # a dynamic-shape graph: the config's largest landscape test size
+    hw = (detector.height, detector.width) if detector.height else default_input_hw(cfg)
+    images = fixed_batch(batch, *hw)
+    backend = f"onnxruntime ({args.provider})" if runtime_of(args) == "onnxruntime" else "aotinductor (cpu)"
+    rows = [dict(backend=backend, model=os.path.basename(args.model),
                  **benchmark(lambda: detector(images), batch, args.warmup, args.iters))]
     precisions = [p for p in args.torch.split(",") if p]
     bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
@@ -106,7 +122,7 @@ def main(argv: Optional[List[str]] = None):
                  filename="test_log.txt")
     try:
         if not args.benchmark:
-            return evaluate_onnx(cfg, args.model, args.provider, args.threads)
+            return evaluate_onnx(cfg, args.model, args.provider, args.threads, runtime_of(args))
         rows = run_benchmark(cfg, args)
     except (ImportError, ValueError, FileNotFoundError, RuntimeError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -460,6 +460,10 @@ _C.SOLVER.REFERENCE_BATCH = 0
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # Mixed precision training: "" (off), "fp16" or "bf16".
 _C.SOLVER.AMP = ""
+# Train with the canvas masks of TEST.BATCH_INVARIANT too (GroupNorm statistics over each image's
+# canvas, zero padding at its border). False (default): the releases' training, where the padding of
+# a mixed-size batch enters the statistics; a model trained either way is evaluated batch-invariantly.
+_C.SOLVER.BATCH_INVARIANT = False
 # Evaluate on DATASETS.TEST every this many iterations (0: only at the end).
 _C.SOLVER.TEST_PERIOD = 0
 # Log losses, lr, time, ETA and memory every this many iterations; also the period of the lines of
@@ -505,6 +509,14 @@ _C.TEST.FOLD_FROZEN_BN = True
 # a GPU yet); "channels_last" or "contiguous" force one. MODEL.CHANNELS_LAST True (training too)
 # overrides "auto". Training and the evaluation during training are not affected.
 _C.TEST.MEMORY_FORMAT = "auto"
+# Batch-invariant inference (maskrcnn_benchmark/layers/padding_mask.py): each image of a padded batch
+# sees only its own canvas (its size rounded up to DATALOADER.SIZE_DIVISIBILITY, what it gets alone):
+# GroupNorm statistics over the canvas, zeros outside it wherever a conv reads. Its detections then
+# equal its batch-1 detections whatever TEST.IMS_PER_BATCH or the number of GPUs (float32 rounding).
+# A batch whose images all fill the padded tensor (batch 1, equal sizes) runs the plain model. False:
+# the releases' behaviour (padding enters GroupNorm statistics and leaks into the canvas border).
+# Used by test_net, the evaluation during training, the Predictor and the exports.
+_C.TEST.BATCH_INVARIANT = True
 # Test-time augmentation (maskrcnn_benchmark/engine/bbox_aug.py), the keys of the original ATSS /
 # Dynamic ATSS releases. Used by tools/test_net.py, the evaluation during training and the visualiser.
 _C.TEST.BBOX_AUG = CN()

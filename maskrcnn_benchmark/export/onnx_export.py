@@ -11,12 +11,19 @@ nodes.)
 
 Graph inputs / outputs:
 
-- ``--postprocess none``: input ``images`` [B, 3, H, W] float32; outputs ``scores`` [B, N, C],
+- ``--postprocess none``: inputs ``images`` [B, 3, H, W] float32 and (batch-invariant graphs,
+  ``TEST.BATCH_INVARIANT``) ``image_sizes`` [B, 2] float32 (h, w of each image before padding:
+  each image then sees only its canvas, as in ``test_net``); outputs ``scores`` [B, N, C],
   ``boxes`` [B, N, 4] (input pixels, not clipped), ``candidate_mask`` [B, N, C] bool (the (prior,
   class) pairs above the head's ``INFERENCE_TH``; what the post-processing may report).
 - ``--postprocess nms``: inputs ``images`` and ``image_sizes`` [B, 2] float32 (h, w of each
-  image before padding: boxes are clipped to it); outputs ``boxes`` [B, K, 4], ``scores`` [B, K],
-  ``labels`` [B, K] int64 (1..C; 0 marks the padding rows), ``K = TEST.DETECTIONS_PER_IMG``.
+  image before padding: boxes are clipped to it, and each image sees only its canvas); outputs
+  ``boxes`` [B, K, 4], ``scores`` [B, K], ``labels`` [B, K] int64 (1..C; 0 marks the padding
+  rows), ``K = TEST.DETECTIONS_PER_IMG``.
+
+The file's metadata (``metadata_props``) records ``num_classes`` (C), ``size_divisibility``,
+``postprocess`` and ``batch_invariant``; ``infer_onnx`` refuses a graph whose C differs from the
+dataset's.
 """
 from __future__ import annotations
 
@@ -90,13 +97,20 @@ def preprocessing_description(cfg) -> str:
 
 
 def build_export_module(model: nn.Module, image_hw: Tuple[int, int], postprocess: str = "none",
-                        amp_dtype: Optional[torch.dtype] = None) -> nn.Module:
+                        amp_dtype: Optional[torch.dtype] = None,
+                        batch_invariant: Optional[bool] = None, dynamic: bool = False) -> nn.Module:
     """The module to export for ``model`` (a GeneralizedRCNN with a DenseHead) and an input of
     ``image_hw``: :class:`DenseDetectorGraph` (``postprocess="none"``) or
-    :class:`DetectorWithDetections` (``"nms"``, the head's post-processor's settings)."""
+    :class:`DetectorWithDetections` (``"nms"``, the head's post-processor's settings).
+    ``batch_invariant`` (default: the model's eval setting, ``TEST.BATCH_INVARIANT``): mask each
+    image's canvas from the ``image_sizes`` input. ``dynamic``: any input size (``image_hw`` is
+    the example's)."""
     if postprocess not in ("none", "nms"):
         raise ValueError(f"--postprocess must be 'none' or 'nms', got {postprocess!r}")
-    graph = DenseDetectorGraph(model, image_hw, amp_dtype=amp_dtype).eval()
+    if batch_invariant is None:
+        batch_invariant = getattr(model, "batch_invariant", (False, False))[1]
+    graph = DenseDetectorGraph(model, image_hw, amp_dtype=amp_dtype,
+                               batch_invariant=batch_invariant, dynamic=dynamic).eval()
     if postprocess == "none":
         return graph
     post = model.rpn.post_processor
@@ -120,25 +134,49 @@ def _register_deform_conv_symbolic(opset: int) -> None:
     register_custom_op_symbolic("maskrcnn_benchmark::deform_conv2d", deform_conv, opset)
 
 
+def _takes_sizes(module: nn.Module) -> bool:
+    """Whether the export module has the ``image_sizes`` input (the ``nms`` graph, or a
+    batch-invariant ``none`` graph)."""
+    return isinstance(module, DetectorWithDetections) or module.batch_invariant
+
+
 def _example_inputs(module: nn.Module, batch: int, image_hw: Tuple[int, int], device) -> Tuple:
+    """A seeded batch and, for a graph with ``image_sizes``, sizes that leave a canvas smaller
+    than the input for the second image onwards (the masks then matter in a comparison)."""
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, *image_hw, generator=g).to(device)
+    if not _takes_sizes(module):
+        return (images,)
+    h, w = image_hw
+    sizes = torch.tensor([[h, w]] + [[max(1, h * 2 // 3), max(1, w // 2)]] * (batch - 1),
+                         dtype=torch.float32, device=device)
+    return images, sizes
+
+
+def _names(module: nn.Module) -> Tuple[List[str], List[str]]:
+    inputs = ["images", "image_sizes"] if _takes_sizes(module) else ["images"]
     if isinstance(module, DetectorWithDetections):
-        sizes = torch.tensor([list(image_hw)] * batch, dtype=torch.float32, device=device)
-        return images, sizes
-    return (images,)
+        return inputs, ["boxes", "scores", "labels"]
+    return inputs, ["scores", "boxes", "candidate_mask"]
 
 
-def _names(postprocess: str) -> Tuple[List[str], List[str]]:
-    if postprocess == "nms":
-        return ["images", "image_sizes"], ["boxes", "scores", "labels"]
-    return ["images"], ["scores", "boxes", "candidate_mask"]
+def _write_metadata(path: str, values: Dict[str, object]) -> None:
+    """Set the ONNX file's ``metadata_props`` ``values`` (as strings), in place."""
+    onnx = require("onnx", "the ONNX export")
+    model = onnx.load(path)
+    old = {p.key: p.value for p in model.metadata_props}
+    old.update({k: str(v) for k, v in values.items()})
+    del model.metadata_props[:]
+    for k, v in sorted(old.items()):
+        model.metadata_props.add(key=k, value=v)
+    _save_atomic(model, path)
 
 
 def export_onnx(module: nn.Module, path: str, batch: int = 1, dynamic_batch: bool = False,
                 opset: int = 17) -> None:
     """Trace ``module`` (from :func:`build_export_module`) with a ``batch`` x 3 x H x W input and
-    write the ONNX file ``path`` atomically (batch axis symbolic with ``dynamic_batch``)."""
+    write the ONNX file ``path`` atomically (batch axis symbolic with ``dynamic_batch``; height,
+    width and the candidate axis symbolic for a ``dynamic`` graph)."""
     require("onnx", "the ONNX export")
     graph = module.graph if isinstance(module, DetectorWithDetections) else module
     uses_dcn = bool(find_dcn_modules(graph))
@@ -148,10 +186,15 @@ def export_onnx(module: nn.Module, path: str, batch: int = 1, dynamic_batch: boo
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     postprocess = "nms" if isinstance(module, DetectorWithDetections) else "none"
-    inputs, outputs = _names(postprocess)
+    inputs, outputs = _names(module)
     device = next(module.parameters()).device
     example = _example_inputs(module, batch, graph.image_hw, device)
-    dynamic_axes = {n: {0: "batch"} for n in inputs + outputs} if dynamic_batch else None
+    dynamic_axes = {n: {0: "batch"} for n in inputs + outputs} if dynamic_batch else {}
+    if graph.dynamic:
+        dynamic_axes.setdefault("images", {}).update({2: "height", 3: "width"})
+        if postprocess == "none":
+            for name in outputs:
+                dynamic_axes.setdefault(name, {})[1] = "candidates"
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
@@ -159,13 +202,17 @@ def export_onnx(module: nn.Module, path: str, batch: int = 1, dynamic_batch: boo
     try:
         with torch.no_grad():
             torch.onnx.export(module, example, tmp, input_names=inputs, output_names=outputs,
-                              dynamic_axes=dynamic_axes, opset_version=int(opset), dynamo=False,
+                              dynamic_axes=dynamic_axes or None, opset_version=int(opset), dynamo=False,
                               do_constant_folding=True)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     _check_no_project_ops(path)
+    _write_metadata(path, {"num_classes": graph.num_classes, "postprocess": postprocess,
+                           "size_divisibility": graph.size_divisibility,
+                           "batch_invariant": int(graph.batch_invariant),
+                           "dynamic_shape": int(graph.dynamic)})
 
 
 def _check_no_project_ops(path: str) -> None:
@@ -194,7 +241,11 @@ def convert_fp16(path: str, regions: Sequence[str] = FP16_REGIONS) -> None:
     model = onnx.load(path)
     _unshare_initializers(model)
     del model.graph.value_info[:]  # stale after the conversion's casts; ORT re-infers the shapes
-    keep = [n.name for n in model.graph.node if not n.name.startswith(tuple(regions))]
+    # Casts to float32 (the padding masks made from the image sizes) stay as they are: the
+    # converter would leave their ``to`` float32 but declare their output float16
+    keep = [n.name for n in model.graph.node if not n.name.startswith(tuple(regions))
+            or (n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT
+                                            for a in n.attribute))]
     if len(keep) == len(model.graph.node):
         raise RuntimeError(f"{path}: no node is named under {list(regions)}; cannot tell the "
                            "network from the post-processing for --fp16")
@@ -292,7 +343,7 @@ def default_input_hw(cfg) -> Tuple[int, int]:
 def export_detector(cfg, output: str, batch: int = 1, dynamic_batch: bool = False,
                     height: int = 0, width: int = 0, opset: int = 0, simplify: bool = False,
                     fp16: bool = False, postprocess: str = "none", model: Optional[nn.Module] = None,
-                    verify: bool = True) -> ExportResult:
+                    verify: bool = True, dynamic_shape: bool = False) -> ExportResult:
     """Export the detector of ``cfg`` (weights: MODEL.WEIGHT, see ``build_test_model``) to
     ``output``; then ``onnx.checker``, one onnxruntime run on a random batch and the largest
     difference from PyTorch (with TEST.AMP's autocast) per output.
@@ -304,6 +355,8 @@ def export_detector(cfg, output: str, batch: int = 1, dynamic_batch: bool = Fals
         simplify: onnxslim; fp16: float16 network, float32 scores / boxes / post-processing.
         postprocess: ``"none"`` (all candidates) or ``"nms"`` (fixed-size detections).
         model: an already built detector (else built from ``cfg``).
+        dynamic_shape: symbolic height and width (any multiple of DATALOADER.SIZE_DIVISIBILITY;
+            ``height`` x ``width`` is the example traced), priors computed in the graph.
     Raises:
         ImportError naming the missing package; ValueError for a bad opset / size / option or
         weights that do not fit the config.
@@ -327,7 +380,7 @@ def export_detector(cfg, output: str, batch: int = 1, dynamic_batch: bool = Fals
     dcn = find_dcn_modules(model)
     opset = check_opset(resolve_opset(opset, bool(dcn)), uses_dcn=bool(dcn))
     hw = (int(height), int(width)) if height and width else default_input_hw(cfg)
-    module = build_export_module(model, hw, postprocess)
+    module = build_export_module(model, hw, postprocess, dynamic=dynamic_shape)
     export_onnx(module, output, batch=batch, dynamic_batch=dynamic_batch, opset=opset)
     if simplify:
         simplify_onnx(output)
@@ -337,13 +390,13 @@ def export_detector(cfg, output: str, batch: int = 1, dynamic_batch: bool = Fals
     if verify:
         result.max_abs_diff = verify_export(output, model, hw, postprocess, batch,
                                             amp_dtype=getattr(model, "inference_amp", None),
-                                            uses_dcn=bool(dcn))
+                                            uses_dcn=bool(dcn), dynamic=dynamic_shape)
     return result
 
 
 def verify_export(path: str, model: nn.Module, image_hw: Tuple[int, int], postprocess: str,
                   batch: int, amp_dtype: Optional[torch.dtype] = None,
-                  uses_dcn: bool = False) -> Dict[str, float]:
+                  uses_dcn: bool = False, dynamic: bool = False) -> Dict[str, float]:
     """``onnx.checker`` on ``path``, one onnxruntime run on a random batch and the largest
     difference per output from the PyTorch module (autocast ``amp_dtype``)."""
     onnx = require("onnx", "checking the export")
@@ -357,7 +410,8 @@ def verify_export(path: str, model: nn.Module, image_hw: Tuple[int, int], postpr
             raise RuntimeError(f"onnxruntime cannot run the exported DeformConv ({e}); export without "
                                f"deformable convolutions: set {', '.join(_DCN_KEYS)} off") from e
         raise
-    reference = build_export_module(model, image_hw, postprocess, amp_dtype=amp_dtype)
+    reference = build_export_module(model, image_hw, postprocess, amp_dtype=amp_dtype,
+                                    dynamic=dynamic)
     device = next(model.parameters()).device
     inputs = _example_inputs(reference, batch, image_hw, device)
     return compare_with_torch(session, reference, inputs)

@@ -125,7 +125,8 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     """
     if not is_plain_conv2d(conv) or not isinstance(norm, FrozenBatchNorm2d) or conv.padding_mode != "zeros":
         return norm(conv(x))
-    if conv.weight.numel() > _conv_output_numel(conv, x):
+    if not torch.compiler.is_exporting() and conv.weight.numel() > _conv_output_numel(conv, x):
+        # (torch.export: no decision on the symbolic input size; always fused)
         # deep, low-resolution layers (an R-50's res5 on small inputs): scaling the output is cheaper
         return norm(conv(x))
     scale, shift = norm.scale_and_shift()

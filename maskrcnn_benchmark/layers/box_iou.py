@@ -14,7 +14,8 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 
     Args:
         boxes1: [N, 4] float32/float64 boxes, continuous x1, y1, x2, y2 (no "+1"); float16 / bfloat16 on
-            the CPU are computed in float32 (the result has the input dtype).
+            the CPU are computed in float32 (the result has the input dtype, except under CPU
+            autocast, whose op policy, as the ``Autocast`` kernel's on CUDA, returns float32).
         boxes2: [M, 4] boxes of the same dtype and device.
 
     Returns:
@@ -23,5 +24,7 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """
     check_tensor_args("box_iou", boxes1=boxes1, boxes2=boxes2)
     dtype = boxes1.dtype
+    if dtype in (torch.float16, torch.bfloat16) and boxes1.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        dtype = torch.float32
     boxes1, boxes2 = cpu_half_as_float(boxes1, boxes2)
     return load_ops().box_iou(boxes1, boxes2).to(dtype)

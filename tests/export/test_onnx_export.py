@@ -23,16 +23,18 @@ from maskrcnn_benchmark.export.graph import DenseDetectorGraph  # noqa: E402
 from maskrcnn_benchmark.export.onnx_export import (MAX_OPSET, check_opset, export_detector,  # noqa: E402
                                                    find_dcn_modules)
 from maskrcnn_benchmark.export.runtime import create_session  # noqa: E402
-
-
-def _torch_candidates(model, x):
-    with torch.no_grad():
-        return DenseDetectorGraph(model, HW)(x)
+from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS  # noqa: E402
 
 
 def _assert_candidates_close(session, model, x, score_atol=1e-4, box_rtol=1e-4, box_atol=None):
-    scores, boxes, mask = session.run(["scores", "boxes", "candidate_mask"], {"images": x.numpy()})
-    ref_s, ref_b, ref_m = (t.numpy() for t in _torch_candidates(model, x))
+    """The session's candidates on x (every image filling the tensor) against PyTorch's graph."""
+    feeds = {"images": x.numpy()}
+    if "image_sizes" in {i.name for i in session.get_inputs()}:
+        feeds["image_sizes"] = np.array([list(x.shape[-2:])] * x.shape[0], np.float32)
+    scores, boxes, mask = session.run(["scores", "boxes", "candidate_mask"], feeds)
+    hw = tuple(x.shape[-2:])
+    with torch.no_grad():
+        ref_s, ref_b, ref_m = (t.numpy() for t in DenseDetectorGraph(model, hw)(x))
     assert scores.shape == ref_s.shape and boxes.shape == ref_b.shape
     assert scores.dtype == np.float32 and boxes.dtype == np.float32
     np.testing.assert_allclose(scores, ref_s, atol=score_atol, rtol=0)
@@ -77,7 +79,7 @@ def test_detections_after_nms_fixed_batch(head_model, tmp_path):
 
     graph = DenseDetectorGraph(model, HW)
     with torch.no_grad():
-        s, b, m = graph(x)
+        s, b, m = graph(x, torch.tensor(sizes, dtype=torch.float32))  # image 1: a 96 x 128 canvas
         expected = model.rpn.post_processor(DensePrediction(s, b, m, graph.level_sizes), sizes)
     for i in range(2):
         assert len(expected[i]) > 0
@@ -153,3 +155,77 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
     with pytest.raises((ValueError, RuntimeError), match="cls_logits"):
         export_detector(cfg, str(tmp_path / "x.onnx"), height=HW[0], width=HW[1])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def _gn_shifted(model):
+    """``model`` with N(0, 1) GroupNorm shifts (the padding is then not zero after a GN)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.bias.normal_()
+    return model
+
+
+def _mixed_batch(hw, sizes, seed):
+    """An ImageList of images of ``sizes`` padded to ``hw`` (zeros, as the loader pads)."""
+    from maskrcnn_benchmark.structures.image_list import ImageList
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(len(sizes), 3, *hw)
+    for i, (h, w) in enumerate(sizes):
+        x[i, :, :h, :w] = torch.randn(3, h, w, generator=g) * 50.0
+    return ImageList(x, sizes)
+
+
+@pytest.mark.parametrize("head", sorted(DENSE_HEADS.keys()))
+def test_dynamic_shape_graphs_equal_pytorch_eager(head, tmp_path):
+    """--dynamic-shape --dynamic-batch, traced at 64 x 96, run on two other sizes with images of
+    different canvases: the nms graph and the none graph (+ the PyTorch post-processor) give the
+    detections of the eager PyTorch model (batch-invariant) on the same batch."""
+    from maskrcnn_benchmark.export.runtime import OnnxDetector, level_sizes_of
+
+    cfg = tiny_cfg(head)
+    model = _gn_shifted(tiny_model(cfg))
+    detectors = {}
+    for post in ("none", "nms"):
+        path = str(tmp_path / f"{post}.onnx")
+        export_detector(cfg, path, dynamic_batch=True, dynamic_shape=True, height=64, width=96,
+                        postprocess=post, model=model, verify=False)
+        session = create_session(path)
+        assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+        detectors[post] = OnnxDetector(session, model.rpn.post_processor,
+                                       lambda hw: level_sizes_of(model, hw))
+    for hw, sizes in (((96, 192), [(96, 192), (50, 150)]), ((160, 64), [(130, 64), (160, 40), (70, 30)])):
+        batch = _mixed_batch(hw, sizes, seed=len(sizes))
+        with torch.no_grad():
+            want = model(batch)
+        for post, detector in detectors.items():
+            got = detector(batch)
+            for ref, det in zip(want, got):
+                assert len(ref) > 0
+                assert_same_detections(ref, det.bbox, det.get_field("scores"), det.get_field("labels"))
+
+
+def test_dynamic_shape_fp16_and_dcn(tmp_path):
+    """A dynamic-shape FP16 graph (float16 network) and a DCN one (DeformConv, opset 19), run at
+    a size other than the traced one, against PyTorch float32 candidates at that size."""
+    import onnx
+
+    cfg = tiny_cfg("ATSS")
+    cfg.MODEL.ATSS.USE_DCN_IN_TOWER = True
+    model = tiny_model(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "offset" in name:
+                p.normal_(0.0, 0.05)
+    path = str(tmp_path / "dcn.onnx")
+    export_detector(cfg, path, dynamic_shape=True, height=64, width=96, model=model, verify=False)
+    assert "DeformConv" in {n.op_type for n in onnx.load(path).graph.node}
+    _assert_candidates_close(create_session(path), model, images(1, (96, 160)))
+    cfg = tiny_cfg("FCOS")
+    model = tiny_model(cfg)
+    path = str(tmp_path / "fp16.onnx")
+    export_detector(cfg, path, dynamic_shape=True, dynamic_batch=True, height=64, width=96,
+                    fp16=True, model=model, verify=False)
+    _assert_candidates_close(create_session(path), model, images(2, (128, 96)), score_atol=2e-2,
+                             box_atol=2.0)

@@ -47,16 +47,22 @@ def test_export_without_onnxslim_is_a_clear_error(monkeypatch, tmp_path):
 def tiny_coco(tmp_path_factory):
     """Four 48 x 64 images (resized to 64 x 85, padded to 64 x 96 in both runtimes)."""
     root = str(tmp_path_factory.mktemp("coco"))
+    return _write_coco(root, [(48, 64)] * 4, seed=0, left=10, right=40, area=840.0)
+
+
+def _write_coco(root, sizes, seed, left, right, area):
+    """A two-class COCO dataset under ``root`` (``img/<i>.png`` of ``sizes`` (h, w), random pixels
+    with one filled rectangle each, its box annotated); returns its DATASETS name."""
     os.makedirs(os.path.join(root, "img"))
-    g = np.random.default_rng(0)
+    g = np.random.default_rng(seed)
     imgs, anns = [], []
-    for i in range(4):
-        img = g.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-        cv2.rectangle(img, (10 + i, 8), (40, 36), (0, 200, 255), -1)
+    for i, (h, w) in enumerate(sizes):
+        img = g.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        cv2.rectangle(img, (left + i, 8), (right, 36), (0, 200, 255), -1)
         cv2.imwrite(os.path.join(root, "img", f"{i}.png"), img)
-        imgs.append({"id": 10 + i, "file_name": f"{i}.png", "height": 48, "width": 64})
+        imgs.append({"id": 10 + i, "file_name": f"{i}.png", "height": h, "width": w})
         anns.append({"id": i + 1, "image_id": 10 + i, "category_id": 1 + i % 2,
-                     "bbox": [10 + i, 8, 30 - i, 28], "area": 840.0, "iscrowd": 0})
+                     "bbox": [left + i, 8, right - left - i, 28], "area": area, "iscrowd": 0})
     with open(os.path.join(root, "ann.json"), "w") as f:
         json.dump({"images": imgs, "annotations": anns,
                    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, f)
@@ -159,3 +165,117 @@ def test_onnx_detector_scales_down_images_larger_than_the_graph(tmp_path):
     out = detector(ImageList(x, [(128, 96), (64, 64), (60, 50)]))  # 3 images, batch-2 graph
     assert [d.size for d in out] == [(96, 128), (64, 64), (50, 60)]
     assert len(out[0]) > 0 and float(out[0].bbox[:, 3].max()) > 64  # scaled back to 128 x 96
+
+
+@pytest.fixture(scope="module")
+def mixed_coco(tmp_path_factory):
+    """Four images of two orientations: 48 x 64 (resized to 64 x 85, canvas 64 x 96) and 64 x 48
+    (85 x 64, canvas 96 x 64); a batch of both pads to 96 x 96."""
+    root = str(tmp_path_factory.mktemp("mixed"))
+    return _write_coco(root, [(48, 64), (64, 48), (64, 48), (48, 64)], seed=1, left=5, right=30,
+                       area=500.0)
+
+
+def _assert_same_detections(got, want):
+    """Two bbox.json lists (``_detections`` rows): the same rows, scores within 1e-4 and boxes
+    within 1e-3 px (plus the json's 2-decimal rounding)."""
+    assert len(got) == len(want) > 4
+    a, b = np.array(got, dtype=np.float64), np.array(want, dtype=np.float64)
+    np.testing.assert_array_equal(a[:, :2], b[:, :2])
+    np.testing.assert_allclose(a[:, 2], b[:, 2], atol=1.1e-4)
+    np.testing.assert_allclose(a[:, 3:], b[:, 3:], atol=1e-2 + 1e-3)
+
+
+@pytest.fixture(scope="module")
+def mixed_weights(tmp_path_factory, mixed_coco):
+    """Weights of a model whose GN head towers have non-zero shifts (the padding is not zero
+    after them) and that detects (classification bias N(0, 1)), and its test_net detections at
+    TEST.IMS_PER_BATCH 1."""
+    from maskrcnn_benchmark.modeling.detector import build_detection_model
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+
+    tmp = tmp_path_factory.mktemp("mixed_w")
+    cfg = setup_cfg(SMALL, _opts(mixed_coco, str(tmp / "x")))
+    torch.manual_seed(0)
+    model = build_detection_model(cfg)
+    with torch.no_grad():
+        model.rpn.head.cls_logits.bias.normal_()
+        for m in model.rpn.head.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.bias.normal_()
+    weights = Checkpointer(model, save_dir=str(tmp / "w"), save_to_disk=True).save("m")
+    return weights, _test_net_detections(tmp, mixed_coco, weights, 1)
+
+
+def _test_net_detections(tmp, dataset, weights, batch, *extra):
+    out = tmp / f"torch{batch}{len(extra)}"
+    opts = _opts(dataset, str(out)) + ["TEST.IMS_PER_BATCH", str(batch), *extra]
+    _load_tool("test_net").main(["--config-file", SMALL, *opts, "MODEL.WEIGHT", weights])
+    return _detections(out / "inference" / "ann")
+
+
+def test_test_net_batch_invariant_on_mixed_sizes(tmp_path, mixed_coco, mixed_weights):
+    """GroupNorm head towers, images of two canvases: test_net at TEST.IMS_PER_BATCH 2 and 4
+    gives the detections of TEST.IMS_PER_BATCH 1; the releases' behaviour (TEST.BATCH_INVARIANT
+    False) at batch 4 does not."""
+    weights, alone = mixed_weights
+    _assert_same_detections(_test_net_detections(tmp_path, mixed_coco, weights, 2), alone)
+    _assert_same_detections(_test_net_detections(tmp_path, mixed_coco, weights, 4), alone)
+    with pytest.raises(AssertionError):
+        _assert_same_detections(_test_net_detections(tmp_path, mixed_coco, weights, 4,
+                                                     "TEST.BATCH_INVARIANT", "False"), alone)
+
+
+@pytest.mark.parametrize("shape", ["fixed", "dynamic"])
+@pytest.mark.parametrize("postprocess", ["nms", "none"])
+def test_infer_onnx_equals_test_net_on_mixed_sizes(tmp_path, mixed_coco, mixed_weights,
+                                                   postprocess, shape):
+    """The fixed 96 x 96 graph at batch 2 (every image padded to the graph's canvas, masked from
+    image_sizes) and the dynamic-shape graph (traced at 64 x 96, run on the loader's batches)
+    give test_net's batch-1 detections."""
+    pytest.importorskip("onnxruntime")
+    weights, alone = mixed_weights
+    path, onnx_out = str(tmp_path / "m.onnx"), tmp_path / "onnx"
+    size = ["--height", "96", "--width", "96", "--batch", "2"] if shape == "fixed" else \
+        ["--height", "64", "--width", "96", "--dynamic-batch", "--dynamic-shape"]
+    _load_tool("export_onnx").main(["--config-file", SMALL, "--output", path, *size,
+                                    "--postprocess", postprocess,
+                                    *_opts(mixed_coco, str(onnx_out)), "MODEL.WEIGHT", weights])
+    _load_tool("infer_onnx").main(["--config-file", SMALL, "--model", path,
+                                   *_opts(mixed_coco, str(onnx_out))])
+    _assert_same_detections(_detections(onnx_out / "inference" / "ann"), alone)
+
+
+def test_infer_onnx_refuses_nms_graph_of_another_class_count(tmp_path, tiny_coco, capsys):
+    """The nms graph has 3 foreground classes (metadata, and without it the cls_logits weight),
+    the dataset 2: exit status 2 naming both; a corrupt file: exit status 2, a clear message."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from maskrcnn_benchmark.export.onnx_export import export_detector
+
+    opts = _opts(tiny_coco, str(tmp_path / "out"))
+    i = opts.index("MODEL.ATSS.NUM_CLASSES")
+    cfg = tiny_cfg("ATSS", num_classes=3)
+    path = str(tmp_path / "nms.onnx")
+    export_detector(cfg, path, height=64, width=96, postprocess="nms", model=tiny_model(cfg),
+                    verify=False)
+    stripped = onnx.load(path)
+    assert {p.key: p.value for p in stripped.metadata_props}["num_classes"] == "3"
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "old.onnx"))
+    tiny = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16"]
+    for model_path in (path, str(tmp_path / "old.onnx")):
+        with pytest.raises(SystemExit) as exit_info:
+            _load_tool("infer_onnx").main(["--config-file", SMALL, "--model", model_path,
+                                           *opts[:i], "MODEL.ATSS.NUM_CLASSES", "0", *opts[i + 2:],
+                                           *tiny])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "the graph has 3 foreground classes, the config / dataset 2" in err, err
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(open(path, "rb").read()[:2000])
+    with pytest.raises(SystemExit) as exit_info:
+        _load_tool("infer_onnx").main(["--config-file", SMALL, "--model", str(corrupt), *opts])
+    assert exit_info.value.code == 2
+    assert "corrupt.onnx: not a loadable ONNX model" in capsys.readouterr().err

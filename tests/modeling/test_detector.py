@@ -205,3 +205,93 @@ def test_cuda_device_without_cuda_names_the_key():
     cfg.MODEL.DEVICE = "nodevice"
     with pytest.raises(ValueError, match="MODEL.DEVICE 'nodevice' is not a device name"):
         build_detection_model(cfg)
+
+
+def _perturb_norms(model, seed=0):
+    """Non-zero conv biases and norm shifts (and GN affine), so that the padding of a batch holds
+    non-zero values that would leak into the canvases without the masks."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith((".bias", ".weight")) and t.ndim == 1:
+                t.add_(torch.randn(t.shape, generator=g) * 0.2)
+
+
+def _mixed_sizes():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(3, h, w, generator=g) for h, w in ((96, 128), (70, 100), (128, 64))]
+
+
+@pytest.mark.parametrize("norm", ["GN", "FrozenBN"])
+@pytest.mark.parametrize("head", sorted(DENSE_HEADS.keys()))
+def test_mixed_size_batch_gives_each_image_its_batch1_detections(head, norm):
+    """TEST.BATCH_INVARIANT (default): three images of different sizes in one batch (padded to
+    128 x 128) get the detections each gets alone (its own 32-multiple canvas), boxes within
+    1e-3 px; the releases' behaviour (batch_invariant off) differs by pixels."""
+    cfg = _cfg(head)
+    cfg.MODEL.BACKBONE.USE_GN = cfg.MODEL.FPN.USE_GN = norm == "GN"
+    for node in ("ATSS", "RETINANET", "FCOS", "FREEANCHOR", "AUTOASSIGN"):
+        if node in cfg.MODEL and "INFERENCE_TH" in cfg.MODEL[node]:
+            cfg.MODEL[node].INFERENCE_TH = 0.0  # detections from the untrained heads
+    torch.manual_seed(0)
+    model = build_detection_model(cfg).eval()
+    _perturb_norms(model)
+    assert model.batch_invariant == (False, True)
+    images = _mixed_sizes()
+    with torch.no_grad():
+        alone = [model(to_image_list([im], 32))[0] for im in images]
+        batched = model(to_image_list(images, 32))
+        model.batch_invariant = (False, False)
+        releases = model(to_image_list(images, 32))
+    worst_release = 0.0
+    for a, b, r in zip(alone, batched, releases):
+        assert len(a) == len(b) >= 20 and a.size == b.size
+        torch.testing.assert_close(b.get_field("scores")[:20], a.get_field("scores")[:20],
+                                   rtol=1e-4, atol=1e-5)
+        assert torch.equal(b.get_field("labels")[:20], a.get_field("labels")[:20])
+        assert (b.bbox[:20] - a.bbox[:20]).abs().max() <= 1e-3
+        n = min(len(r), 20)
+        worst_release = max(worst_release, float((r.bbox[:n] - a.bbox[:n]).abs().max()))
+    assert worst_release > 1.0
+
+
+def test_padding_mask_only_for_mixed_batches():
+    """No masks (nothing extra runs) where every image fills the padded tensor, or with
+    TEST.BATCH_INVARIANT off; a mask in training only with SOLVER.BATCH_INVARIANT."""
+    cfg = _cfg("ATSS")
+    model = build_detection_model(cfg).eval()
+    equal = to_image_list([torch.zeros(3, 70, 100), torch.zeros(3, 80, 110)], 32)  # both 96 x 128
+    assert model.padding_mask(to_image_list([torch.zeros(3, 70, 100)], 32)) is None
+    assert model.padding_mask(equal) is None
+    mixed = to_image_list([torch.zeros(3, 70, 100), torch.zeros(3, 128, 64)], 32)
+    assert model.padding_mask(mixed).canvas_hw.tolist() == [[96, 128], [128, 64]]
+    model.train()
+    assert model.padding_mask(mixed) is None
+    cfg.SOLVER.BATCH_INVARIANT = True
+    cfg.TEST.BATCH_INVARIANT = False
+    model = build_detection_model(cfg)
+    assert model.padding_mask(mixed) is not None
+    assert model.eval().padding_mask(mixed) is None
+
+
+def test_batch_invariant_training_step():
+    """SOLVER.BATCH_INVARIANT: the training forward takes the masks (GN over each canvas); the
+    losses are finite, differ from the releases' training on the same mixed batch, and backward
+    reaches the backbone."""
+    cfg = _cfg("ATSS")
+    cfg.MODEL.BACKBONE.USE_GN = cfg.MODEL.FPN.USE_GN = True
+    images, targets = _batch()  # 96 x 128 and 80 x 112: canvases 96 x 128 and 96 x 128
+    images[1] = images[1][:, :60, :70]  # canvas 64 x 96
+    targets[1] = BoxList(torch.zeros(0, 4), (70, 60))
+    targets[1].add_field("labels", torch.zeros(0, dtype=torch.int64))
+    losses = {}
+    for invariant in (False, True):
+        cfg.SOLVER.BATCH_INVARIANT = invariant
+        torch.manual_seed(0)
+        model = build_detection_model(cfg).train()
+        out = model(images, targets)
+        assert all(torch.isfinite(v) for v in out.values())
+        sum(out.values()).backward()
+        assert model.backbone.body.layer4[0].conv1.weight.grad.abs().sum() > 0
+        losses[invariant] = {k: float(v) for k, v in out.items()}
+    assert losses[True] != losses[False]

@@ -14,9 +14,12 @@ MODEL.RESNETS.NUM_GROUPS / WIDTH_PER_GROUP set):
 - ``*-C4`` / ``*-C5``: [C4] (stride 16) / [C5] (stride 32), no FPN.
 """
 from collections import OrderedDict
-from typing import Sequence
+from typing import List, Optional, Sequence
 
+import torch
 from torch import nn
+
+from maskrcnn_benchmark.layers.padding_mask import PaddingMask
 
 from maskrcnn_benchmark.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from maskrcnn_benchmark.modeling.backbone.resnet import RESNET_DEPTHS, ResNet
@@ -79,8 +82,25 @@ def _fpn_conv_block(cfg):
                                      gn_eps=gn.EPSILON)
 
 
+class Backbone(nn.Sequential):
+    """``Sequential(body[, fpn])`` (checkpoint names ``body.*``, ``fpn.*``) whose forward also
+    takes the batch's :class:`PaddingMask` (batch-invariant inference).
+
+    Attributes: ``out_channels`` (int), ``strides`` (pixels of each output).
+    Shape: x [B, 3, H, W] -> list of [B, out_channels, H_l, W_l].
+    """
+
+    def forward(self, x: torch.Tensor, masks: Optional[PaddingMask] = None) -> List[torch.Tensor]:
+        if masks is None:
+            return super().forward(x)
+        features = self.body(x, masks)
+        if "fpn" in self._modules:
+            features = self.fpn(features, masks, self.body.strides)
+        return features
+
+
 def _sequential(out_channels: int, strides: Sequence[int], **modules: nn.Module) -> nn.Sequential:
-    model = nn.Sequential(OrderedDict(modules))
+    model = Backbone(OrderedDict(modules))
     model.out_channels = out_channels
     model.strides = list(strides)
     return model

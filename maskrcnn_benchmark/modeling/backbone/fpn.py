@@ -6,11 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskrcnn_benchmark.layers.padding_mask import PaddingMask, masked_forward
+
 
 class LastLevelMaxPool(nn.Module):
     """P6 = max_pool(P5, kernel 1, stride 2) (the RPN-style P2-P6 pyramid)."""
 
-    def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, c5: torch.Tensor, p5: torch.Tensor, masks: Optional[PaddingMask] = None,
+                stride: int = 32) -> List[torch.Tensor]:
+        """(A 1 x 1 pooling reads no padding: ``masks`` / ``stride`` are not needed.)"""
         return [F.max_pool2d(p5, kernel_size=1, stride=2, padding=0)]
 
 
@@ -41,10 +45,15 @@ class LastLevelP6P7(nn.Module):
             nn.init.constant_(module.bias, 0)
         self.use_p5 = use_p5
 
-    def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, c5: torch.Tensor, p5: torch.Tensor, masks: Optional[PaddingMask] = None,
+                stride: int = 32) -> List[torch.Tensor]:
+        """``masks``: batch-invariant inference, C5 / P5 at ``stride`` pixels (see
+        :mod:`~maskrcnn_benchmark.layers.padding_mask`)."""
         x = p5 if self.use_p5 else c5
-        p6 = self.p6(F.relu(x) if self.relu_before_p6 else x)
-        p7 = self.p7(F.relu(p6) if self.relu_before_p7 else p6)
+        x = F.relu(x) if self.relu_before_p6 else x
+        p6 = self.p6(x if masks is None else x * masks.at(stride, x))
+        x = F.relu(p6) if self.relu_before_p7 else p6
+        p7 = self.p7(x if masks is None else x * masks.at(2 * stride, x))
         return [p6, p7]
 
 
@@ -84,18 +93,31 @@ class FPN(nn.Module):
         self.num_inputs = len(in_channels_list)
         self.top_blocks = top_blocks
 
-    def forward(self, x: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, x: Sequence[torch.Tensor], masks: Optional[PaddingMask] = None,
+                strides: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
+        """``masks``: batch-invariant inference, with ``strides`` (pixels) of the inputs ``x``
+        (see :mod:`~maskrcnn_benchmark.layers.padding_mask`)."""
         if len(x) != self.num_inputs:
             raise ValueError(f"FPN expects {self.num_inputs} input levels, got {len(x)}")
         feats = [x[i] for i in self.in_indices]
-        last_inner = getattr(self, self.inner_blocks[-1])(feats[-1])
-        results = [getattr(self, self.layer_blocks[-1])(last_inner)]
-        for feature, inner_block, layer_block in zip(
-                feats[-2::-1], self.inner_blocks[-2::-1], self.layer_blocks[-2::-1]):
-            inner_lateral = getattr(self, inner_block)(feature)
+        level_masks = [None] * len(feats)
+        if masks is not None:
+            if strides is None or len(strides) != self.num_inputs:
+                raise ValueError(f"FPN: masks need the strides of the {self.num_inputs} inputs, "
+                                 f"got {strides}")
+            level_masks = [masks.at(strides[i], f) for i, f in zip(self.in_indices, feats)]
+        last_inner = masked_forward(getattr(self, self.inner_blocks[-1]), feats[-1], level_masks[-1])
+        results = [masked_forward(getattr(self, self.layer_blocks[-1]), last_inner, level_masks[-1])]
+        for feature, mask, inner_block, layer_block in zip(
+                feats[-2::-1], level_masks[-2::-1], self.inner_blocks[-2::-1], self.layer_blocks[-2::-1]):
+            inner_lateral = masked_forward(getattr(self, inner_block), feature, mask)
             inner_top_down = F.interpolate(last_inner, size=inner_lateral.shape[-2:], mode="nearest")
             last_inner = inner_lateral + inner_top_down
-            results.insert(0, getattr(self, layer_block)(last_inner))
+            results.insert(0, masked_forward(getattr(self, layer_block), last_inner, mask))
         if self.top_blocks is not None:
-            results.extend(self.top_blocks(feats[-1], results[-1]))
+            if masks is None:
+                results.extend(self.top_blocks(feats[-1], results[-1]))
+            else:
+                results.extend(self.top_blocks(feats[-1], results[-1], masks,
+                                               strides[self.in_indices[-1]]))
         return results

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskrcnn_benchmark.layers.batch_norm import FrozenBatchNorm2d, conv_norm
+from maskrcnn_benchmark.layers.padding_mask import PaddingMask, masked_group_norm, reads_neighbours
 from maskrcnn_benchmark.modeling.make_layers import group_norm
 
 # depth -> (block type, number of blocks in res2..res5)
@@ -75,11 +76,29 @@ def _downsample(in_channels: int, out_channels: int, stride: int,
                          norm_func(out_channels))
 
 
-def _shortcut(downsample: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """The projection shortcut ``Sequential(conv, norm)`` of :func:`_downsample` applied to x, with
-    :func:`conv_norm` (any other Sequential, e.g. one whose norm was folded, runs as it is)."""
+def _conv_norm(conv: nn.Module, norm: nn.Module, x: torch.Tensor, masks: Optional[PaddingMask],
+               stride: int) -> torch.Tensor:
+    """:func:`conv_norm` of x at ``stride`` (pixels), batch-invariant with ``masks`` (None: plain
+    :func:`conv_norm`): a conv that reads neighbours gets x zeroed outside each image's canvas, a
+    GroupNorm takes its statistics over the canvas (:mod:`~maskrcnn_benchmark.layers.padding_mask`)."""
+    if masks is None:
+        return conv_norm(conv, norm, x)
+    if reads_neighbours(conv):
+        x = x * masks.at(stride, x)
+    if isinstance(norm, nn.GroupNorm):
+        y = conv(x)
+        return masked_group_norm(y, masks.at(stride * conv.stride[0], y), norm.num_groups,
+                                 norm.weight, norm.bias, norm.eps)
+    return conv_norm(conv, norm, x)
+
+
+def _shortcut(downsample: nn.Sequential, x: torch.Tensor, masks: Optional[PaddingMask] = None,
+              stride: int = 1) -> torch.Tensor:
+    """The projection shortcut ``Sequential(conv, norm)`` of :func:`_downsample` applied to x (at
+    ``stride``), with :func:`_conv_norm` (any other Sequential, e.g. one whose norm was folded,
+    runs as it is: a 1 x 1 conv reads no padding)."""
     if len(downsample) == 2:
-        return conv_norm(downsample[0], downsample[1], x)
+        return _conv_norm(downsample[0], downsample[1], x, masks, stride)
     return downsample(x)
 
 
@@ -107,6 +126,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         if dilation > 1:
             stride = 1
+        self.stride = stride
         self.downsample = _downsample(in_channels, out_channels, stride, norm_func)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = _kaiming_conv(in_channels, bottleneck_channels, 1, stride=stride_1x1)
@@ -117,11 +137,14 @@ class Bottleneck(nn.Module):
         self.conv3 = _kaiming_conv(bottleneck_channels, out_channels, 1)
         self.bn3 = norm_func(out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else _shortcut(self.downsample, x)
-        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
-        out = F.relu_(conv_norm(self.conv2, self.bn2, out))
-        out = conv_norm(self.conv3, self.bn3, out)
+    def forward(self, x: torch.Tensor, masks: Optional[PaddingMask] = None,
+                stride: int = 1) -> torch.Tensor:
+        """x at ``stride`` pixels; ``masks``: batch-invariant inference (see :func:`_conv_norm`)."""
+        identity = x if self.downsample is None else _shortcut(self.downsample, x, masks, stride)
+        out = F.relu_(_conv_norm(self.conv1, self.bn1, x, masks, stride))
+        stride *= self.conv1.stride[0]
+        out = F.relu_(_conv_norm(self.conv2, self.bn2, out, masks, stride))
+        out = _conv_norm(self.conv3, self.bn3, out, masks, stride * self.conv2.stride[0])
         return F.relu_(_add_residual(out, identity))
 
 
@@ -143,6 +166,7 @@ class BasicBlock(nn.Module):
             raise ValueError(f"basic-block ResNets do not support grouped convs (num_groups={num_groups})")
         if dilation > 1:
             stride = 1
+        self.stride = stride
         self.downsample = _downsample(in_channels, out_channels, stride, norm_func)
         self.conv1 = _kaiming_conv(in_channels, out_channels, 3, stride=stride, padding=dilation,
                                    dilation=dilation)
@@ -151,10 +175,12 @@ class BasicBlock(nn.Module):
                               with_modulated_dcn, deformable_groups)
         self.bn2 = norm_func(out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else _shortcut(self.downsample, x)
-        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
-        out = conv_norm(self.conv2, self.bn2, out)
+    def forward(self, x: torch.Tensor, masks: Optional[PaddingMask] = None,
+                stride: int = 1) -> torch.Tensor:
+        """x at ``stride`` pixels; ``masks``: batch-invariant inference (see :func:`_conv_norm`)."""
+        identity = x if self.downsample is None else _shortcut(self.downsample, x, masks, stride)
+        out = F.relu_(_conv_norm(self.conv1, self.bn1, x, masks, stride))
+        out = _conv_norm(self.conv2, self.bn2, out, masks, stride * self.stride)
         return F.relu_(_add_residual(out, identity))
 
 
@@ -169,8 +195,13 @@ class Stem(nn.Module):
         self.conv1 = _kaiming_conv(3, out_channels, 7, stride=2, padding=3)
         self.bn1 = norm_func(out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(conv_norm(self.conv1, self.bn1, x))
+    def forward(self, x: torch.Tensor, masks: Optional[PaddingMask] = None) -> torch.Tensor:
+        """``masks``: batch-invariant inference; the max-pool then reads zeros outside each
+        canvas, which after the ReLU equals its own -inf padding (a window always holds a valid
+        value >= 0)."""
+        x = F.relu_(_conv_norm(self.conv1, self.bn1, x, masks, 1))
+        if masks is not None:
+            x = x * masks.at(2, x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
@@ -265,10 +296,18 @@ class ResNet(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = self.stem(x)
+    def forward(self, x: torch.Tensor, masks: Optional[PaddingMask] = None) -> List[torch.Tensor]:
+        """``masks``: the batch's :class:`PaddingMask` for batch-invariant inference (None: the
+        plain forward)."""
+        x = self.stem(x) if masks is None else self.stem(x, masks)
         features = {}
+        stride = 4
         for index, name in enumerate(self.stages, 1):
-            x = getattr(self, name)(x)
+            if masks is None:
+                x = getattr(self, name)(x)
+            else:
+                for block in getattr(self, name):
+                    x = block(x, masks, stride)
+                    stride *= block.stride
             features[index] = x
         return [features[i] for i in self.return_stages]

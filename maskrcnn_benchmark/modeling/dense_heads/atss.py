@@ -7,7 +7,7 @@ Parameter names follow the original release (``cls_tower.{i}``, ``bbox_tower.{i}
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import nn
 
 from maskrcnn_benchmark.layers import Scale, sigmoid_focal_loss
 from maskrcnn_benchmark.layers.losses import giou_loss
+from maskrcnn_benchmark.layers.padding_mask import masked_forward
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, positive_type_assigner_from_config
 from maskrcnn_benchmark.modeling.box_coder import build_box_coder
@@ -22,7 +23,7 @@ from maskrcnn_benchmark.structures.box_ops import box_centers, centerness, point
 from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, ScoreRule,
-                   check_num_classes, conv_tower, init_conv_std, positive_boxes,
+                   check_num_classes, conv_tower, init_conv_std, per_level_masks, positive_boxes,
                    reduce_mean_count, where_weighted)
 from .registry import DENSE_HEADS
 
@@ -76,17 +77,21 @@ class ATSSHead(nn.Module):
             nn.init.constant_(self.bbox_pred.bias, 4.0)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(num_levels)])
 
-    def forward(self, features: Sequence[torch.Tensor]):
+    def forward(self, features: Sequence[torch.Tensor],
+                masks: Optional[Sequence[torch.Tensor]] = None):
+        """features: per level [B, C, H_l, W_l]; masks: per level [B, 1, H_l, W_l] canvases
+        (batch-invariant inference, :func:`~maskrcnn_benchmark.layers.padding_mask.masked_forward`)
+        or None."""
         if len(features) != len(self.scales):
             raise ValueError(f"ATSSHead: {len(features)} feature levels, built for {len(self.scales)}")
         logits, bbox_reg, centerness = [], [], []
-        for scale, x in zip(self.scales, features):
-            cls_t = self.cls_tower(x)
-            box_t = self.bbox_tower(x)
-            logits.append(self.cls_logits(cls_t))
-            reg = scale(self.bbox_pred(box_t))
+        for scale, x, m in zip(self.scales, features, per_level_masks(masks, features)):
+            cls_t = masked_forward(self.cls_tower, x, m)
+            box_t = masked_forward(self.bbox_tower, x, m)
+            logits.append(masked_forward(self.cls_logits, cls_t, m))
+            reg = scale(masked_forward(self.bbox_pred, box_t, m))
             bbox_reg.append(F.relu(reg) if self.regression_type == "POINT" else reg)
-            centerness.append(self.centerness(box_t))
+            centerness.append(masked_forward(self.centerness, box_t, m))
         return logits, bbox_reg, centerness
 
 

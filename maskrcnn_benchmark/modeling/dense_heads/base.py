@@ -44,8 +44,8 @@ from maskrcnn_benchmark.utils.comm import get_world_size, reduce_sum
 __all__ = ["DenseHead", "DenseOutputs", "DensePrediction", "DensePostProcessor", "ScoreRule",
            "DenseCandidates", "DetectionBatch", "clip_boxes_to_images",
            "permute_and_flatten", "concat_levels", "reduce_mean_count", "init_conv_std",
-           "conv_tower", "check_num_classes", "WEIGHT_EPS", "positive_boxes", "where_weighted",
-           "as_gt_batch"]
+           "conv_tower", "check_num_classes", "per_level_masks", "WEIGHT_EPS", "positive_boxes",
+           "where_weighted", "as_gt_batch"]
 
 #: Sums of regression weights (centerness / quality targets) below this are treated as "no
 #: positive" by the losses (no division by ~0).
@@ -135,6 +135,17 @@ def conv_tower(in_channels: int, num_convs: int, num_groups: int = 0,
         # in place: neither the conv nor GroupNorm needs its output for backward
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def per_level_masks(masks: Optional[Sequence[torch.Tensor]],
+                    features: Sequence[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    """The per-level canvas masks [B, 1, H_l, W_l] a head's ``forward`` got (batch-invariant
+    inference), or one None per level of ``features`` without them."""
+    if masks is None:
+        return [None] * len(features)
+    if len(masks) != len(features):
+        raise ValueError(f"{len(masks)} padding masks for {len(features)} feature levels")
+    return list(masks)
 
 
 def check_num_classes(key: str, value: int) -> int:
@@ -503,7 +514,8 @@ class DenseHead(nn.Module):
             stats = {}
         return losses, stats
 
-    def training_losses(self, features: Sequence[torch.Tensor], gt: GTBatch
+    def training_losses(self, features: Sequence[torch.Tensor], gt: GTBatch,
+                        masks: Optional[Sequence[torch.Tensor]] = None
                         ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """The training step of the head: conv module, priors, assignment, losses. Fixed shapes,
         no host-device synchronisation (what ``compile_step`` compiles whole).
@@ -511,13 +523,14 @@ class DenseHead(nn.Module):
         Args:
             features: per FPN level Tensor[B, C, H_l, W_l].
             gt: the batch's padded GTs.
+            masks: per level Tensor[B, 1, H_l, W_l] canvases (``SOLVER.BATCH_INVARIANT``) or None.
         Returns:
             ``(losses, stats)``: dicts of 0-dim tensors; ``stats`` are the assignment's GT
             statistics (``num_gt``, ``num_gt_unmatched``, ``min_unmatched_size``; empty for heads
             without an assigner).
         """
-        outputs = self.flatten(self.head(features))
-        return self._losses_and_stats(outputs, self.priors(features), gt)
+        raw = self.head(features) if masks is None else self.head(features, masks)
+        return self._losses_and_stats(self.flatten(raw), self.priors(features), gt)
 
     def compile_step(self, **compile_kwargs) -> "DenseHead":
         """``torch.compile(fullgraph=True)`` of :meth:`training_losses` (``MODEL.COMPILE_TRAIN_STEP``):
@@ -527,41 +540,49 @@ class DenseHead(nn.Module):
         return self
 
     def predict(self, features: Sequence[torch.Tensor],
-                priors: Optional[Sequence[torch.Tensor]] = None) -> DensePrediction:
+                priors: Optional[Sequence[torch.Tensor]] = None,
+                masks: Optional[Sequence[torch.Tensor]] = None) -> DensePrediction:
         """Scores and decoded boxes of every candidate; no data-dependent shape (traceable).
 
         Args:
             features: per level Tensor[B, C_in, H_l, W_l].
             priors: per level Tensor[N_l, D] (default: :meth:`priors` of the features).
+            masks: per level Tensor[B, 1, H_l, W_l], each image's canvas (batch-invariant
+                inference, :class:`~maskrcnn_benchmark.layers.padding_mask.PaddingMask`), or
+                None; priors outside an image's canvas are then no candidates of it.
         Returns:
             :class:`DensePrediction` (scores [B, N, C] by the :class:`ScoreRule`, boxes [B, N, 4]
             by ``decode``, candidate_mask [B, N, C]); computed level by level. The score rule and
             the decoding read the head's outputs in float32 (under autocast too), so scores,
             boxes and candidates are float32 whatever precision the convolutions ran in.
         """
-        raw = self.head(features)
+        raw = self.head(features) if masks is None else self.head(features, masks)
         if priors is None:
             priors = self.priors(features)
         a, c = self.head.num_anchors, self.head.num_classes
-        scores, boxes, masks = [], [], []
+        scores, boxes, candidates = [], [], []
         for lvl, p in enumerate(priors):
             quality = concat_levels([raw[2][lvl]], a, 1)[..., 0].float() if len(raw) > 2 else None
             s, m = self.score_rule(concat_levels([raw[0][lvl]], a, c).float(), quality)
+            if masks is not None:  # [B, 1, H, W] -> [B, H*W*A, 1] in prior order
+                m = m & (concat_levels([masks[lvl].expand(-1, a, -1, -1)], a, 1) > 0)
             reg = concat_levels([raw[1][lvl]], a, 4)
             scores.append(s)
-            masks.append(m)
+            candidates.append(m)
             boxes.append(self.decode(reg.float(), p[None]))
         return DensePrediction(torch.cat(scores, dim=1), torch.cat(boxes, dim=1),
-                               torch.cat(masks, dim=1), tuple(int(p.shape[0]) for p in priors))
+                               torch.cat(candidates, dim=1), tuple(p.shape[0] for p in priors))
 
     # -- entry ---------------------------------------------------------------------------------
     def forward(self, images: ImageList, features: List[torch.Tensor],
-                targets: Optional[List[BoxList]] = None):
+                targets: Optional[List[BoxList]] = None,
+                masks: Optional[Sequence[torch.Tensor]] = None):
         """
         Args:
             images: the padded batch (its ``image_sizes``, ``(h, w)`` each, bound the detections).
             features: per FPN level Tensor[B, C, H_l, W_l].
             targets: per image BoxList with a ``labels`` field (1..C); required in training.
+            masks: per level Tensor[B, 1, H_l, W_l] canvases (see :meth:`predict`) or None.
         Returns:
             ``(detections, losses)``: ``(None, dict of scalar losses)`` in training,
             ``(list of BoxList on the CPU, {})`` in eval mode (one NMS call and one
@@ -575,15 +596,18 @@ class DenseHead(nn.Module):
                                  f"{len(images.image_sizes)} images")
             gt = pad_targets(targets, device=features[0].device)
             step = getattr(self, "_compiled_step", None) or self.training_losses
-            losses, self.step_metrics = step(features, gt)
+            losses, self.step_metrics = (step(features, gt) if masks is None
+                                         else step(features, gt, masks))
             return None, losses
-        return self.detect(self.candidates(images, features)).to_boxlists(), {}
+        return self.detect(self.candidates(images, features, masks)).to_boxlists(), {}
 
     @torch.no_grad()
-    def candidates(self, images: ImageList, features: Sequence[torch.Tensor]) -> DenseCandidates:
+    def candidates(self, images: ImageList, features: Sequence[torch.Tensor],
+                   masks: Optional[Sequence[torch.Tensor]] = None) -> DenseCandidates:
         """Eval: the pre-NMS candidates of the batch (:meth:`predict`, then
-        :meth:`DensePostProcessor.candidates` in float32); fixed shapes, on the device, no sync."""
-        prediction = self.predict(features).float()
+        :meth:`DensePostProcessor.candidates` in float32); fixed shapes, on the device, no sync.
+        ``masks``: per level canvases (see :meth:`predict`) or None."""
+        prediction = self.predict(features, masks=masks).float()
         with torch.autocast(device_type=prediction.scores.device.type, enabled=False):
             return self.post_processor.candidates(prediction, images.image_sizes)
 

@@ -19,7 +19,7 @@ head, and the FCOS-style point head shared with AutoAssign.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,13 @@ from torch import nn
 
 from maskrcnn_benchmark.layers import Scale, sigmoid_focal_loss
 from maskrcnn_benchmark.layers.losses import iou_loss
+from maskrcnn_benchmark.layers.padding_mask import masked_forward
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, FCOSAssigner
 from maskrcnn_benchmark.modeling.point_generator import (PointGenerator, distances_to_boxes,
                                                          points_as_boxes)
 
 from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, ScoreRule,
-                   check_num_classes, conv_tower, init_conv_std, positive_boxes,
+                   check_num_classes, conv_tower, init_conv_std, per_level_masks, positive_boxes,
                    reduce_mean_count, where_weighted)
 from .registry import DENSE_HEADS
 
@@ -84,16 +85,21 @@ class FCOSHead(nn.Module):
         nn.init.constant_(self.bbox_pred.bias, float(reg_bias_init))
         self.scales = nn.ModuleList([Scale(1.0) for _ in self.strides])
 
-    def forward(self, features: Sequence[torch.Tensor]):
+    def forward(self, features: Sequence[torch.Tensor],
+                masks: Optional[Sequence[torch.Tensor]] = None):
+        """features: per level [B, C, H_l, W_l]; masks: per level [B, 1, H_l, W_l] canvases
+        (batch-invariant inference, :func:`~maskrcnn_benchmark.layers.padding_mask.masked_forward`)
+        or None."""
         if len(features) != len(self.scales):
             raise ValueError(f"FCOSHead: {len(features)} feature levels, built for {len(self.scales)}")
         logits, distances, centerness = [], [], []
-        for scale, stride, x in zip(self.scales, self.strides, features):
-            cls_t = self.cls_tower(x)
-            box_t = self.bbox_tower(x)
-            logits.append(self.cls_logits(cls_t))
-            centerness.append(self.centerness(box_t if self.centerness_on_reg else cls_t))
-            reg = scale(self.bbox_pred(box_t))
+        for scale, stride, x, m in zip(self.scales, self.strides, features,
+                                       per_level_masks(masks, features)):
+            cls_t = masked_forward(self.cls_tower, x, m)
+            box_t = masked_forward(self.bbox_tower, x, m)
+            logits.append(masked_forward(self.cls_logits, cls_t, m))
+            centerness.append(masked_forward(self.centerness, box_t if self.centerness_on_reg else cls_t, m))
+            reg = scale(masked_forward(self.bbox_pred, box_t, m))
             distances.append(F.relu(reg) * stride if self.norm_reg_targets else torch.exp(reg))
         return logits, distances, centerness
 

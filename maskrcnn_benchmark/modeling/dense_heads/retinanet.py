@@ -19,19 +19,20 @@ dense head. Its conv head is shared with FreeAnchor.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from maskrcnn_benchmark.layers import sigmoid_focal_loss
 from maskrcnn_benchmark.layers.losses import smooth_l1_loss
+from maskrcnn_benchmark.layers.padding_mask import masked_forward
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, MaxIoUAssigner
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
 
 from .base import (DenseHead, DenseOutputs, DensePostProcessor, ScoreRule, check_num_classes,
-                   conv_tower, init_conv_std, positive_boxes, reduce_mean_count)
+                   conv_tower, init_conv_std, per_level_masks, positive_boxes, reduce_mean_count)
 from .registry import DENSE_HEADS
 
 __all__ = ["RetinaNetHead", "RetinaNetLoss", "build_retinanet", "build_retinanet_parts"]
@@ -75,9 +76,16 @@ class RetinaNetHead(nn.Module):
         init_conv_std([*self.cls_tower, *self.bbox_tower, self.cls_logits, self.bbox_pred], 0.01)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, features: Sequence[torch.Tensor]):
-        logits = [self.cls_logits(self.cls_tower(x)) for x in features]
-        bbox_reg = [self.bbox_pred(self.bbox_tower(x)) for x in features]
+    def forward(self, features: Sequence[torch.Tensor],
+                masks: Optional[Sequence[torch.Tensor]] = None):
+        """features: per level [B, C, H_l, W_l]; masks: per level [B, 1, H_l, W_l] canvases
+        (batch-invariant inference, :func:`~maskrcnn_benchmark.layers.padding_mask.masked_forward`)
+        or None."""
+        levels = list(zip(features, per_level_masks(masks, features)))
+        logits = [masked_forward(self.cls_logits, masked_forward(self.cls_tower, x, m), m)
+                  for x, m in levels]
+        bbox_reg = [masked_forward(self.bbox_pred, masked_forward(self.bbox_tower, x, m), m)
+                    for x, m in levels]
         return logits, bbox_reg
 
 

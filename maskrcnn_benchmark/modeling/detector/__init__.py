@@ -32,7 +32,8 @@ def build_generalized_rcnn(cfg) -> GeneralizedRCNN:
     head = build_dense_head(cfg, backbone.out_channels)
     amp_dtype = resolve_amp(cfg.TEST.AMP, torch.device(cfg.MODEL.DEVICE), key="TEST.AMP")
     return GeneralizedRCNN(backbone, head, size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
-                           inference_amp=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST)
+                           inference_amp=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST,
+                           batch_invariant=(cfg.SOLVER.BATCH_INVARIANT, cfg.TEST.BATCH_INVARIANT))
 
 
 def compile_model(model: GeneralizedRCNN, **compile_kwargs) -> GeneralizedRCNN:

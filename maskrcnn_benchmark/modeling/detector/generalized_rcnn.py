@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.layers.padding_mask import PaddingMask
 from maskrcnn_benchmark.modeling.dense_heads.base import DenseCandidates, DetectionBatch
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
@@ -32,10 +33,16 @@ class GeneralizedRCNN(nn.Module):
             are converted here and the input batch in :meth:`forward` (``MODEL.CHANNELS_LAST``;
             oneDNN convolutions then need no layout reorders; results agree with the default
             layout within float32 rounding, not bit for bit).
+        batch_invariant: ``(train, eval)``: in that mode each image of a mixed-size batch sees
+            only its own canvas (:class:`~maskrcnn_benchmark.layers.padding_mask.PaddingMask`;
+            ``SOLVER.BATCH_INVARIANT``, ``TEST.BATCH_INVARIANT``), so its detections equal its
+            batch-1 detections. Needs a backbone whose ``forward(x, masks)`` takes them
+            (:class:`~maskrcnn_benchmark.modeling.backbone.backbone.Backbone`) and ``strides``.
     """
 
     def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0,
-                 inference_amp: Optional[torch.dtype] = None, channels_last: bool = False):
+                 inference_amp: Optional[torch.dtype] = None, channels_last: bool = False,
+                 batch_invariant: Tuple[bool, bool] = (False, True)):
         super().__init__()
         if inference_amp not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"GeneralizedRCNN: inference_amp must be None, torch.float16 or "
@@ -44,6 +51,7 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = dense_head
         self.size_divisibility = int(size_divisibility)
         self.inference_amp = inference_amp
+        self.batch_invariant = tuple(bool(v) for v in batch_invariant)
         self.channels_last = False
         if channels_last:
             self.set_channels_last(True)
@@ -66,6 +74,23 @@ class GeneralizedRCNN(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.inference_amp)
 
+    def padding_mask(self, images: ImageList) -> Optional[PaddingMask]:
+        """The batch's :class:`PaddingMask` when this mode is batch-invariant and some image does
+        not fill the padded tensor (host-known sizes, no device sync); else None."""
+        if not self.batch_invariant[0 if self.training else 1]:
+            return None
+        return PaddingMask.for_batch(images.image_sizes, images.tensors.shape[-2:],
+                                     self.size_divisibility, images.tensors.device)
+
+    def features(self, x: torch.Tensor, masks: Optional[PaddingMask] = None
+                 ) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
+        """Backbone features of the batch x [B, 3, H, W] (per level [B, C, H_l, W_l]) and, with
+        ``masks``, each level's canvas mask [B, 1, H_l, W_l] (else None)."""
+        if masks is None:
+            return list(self.backbone(x)), None
+        features = list(self.backbone(x, masks))
+        return features, masks.levels(self.backbone.strides, features)
+
     def forward(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor],
                 targets: Optional[List[BoxList]] = None) -> Union[Dict[str, torch.Tensor], List[BoxList]]:
         """
@@ -86,18 +111,21 @@ class GeneralizedRCNN(nn.Module):
         if targets is not None:
             targets = [t.to(images.tensors.device) for t in targets]
         with self.inference_autocast(images.tensors.device):
-            detections, losses = self.rpn(images, self._features(images),
-                                          targets if self.training else None)
+            features, level_masks = self._features(images)
+            targets = targets if self.training else None
+            detections, losses = (self.rpn(images, features, targets) if level_masks is None
+                                  else self.rpn(images, features, targets, masks=level_masks))
         if self.training:
             return losses
         return detections
 
-    def _features(self, images: ImageList) -> List[torch.Tensor]:
-        """The backbone's per-level features of the batch (in the model's memory format)."""
+    def _features(self, images: ImageList) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
+        """The backbone's per-level features of the batch (in the model's memory format) and the
+        levels' canvas masks (None when the batch needs none, see :meth:`padding_mask`)."""
         x = images.tensors
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return list(self.backbone(x))
+        return self.features(x, self.padding_mask(images))
 
     @torch.no_grad()
     def candidates(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor]) -> DenseCandidates:
@@ -107,7 +135,8 @@ class GeneralizedRCNN(nn.Module):
         augmentation) can be finished together with :meth:`DenseCandidates.cat`."""
         images = to_image_list(images, self.size_divisibility)
         with self.inference_autocast(images.tensors.device):
-            return self.rpn.candidates(images, self._features(images))
+            features, level_masks = self._features(images)
+            return self.rpn.candidates(images, features, level_masks)
 
     def detect(self, candidates: DenseCandidates) -> DetectionBatch:
         """Eval mode, second half: NMS and top-N of every image (:meth:`DenseHead.detect`, one NMS

@@ -59,6 +59,9 @@ def run_config(path: str) -> Dict[str, object]:
     cfg.merge_from_file(path)
     for node in INFERENCE_NODES:
         cfg.MODEL[node].INFERENCE_TH = 0.001
+    # the releases' inference (padding in the GroupNorm statistics of the mixed-size batch): what
+    # was saved; batch-invariant inference is tested against batch-1 runs (tests/modeling/test_detector.py)
+    cfg.TEST.BATCH_INVARIANT = False
     cfg.freeze()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
