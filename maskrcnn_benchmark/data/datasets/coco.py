@@ -245,6 +245,16 @@ class COCODataset(DetectionDataset):
         return boxes, labs
 
     # ---- access -----------------------------------------------------------------------------
+    @property
+    def image_ids(self) -> np.ndarray:
+        """``int64[len(self)]`` json image id of every dataset index."""
+        return np.asarray(self.ids, dtype=np.int64)
+
+    def load_groundtruth_json(self) -> Dict[str, Any]:
+        """A fresh, validated ground-truth json dict (:func:`read_coco_json` of ``ann_file``) for an
+        evaluation backend to index (and annotate in place) without a copy."""
+        return load_coco_json(self.ann_file).dataset
+
     def __len__(self) -> int:
         return len(self.ids)
 
