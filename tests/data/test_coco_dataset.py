@@ -422,8 +422,12 @@ def test_training_dataset_keeps_no_json_objects(tmp_path):
     ds = COCODataset(ann, root)
     assert gc.isenabled()  # the pause during the load is undone
     assert "coco" not in vars(ds)  # the pycocotools object is built only when asked for
-    arrays = [v for v in vars(ds.records).values() if isinstance(v, np.ndarray)]
-    assert len(arrays) >= 6 and all(a.dtype != object for a in arrays)
+    from maskrcnn_benchmark.data.datasets.base import PackedStrings
+
+    fields = vars(ds.records)
+    assert isinstance(fields["names"], PackedStrings) and fields["extra"] == {}
+    arrays = [v for v in fields.values() if isinstance(v, np.ndarray)] + [fields["names"].buffer, fields["names"].offsets]
+    assert len(arrays) == len(fields) - 2 + 2 and all(a.dtype != object for a in arrays)
     clone = pickle.loads(pickle.dumps(ds))  # what a spawned loader worker receives
     assert np.array_equal(clone.get_groundtruth(0).bbox, ds.get_groundtruth(0).bbox)
     assert ds.coco.imgs[7]["file_name"] == "im7.png"  # lazily built on first use

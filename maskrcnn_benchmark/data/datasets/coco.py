@@ -294,7 +294,7 @@ class COCODataset(DetectionDataset):
     def get_img_info(self, index: int) -> Dict[str, Any]:
         """``{"height", "width", "id", "file_name"}`` of image ``index`` (from the json)."""
         height, width = self.records.size(index)
-        return {"height": height, "width": width, "id": int(self.records.ids[index]),
+        return {"height": height, "width": width, "id": self.records.image_id(index),
                 "file_name": self.records.file_name(index)}
 
     def get_groundtruth(self, index: int) -> BoxList:
