@@ -18,6 +18,6 @@ def evaluate(dataset, predictions, output_folder, logger=None, voc_metric: str =
 
     if isinstance(dataset, PascalVOCDataset):
         return voc_evaluate(dataset, predictions, output_folder, logger=logger, metric=voc_metric, pr_curves=pr_curves)
-    if isinstance(dataset, COCODataset) or hasattr(dataset, "coco"):
+    if isinstance(dataset, COCODataset) or hasattr(dataset, "load_groundtruth_json"):
         return coco_evaluate(dataset, predictions, output_folder, logger=logger, pr_curves=pr_curves)
     raise NotImplementedError(f"no evaluation for dataset type {type(dataset).__name__}")

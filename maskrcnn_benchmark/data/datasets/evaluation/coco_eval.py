@@ -161,6 +161,10 @@ def evaluate(dataset, predictions: Predictions, output_folder: Optional[str],
              logger: Optional[logging.Logger] = None, pr_curves: bool = True) -> EvaluationResult:
     """COCO bbox AP of ``predictions`` on ``dataset`` (faster-coco-eval if installed, else pycocotools).
 
+    ``dataset``: a :class:`COCODataset` (or an object with its ``image_ids``, ``get_img_info``,
+    ``class_names``, ``json_category_id_to_contiguous_id`` / ``contiguous_category_id_to_json_id`` and
+    ``load_groundtruth_json``: the ground truth is read from the json only now, for the evaluation).
+
     The images evaluated are those with an entry in ``predictions`` (an empty BoxList counts as
     "no detections" for that image). Writes ``output_folder/bbox.json`` atomically (COCO results
     format) when ``output_folder`` is given, prints the standard 12-line summary, and returns
