@@ -7,7 +7,7 @@ one process or many (torchrun).
 
 Weights: MODEL.WEIGHT, else the last checkpoint of OUTPUT_DIR. Results go to
 OUTPUT_DIR/inference/<dataset>/{bbox.json,metrics.json,pr_curves.png} (metrics.json holds the summary
-and the per-class metrics; pr_curves.png needs matplotlib).
+and the per-class metrics; pr_curves.png only with TEST.PR_CURVES True and matplotlib).
 """
 from __future__ import annotations
 

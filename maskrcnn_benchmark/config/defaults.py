@@ -491,6 +491,9 @@ _C.TEST.LEGACY_PLUS_ONE_RESIZE = False
 # Pascal VOC evaluation (datasets "<VOC root>:<split>" / voc_*): "area" (area under the interpolated
 # precision-recall curve, VOC2010+) or "11point" (the VOC2007 11-point metric).
 _C.TEST.VOC_METRIC = "area"
+# Draw OUTPUT_DIR/inference/<dataset>/pr_curves.png (precision-recall per class; needs matplotlib)
+# after each evaluation. Off by default: with 80 classes the plot takes longer than the evaluation.
+_C.TEST.PR_CURVES = False
 # Half-precision inference: "" (float32, the default), "fp16" or "bf16". Autocast covers the
 # backbone and the head's convolutions; scores, box decoding and post-processing (top-k, NMS) run
 # in float32. "fp16" is a CUDA feature: on the CPU it falls back to bf16 with a warning. Used by

@@ -82,12 +82,13 @@ def gather_predictions(predictions: Dict[int, BoxList], num_images: Optional[int
 
 def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: Optional[str] = None,
               device="cuda", logger: Optional[logging.Logger] = None, bbox_aug: Optional[Callable] = None,
-              voc_metric: str = "area", legacy_plus_one_resize: bool = False) -> Optional[Dict[str, float]]:
+              voc_metric: str = "area", legacy_plus_one_resize: bool = False,
+              pr_curves: bool = False) -> Optional[Dict[str, float]]:
     """Detect on every image of ``data_loader`` (in every process; with test-time augmentation
     ``bbox_aug`` if given), gather on rank 0 and evaluate.
 
     Rank 0 writes ``output_folder/bbox.json`` (COCO results, via ``evaluate``), ``pr_curves.png``
-    (with matplotlib) and ``output_folder/metrics.json`` (atomically: ``bbox`` the summary metrics,
+    (with ``pr_curves`` and matplotlib) and ``output_folder/metrics.json`` (atomically: ``bbox`` the summary metrics,
     ``per_class`` {class: {metric: value}}, ``evaluation`` details), logs the summary and a per-class
     table, and returns the summary (COCO: ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``; VOC:
     ``{"mAP"}``, ``voc_metric`` "area" or "11point"); other ranks return None.
@@ -111,7 +112,7 @@ def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: O
         return None
     if output_folder:
         os.makedirs(output_folder, exist_ok=True)
-    evaluated = evaluate(dataset, predictions, output_folder, voc_metric=voc_metric)
+    evaluated = evaluate(dataset, predictions, output_folder, voc_metric=voc_metric, pr_curves=pr_curves)
     results = {k: float(v) for k, v in dict(evaluated).items()}
     logger.info("%s: %s", dataset_name, "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
     if output_folder:
@@ -182,7 +183,7 @@ def run_test(cfg, model: nn.Module, distributed: bool = False) -> Dict[str, Dict
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(name)) if cfg.OUTPUT_DIR else None
         results = inference(model, loader, name, folder, device=cfg.MODEL.DEVICE, bbox_aug=bbox_aug,
                             voc_metric=cfg.TEST.VOC_METRIC,
-                            legacy_plus_one_resize=legacy_plus_one_from_config(cfg))
+                            legacy_plus_one_resize=legacy_plus_one_from_config(cfg), pr_curves=cfg.TEST.PR_CURVES)
         if results is not None:
             all_results[name] = results
         synchronize()

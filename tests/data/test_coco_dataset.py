@@ -346,3 +346,99 @@ def test_truncated_jpeg_skipped_with_counted_warning(tmp_path, caplog):
     assert index == 2 and image[0, 0, 0] == 150  # the next readable image
     assert ds.num_skipped_images == 2
     assert "im2.jpg" in caplog.text and "2 image(s) skipped so far" in caplog.text
+
+
+def _reference_targets(data, remove_empty):
+    """The documented rules re-derived per annotation in plain Python (the previous implementation's
+    behaviour): non-crowd boxes with w, h > 0 and finite values, clipped to the image, dropped when
+    nothing is left; per image in json order; images left empty dropped when ``remove_empty``."""
+    import math
+
+    to_contiguous = {c: i + 1 for i, c in enumerate(sorted(c["id"] for c in data["categories"]))}
+    per_image = {im["id"]: [] for im in data["images"]}
+    size = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+    for a in data["annotations"]:
+        x, y, w, h = a["bbox"]
+        if a.get("iscrowd", 0) or not (w > 0 and h > 0) or not all(math.isfinite(v) for v in (x, y, w, h)):
+            continue
+        W, H = size[a["image_id"]]
+        box = [min(max(x, 0), W), min(max(y, 0), H), min(max(x + w, 0), W), min(max(y + h, 0), H)]
+        if box[2] > box[0] and box[3] > box[1]:
+            per_image[a["image_id"]].append((box, to_contiguous[a["category_id"]]))
+    out = []
+    for im in data["images"]:
+        items = per_image[im["id"]]
+        if remove_empty and not items:
+            continue
+        out.append((im, np.array([b for b, _ in items], np.float32).reshape(-1, 4),
+                    np.array([lab for _, lab in items], np.int64)))
+    return out
+
+
+@pytest.mark.parametrize("remove_empty", [True, False])
+def test_compact_records_give_the_reference_targets(tmp_path, remove_empty):
+    """Random json (unsorted image ids, annotations in random order, crowd / degenerate / NaN /
+    partly and fully outside boxes, images without annotations): every image's info and target
+    equal the plain per-annotation reference."""
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(np.arange(1000, 1060)).tolist()
+    images = [{"id": i, "file_name": f"dir/{i}\u00e9.jpg", "height": int(rng.integers(20, 90)),
+               "width": int(rng.integers(20, 90))} for i in ids]
+    anns = []
+    for n in range(400):
+        im = images[int(rng.integers(0, 45))]  # images 45..59 have no annotation
+        x, y = rng.uniform(-20, im["width"] + 5), rng.uniform(-20, im["height"] + 5)
+        w, h = rng.uniform(-5, 50, size=2)
+        box = [float(x), float(y), float(w), float(h)]
+        if n % 53 == 0:
+            box[n % 4] = float("nan")
+        anns.append({"id": n + 1, "image_id": im["id"], "category_id": CATS[int(rng.integers(0, 3))]["id"],
+                     "bbox": box, "iscrowd": int(rng.random() < 0.1)})
+    data = {"images": images, "annotations": anns, "categories": CATS}
+    ann = tmp_path / "rand.json"
+    ann.write_text(json.dumps(data))
+    ds = COCODataset(str(ann), str(tmp_path), remove_images_without_annotations=remove_empty, check_image_files=False)
+    ref = _reference_targets(data, remove_empty)
+    assert len(ds) == len(ref) and (len(ref) < 60) == remove_empty
+    assert ds.ids == [im["id"] for im, _, _ in ref]
+    assert ds.aspect_ratios() == [im["height"] / im["width"] for im, _, _ in ref]
+    for i, (im, boxes, labels) in enumerate(ref):
+        info = ds.get_img_info(i)
+        assert info == {"height": im["height"], "width": im["width"], "id": im["id"], "file_name": im["file_name"]}
+        assert type(info["id"]) is int and type(info["height"]) is int
+        target = ds.get_groundtruth(i)
+        assert target.size == (im["width"], im["height"])
+        assert target.bbox.dtype == torch.float32 and target.get_field("labels").dtype == torch.int64
+        assert np.array_equal(target.bbox.numpy(), boxes), i
+        assert np.array_equal(target.get_field("labels").numpy(), labels), i
+    assert sum(len(b) for _, b, _ in ref) > 150  # a non-trivial set
+
+
+def test_training_dataset_keeps_no_json_objects(tmp_path):
+    import gc
+    import pickle
+
+    ann, root = _write_dataset(tmp_path)
+    ds = COCODataset(ann, root)
+    assert gc.isenabled()  # the pause during the load is undone
+    assert "coco" not in vars(ds)  # the pycocotools object is built only when asked for
+    from maskrcnn_benchmark.data.datasets.base import PackedStrings
+
+    fields = vars(ds.records)
+    assert isinstance(fields["names"], PackedStrings) and fields["extra"] == {}
+    arrays = [v for v in fields.values() if isinstance(v, np.ndarray)] + [fields["names"].buffer, fields["names"].offsets]
+    assert len(arrays) == len(fields) - 2 + 2 and all(a.dtype != object for a in arrays)
+    clone = pickle.loads(pickle.dumps(ds))  # what a spawned loader worker receives
+    assert np.array_equal(clone.get_groundtruth(0).bbox, ds.get_groundtruth(0).bbox)
+    assert ds.coco.imgs[7]["file_name"] == "im7.png"  # lazily built on first use
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="malformed json"):
+            (tmp_path / "bad.json").write_text("{")
+            COCODataset(str(tmp_path / "bad.json"), root)
+        assert not gc.isenabled()  # a caller's disabled GC stays disabled
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError, match="malformed json"):
+        COCODataset(str(tmp_path / "bad.json"), root)
+    assert gc.isenabled()

@@ -221,3 +221,116 @@ def test_bbox_json_at_full_precision_gives_pycocotools_numbers(tmp_path):
     rounded = [{**r, "bbox": [round(v, 3) for v in r["bbox"]], "score": round(r["score"], 5)} for r in exact]
     worse = _pycocotools_stats(ann, rounded)
     assert worse[0] != expected[0] and worse[3] != expected[3]  # AP and APs: the case is a real one
+
+
+def _synthetic_coco(tmp_path, seed=0, num_images=40, num_classes=5):
+    """Random COCO json: varied image sizes, 0-6 boxes per image (some crowd, some small / large),
+    json category ids 2, 4, ... ; a few images without annotations."""
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    for i in range(num_images):
+        w, h = int(rng.integers(60, 400)), int(rng.integers(60, 400))
+        images.append({"id": 100 + 3 * i, "file_name": f"{i}.png", "height": h, "width": w})
+        for _ in range(int(rng.integers(0, 7)) if i % 7 else 0):
+            bw, bh = float(rng.uniform(2, w / 1.5)), float(rng.uniform(2, h / 1.5))
+            x, y = float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh))
+            anns.append({"id": len(anns) + 1, "image_id": 100 + 3 * i, "category_id": 2 * int(rng.integers(1, num_classes + 1)),
+                         "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": int(rng.random() < 0.1)})
+    cats = [{"id": 2 * k, "name": f"c{k}"} for k in range(1, num_classes + 1)]
+    ann = tmp_path / "synthetic.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return COCODataset(str(ann), str(tmp_path), remove_images_without_annotations=False, check_image_files=False), rng
+
+
+def _noisy_predictions(dataset, rng, grid=8.0):
+    """Per image: jittered copies of its GT boxes plus random boxes, on a 1/``grid`` pixel grid and with
+    scores on a 1/32 grid (so the old path's rounding to 3 / 5 decimals is exact)."""
+    preds = {}
+    for idx in range(len(dataset)):
+        info = dataset.get_img_info(idx)
+        gt = dataset.get_groundtruth(idx)
+        n_rand = int(rng.integers(0, 8))
+        rand_xy = rng.uniform(0, [info["width"], info["height"]], size=(n_rand, 2))
+        rand = np.concatenate([rand_xy, rand_xy + rng.uniform(1, 80, size=(n_rand, 2))], 1)
+        boxes = np.concatenate([gt.bbox.numpy() + rng.normal(0, 3, size=(len(gt), 4)), rand])
+        boxes = np.round(boxes * grid) / grid
+        labels = np.concatenate([gt.get_field("labels").numpy(), rng.integers(1, dataset.num_classes + 1, n_rand)])
+        scores = np.round(rng.uniform(0.05, 1, len(boxes)) * 32) / 32
+        preds[idx] = _pred(boxes.tolist(), labels.tolist(), scores.tolist(), size=(info["width"], info["height"]))
+    return preds
+
+
+def _old_path_stats(dataset, preds, backend="pycocotools"):
+    """The 12 statistics of the previous implementation: one dict per box (rounded bbox / score), loadRes
+    and COCOeval on the dataset's pycocotools COCO (faster-coco-eval: on a deep copy of its json)."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    results = []
+    for idx, pred in sorted(preds.items()):
+        xywh = pred.xywh().double().numpy()
+        for box, s, lab in zip(xywh, pred.get_field("scores").double().numpy(), pred.get_field("labels").tolist()):
+            results.append({"image_id": dataset.ids[idx], "category_id": dataset.contiguous_category_id_to_json_id[lab],
+                            "bbox": [round(float(v), 3) for v in box], "score": round(float(s), 5)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "faster_coco_eval":
+            from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster
+
+            gt = FasterCOCO(dataset.coco.dataset, use_deepcopy=True)
+            ev = COCOeval_faster(gt, gt.loadRes(copy.deepcopy(results)), "bbox", print_function=print)
+        else:
+            ev = COCOeval(dataset.coco, dataset.coco.loadRes(copy.deepcopy(results)), "bbox")
+        ev.params.imgIds = sorted(dataset.ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return np.asarray(ev.stats), results
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_column_results_give_the_old_paths_12_statistics(tmp_path, monkeypatch, backend):
+    from maskrcnn_benchmark.data.datasets.evaluation import coco_eval
+
+    if backend == "faster_coco_eval":
+        pytest.importorskip("faster_coco_eval")
+    monkeypatch.setattr(coco_eval, "coco_backend", lambda prefer_faster=True: backend)
+    dataset, rng = _synthetic_coco(tmp_path)
+    preds = _noisy_predictions(dataset, rng)
+    ref_stats, ref_results = _old_path_stats(dataset, preds, backend)
+    if backend == "faster_coco_eval":  # the backends agree to rounding
+        assert np.allclose(ref_stats, _old_path_stats(dataset, preds)[0], rtol=0, atol=1e-12)
+    captured = {}
+    real_run = coco_eval._run_cocoeval
+
+    def spy(gt_json, results, img_ids, name):
+        ev, text = real_run(gt_json, results, img_ids, name)
+        captured["stats"] = np.asarray(ev.stats)
+        return ev, text
+
+    monkeypatch.setattr(coco_eval, "_run_cocoeval", spy)
+    res = evaluate(dataset, preds, str(tmp_path / "out"))
+    assert res.info["backend"] == backend
+    assert np.array_equal(captured["stats"], ref_stats), (captured["stats"], ref_stats)
+    assert 0.05 < ref_stats[0] < 0.95 and (ref_stats > -1).sum() >= 9  # a non-trivial set
+    written = json.loads((tmp_path / "out" / "bbox.json").read_text())
+    assert written == ref_results  # same entries, same order (values exact on this grid)
+
+
+def test_results_json_is_full_precision(dataset, tmp_path):
+    score = float(torch.tensor(0.123456789, dtype=torch.float32))
+    box = [10.123456, 10.5, 50.987654, 50.25]
+    evaluate(dataset, {0: _pred([box], [1], [score]), 1: _pred([], [])}, str(tmp_path / "o"))
+    (entry,) = json.loads((tmp_path / "o" / "bbox.json").read_text())
+    b32 = torch.tensor(box, dtype=torch.float32)
+    assert entry["score"] == score  # the float32 value exactly, not rounded to 5 decimals
+    assert entry["bbox"] == [float(b32[0]), float(b32[1]), float(b32[2] - b32[0]), float(b32[3] - b32[1])]
+    assert entry["image_id"] == 11 and entry["category_id"] == 3
+
+
+def test_pr_curves_only_on_request(dataset, tmp_path):
+    res = evaluate(dataset, _mixed_preds(), str(tmp_path / "out"), pr_curves=False)
+    assert "pr_curves" not in res.info and not (tmp_path / "out" / "pr_curves.png").exists()
+    assert (tmp_path / "out" / "bbox.json").exists()

@@ -241,3 +241,41 @@ def test_truncated_voc_image_is_an_error_or_skipped(tmp_path):
     image, target, index = ds[(0, 3)]
     assert index == 1 and image.shape == (60, 70, 3) and ds.num_skipped_images == 1
     assert target.get_field("labels").tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("remove_empty,use_difficult", [(False, False), (True, False), (True, True)])
+def test_records_give_the_parsed_xml(tmp_path, remove_empty, use_difficult):
+    """Every image's info, annotation and target equal the plain reference from ``parse_voc_xml``
+    (images without objects, with only difficult objects, many objects)."""
+    from maskrcnn_benchmark.data.datasets.voc import parse_voc_xml
+
+    rng = np.random.default_rng(5)
+    images = {}
+    for k in range(12):
+        w, h = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+        objs = []
+        for _ in range(int(rng.integers(0, 5)) if k % 4 else 0):
+            x1, y1 = int(rng.integers(1, w // 2)), int(rng.integers(1, h // 2))
+            objs.append((["a", "b", "c"][int(rng.integers(0, 3))], (x1, y1, int(rng.integers(x1, w + 1)),
+                                                                   int(rng.integers(y1, h + 1))), k == 5 or rng.random() < 0.2))
+        images[f"im{k:02d}"] = (w, h, objs)
+    root = _write_voc(tmp_path / "voc", images, split="train")
+    ds = PascalVOCDataset(root, "train", class_names=["a", "b", "c"], use_difficult=use_difficult,
+                          remove_images_without_annotations=remove_empty)
+    label = {"a": 1, "b": 2, "c": 3}
+    ref = [(i, parse_voc_xml(os.path.join(root, "Annotations", f"{i}.xml"))) for i in images]
+    if remove_empty:
+        ref = [(i, p) for i, p in ref if (use_difficult and len(p["names"])) or (~p["difficult"]).any()]
+    assert ds.ids == [i for i, _ in ref] and len(ds) == len(ref)
+    assert (len(ref) < 12) == remove_empty
+    for n, (img_id, p) in enumerate(ref):
+        assert ds.get_img_info(n) == {"height": p["height"], "width": p["width"], "id": img_id,
+                                      "file_name": f"{img_id}.jpg"}
+        boxes, labels, difficult = ds.get_annotation(n)
+        assert np.array_equal(boxes, p["boxes"]) and np.array_equal(difficult, p["difficult"])
+        assert labels.tolist() == [label[name] for name in p["names"]] and labels.dtype == np.int64
+        keep = np.ones(len(p["names"]), bool) if use_difficult else ~p["difficult"]
+        target = ds.get_groundtruth(n)
+        assert target.size == (p["width"], p["height"])
+        assert np.array_equal(target.bbox.numpy(), p["boxes"][keep])
+        assert target.get_field("labels").tolist() == [label[name] for name, k in zip(p["names"], keep) if k]

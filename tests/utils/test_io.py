@@ -1,6 +1,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,3 +112,29 @@ def test_file_size_limit_errors_name_the_path(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split("\n")
     assert lines[:3] == [f"27 {tmp_path / name}" for name in ("model_final.pth", "bbox.json", "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("have_orjson", [True, False])
+def test_atomic_write_json_fast_writes_the_same_values(tmp_path, monkeypatch, have_orjson):
+    import builtins
+
+    if have_orjson:
+        pytest.importorskip("orjson")
+    else:
+        real_import = builtins.__import__
+
+        def no_orjson(name, *args, **kwargs):
+            if name == "orjson":
+                raise ImportError("No module named 'orjson'")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_orjson)
+    # full-precision float32 values (as double), ints, nested lists, a non-ASCII name
+    obj = [{"image_id": 7, "category_id": 3, "bbox": [0.1, 1e-7, 123.456789012345, 2.0 ** 40],
+            "score": float(np.float32(0.123456789)), "name": "caf\u00e9"}] * 3
+    atomic_write_json(tmp_path / "fast.json", obj, fast=True)
+    atomic_write_json(tmp_path / "slow.json", obj, indent=2)
+    fast, slow = (json.loads((tmp_path / n).read_text(encoding="utf-8")) for n in ("fast.json", "slow.json"))
+    assert fast == slow == obj
+    assert "\n  " in (tmp_path / "slow.json").read_text()  # dump kwargs still reach json
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

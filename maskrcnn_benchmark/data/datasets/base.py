@@ -1,10 +1,14 @@
 """What every detection dataset shares: checked image decoding and the seeded, corrupt-image
-tolerant ``__getitem__`` (:class:`DetectionDataset`). COCO and Pascal VOC subclass it."""
+tolerant ``__getitem__`` (:class:`DetectionDataset`), the compact per-image records
+(:class:`ImageRecords`) and a GC pause for parsing large annotation files. COCO and Pascal VOC
+subclass it."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import cv2
 import numpy as np
@@ -13,9 +17,115 @@ import torch
 from maskrcnn_benchmark.data.transforms.transforms import apply_transforms
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-__all__ = ["CorruptImageError", "DetectionDataset", "check_image_files", "decode_image_file"]
+__all__ = ["CorruptImageError", "DetectionDataset", "ImageRecords", "PackedStrings", "check_image_files", "decode_image_file",
+           "gc_paused"]
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector in the ``with`` body (restored after it, also on an error).
+
+    Parsing a COCO-size json allocates millions of containers; each allocation burst triggers a
+    collection that walks all of them (half the load time), although none of them is garbage."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class PackedStrings:
+    """A list of strings stored as one UTF-8 byte buffer (``uint8``) and ``int64[M + 1]`` offsets."""
+
+    def __init__(self, strings: Sequence[str]):
+        encoded = [s.encode("utf-8") for s in strings]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
+        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return bytes(self.buffer[self.offsets[i]:self.offsets[i + 1]]).decode("utf-8")
+
+    def tolist(self) -> List[str]:
+        return [self[i] for i in range(len(self))]
+
+    def subset(self, rows: np.ndarray) -> "PackedStrings":
+        return PackedStrings([self[int(r)] for r in rows])
+
+
+class ImageRecords:
+    """Per-image records of a detection dataset in a few flat numpy arrays (no per-image Python
+    objects): loader workers forked from the main process read them without the refcount writes
+    that copy the pages of dicts and lists, and a ``gc.collect()`` has nothing to walk.
+
+    Args:
+        ids: ``int64[M]`` image ids, or M strings (stored as :class:`PackedStrings`, e.g. VOC's);
+            heights, widths: ``[M]`` positive ints.
+        file_names: the M file names (stored as :class:`PackedStrings`).
+        box_offsets: ``int64[M + 1]``: the boxes of image ``i`` are rows ``box_offsets[i]:box_offsets[i+1]``.
+        boxes: ``float32[N, 4]`` xyxy; labels: ``int64[N]``.
+        extra: optional per-box ``[N, ...]`` arrays (e.g. VOC's ``difficult``), sliced like ``boxes``.
+    """
+
+    def __init__(self, ids, heights, widths, file_names: Sequence[str], box_offsets, boxes, labels,
+                 **extra: np.ndarray):
+        is_str = isinstance(ids, PackedStrings) or (len(ids) > 0 and isinstance(ids[0], str))
+        self.ids = (ids if isinstance(ids, PackedStrings) else PackedStrings(ids)) if is_str else \
+            np.ascontiguousarray(ids, dtype=np.int64)
+        self.sizes = np.stack([np.asarray(heights, np.int64), np.asarray(widths, np.int64)], 1).reshape(-1, 2)
+        self.names = file_names if isinstance(file_names, PackedStrings) else PackedStrings(file_names)
+        self.box_offsets = np.ascontiguousarray(box_offsets, dtype=np.int64)
+        self.boxes = np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self.extra = {k: np.ascontiguousarray(v) for k, v in extra.items()}
+        m = len(self.ids)
+        if not (len(self.sizes) == m == len(self.names) == len(self.box_offsets) - 1):
+            raise ValueError(f"ImageRecords: {m} ids but {len(self.sizes)} sizes, {len(self.names)} "
+                             f"file names and {len(self.box_offsets) - 1} box ranges")
+        if len(self.labels) != len(self.boxes) or self.box_offsets[-1] != len(self.boxes):
+            raise ValueError(f"ImageRecords: {len(self.boxes)} boxes, {len(self.labels)} labels, box offsets end "
+                             f"at {self.box_offsets[-1]}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: np.ndarray) -> "ImageRecords":
+        """The records of images ``rows`` (int64[K], in that order), their boxes with them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = self.box_offsets[rows], self.box_offsets[rows + 1]
+        counts = ends - starts
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        box_rows = np.repeat(starts - offsets[:-1], counts) + np.arange(offsets[-1])
+        ids = self.ids.subset(rows) if isinstance(self.ids, PackedStrings) else self.ids[rows]
+        return ImageRecords(ids, self.sizes[rows, 0], self.sizes[rows, 1], self.names.subset(rows), offsets,
+                            self.boxes[box_rows],
+                            self.labels[box_rows], **{k: v[box_rows] for k, v in self.extra.items()})
+
+    def num_boxes(self) -> np.ndarray:
+        """``int64[M]`` boxes per image."""
+        return np.diff(self.box_offsets)
+
+    def file_name(self, i: int) -> str:
+        return self.names[i]
+
+    def image_id(self, i: int):
+        """The id of image ``i`` as a Python ``int`` (or ``str``)."""
+        return self.ids[i] if isinstance(self.ids, PackedStrings) else int(self.ids[i])
+
+    def size(self, i: int) -> Tuple[int, int]:
+        """``(height, width)`` of image ``i`` as Python ints."""
+        return int(self.sizes[i, 0]), int(self.sizes[i, 1])
+
+    def box_slice(self, i: int) -> slice:
+        return slice(int(self.box_offsets[i]), int(self.box_offsets[i + 1]))
 
 
 class CorruptImageError(OSError):

@@ -1,4 +1,5 @@
-"""COCO-format detection dataset (boxes only), read with pycocotools and OpenCV.
+"""COCO-format detection dataset (boxes only): the json read once into flat per-image records
+(:class:`ImageRecords`; no pycocotools object kept for training), images read with OpenCV.
 
 Annotation handling (decided once, at construction, and logged):
 
@@ -23,6 +24,7 @@ evaluation then reports AP -1).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -35,11 +37,12 @@ from pycocotools.coco import COCO
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-from .base import CorruptImageError, DetectionDataset, check_image_files as check_images_exist, decode_image_file
+from .base import (CorruptImageError, DetectionDataset, ImageRecords, check_image_files as check_images_exist,
+                   decode_image_file, gc_paused)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCODataset", "CorruptImageError", "load_coco_json", "decode_image_file"]
+__all__ = ["COCODataset", "CorruptImageError", "load_coco_json", "read_coco_json", "decode_image_file"]
 
 _REQUIRED_KEYS = {
     "images": ("id", "file_name", "height", "width"),
@@ -49,7 +52,17 @@ _REQUIRED_KEYS = {
 
 
 def load_coco_json(ann_file: str) -> COCO:
-    """Read and validate a COCO json; return a pycocotools ``COCO`` built from it.
+    """A pycocotools ``COCO`` built from :func:`read_coco_json` of ``ann_file``."""
+    coco = COCO()
+    coco.dataset = read_coco_json(ann_file)
+    with gc_paused(), contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
+        coco.createIndex()
+    return coco
+
+
+def read_coco_json(ann_file: str) -> Dict[str, Any]:
+    """Read and validate a COCO json (parsed with the cyclic GC paused); return its dict, with
+    ``iscrowd`` and the image ``height`` / ``width`` stored as ints.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -58,6 +71,11 @@ def load_coco_json(ann_file: str) -> COCO:
     """
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"annotation file {ann_file} does not exist")
+    with gc_paused():
+        return _read_and_check(ann_file)
+
+
+def _read_and_check(ann_file: str) -> Dict[str, Any]:
     try:
         with open(ann_file, "r", encoding="utf-8") as f:
             data = json.load(f)
@@ -112,11 +130,7 @@ def load_coco_json(ann_file: str) -> COCO:
         if not isinstance(a["bbox"], (list, tuple)) or len(a["bbox"]) != 4:
             raise ValueError(f"annotation file {ann_file}: annotation id {a['id']} has bbox "
                              f"{a['bbox']!r}; expected [x, y, width, height]")
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
-        coco.createIndex()
-    return coco
+    return data
 
 
 def _check_annotation_ids_and_crowd(annotations: List[Dict[str, Any]], ann_file: str, show: int = 5) -> None:
@@ -173,46 +187,54 @@ class COCODataset(DetectionDataset):
         super().__init__(transforms, skip_corrupt_images)
         self.ann_file = str(ann_file)
         self.root = str(root)
-        self.coco = load_coco_json(self.ann_file)
-
-        json_ids = sorted(self.coco.cats.keys())
-        self.json_category_id_to_contiguous_id: Dict[int, int] = {c: i + 1 for i, c in enumerate(json_ids)}
-        self.contiguous_category_id_to_json_id: Dict[int, int] = {
-            v: k for k, v in self.json_category_id_to_contiguous_id.items()}
-        self.class_names: List[str] = ["__background__"] + [str(self.coco.cats[c]["name"]) for c in json_ids]
-        self.num_classes: int = len(json_ids)
-
-        self._boxes, self._labels = self._prepare_targets()
-        ids = [im["id"] for im in self.coco.dataset["images"]]
+        with gc_paused():
+            data = read_coco_json(self.ann_file)
+            categories = {c["id"]: str(c["name"]) for c in data["categories"]}
+            json_ids = sorted(categories)
+            self.json_category_id_to_contiguous_id: Dict[int, int] = {c: i + 1 for i, c in enumerate(json_ids)}
+            self.contiguous_category_id_to_json_id: Dict[int, int] = {
+                v: k for k, v in self.json_category_id_to_contiguous_id.items()}
+            self.class_names: List[str] = ["__background__"] + [categories[c] for c in json_ids]
+            self.num_classes: int = len(json_ids)
+            records = self._prepare_targets(data)
+            del data  # training keeps only the flat records; the evaluation re-reads the json
+        counts = records.num_boxes()
         if remove_images_without_annotations:
-            kept = [i for i in ids if len(self._labels[i]) > 0]
-            if len(kept) < len(ids):
+            rows = np.flatnonzero(counts > 0)
+            if len(rows) < len(records):
                 logger.info("%s: dropped %d of %d images without usable annotations (training)",
-                            self.ann_file, len(ids) - len(kept), len(ids))
-            ids = kept
+                            self.ann_file, len(records) - len(rows), len(records))
+            records = records.subset(rows)
         else:
-            num_empty = sum(1 for i in ids if len(self._labels[i]) == 0)
+            num_empty = int((counts == 0).sum())
             if num_empty:
                 logger.info("%s: keeping %d of %d images without usable annotations", self.ann_file,
-                            num_empty, len(ids))
-        self.ids: List[int] = ids
-        self.id_to_img_map: Dict[int, int] = dict(enumerate(self.ids))
+                            num_empty, len(records))
+        self.records: ImageRecords = records
         if check_image_files:
-            check_images_exist(self.root, [self.coco.imgs[i]["file_name"] for i in self.ids], self.ann_file)
+            check_images_exist(self.root, [records.file_name(i) for i in range(len(records))], self.ann_file)
 
     # ---- annotation preprocessing ----------------------------------------------------------
-    def _prepare_targets(self) -> Tuple[Dict[int, np.ndarray], Dict[int, np.ndarray]]:
-        """Per image id: boxes ``float32[N, 4]`` xyxy (clipped) and labels ``int64[N]`` (1..K)."""
-        anns = [a for a in self.coco.dataset["annotations"] if not a.get("iscrowd", 0)]
-        img_ids = np.array([a["image_id"] for a in anns], dtype=np.int64)
+    def _prepare_targets(self, data: Dict[str, Any]) -> ImageRecords:
+        """Records of every image of ``data`` (json order): boxes ``float32[N, 4]`` xyxy (clipped) and
+        labels ``int64[N]`` (1..K), grouped by image in json order, vectorised over annotations."""
+        images = data["images"]
+        try:
+            img_ids = np.array([im["id"] for im in images], dtype=np.int64)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"annotation file {self.ann_file}: image ids must be integers ({e})") from e
+        sizes = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64).reshape(-1, 2)
+        anns = [a for a in data["annotations"] if not a["iscrowd"]]
+        ann_img = np.array([a["image_id"] for a in anns], dtype=np.int64)
         try:
             xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         except (TypeError, ValueError) as e:
             raise ValueError(f"annotation file {self.ann_file}: a bbox is not 4 numbers ({e})") from e
-        labels = np.array([self.json_category_id_to_contiguous_id[a["category_id"]] for a in anns],
-                          dtype=np.int64)
-        wh = np.array([[self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]] for i in img_ids],
-                      dtype=np.float64).reshape(-1, 2)
+        to_contiguous = self.json_category_id_to_contiguous_id
+        labels = np.array([to_contiguous[a["category_id"]] for a in anns], dtype=np.int64)
+        by_id = np.argsort(img_ids, kind="stable")
+        rows = by_id[np.searchsorted(img_ids, ann_img, sorter=by_id)]  # image row of each annotation
+        wh = sizes[rows][:, ::-1].astype(np.float64)
 
         # width/height <= 0 or any non-finite value (NaN fails every comparison, inf is caught by isfinite)
         degenerate = ~((xywh[:, 2] > 0) & (xywh[:, 3] > 0) & np.isfinite(xywh).all(axis=1))
@@ -232,39 +254,60 @@ class COCODataset(DetectionDataset):
             logger.info("%s: clipped %d boxes partly outside their image to the image",
                         self.ann_file, int(was_clipped.sum()))
 
-        img_ids, clipped, labels = img_ids[keep], clipped[keep].astype(np.float32), labels[keep]
-        order = np.argsort(img_ids, kind="stable")  # keep json order within an image
-        img_ids, clipped, labels = img_ids[order], clipped[order], labels[order]
-        uniq, starts = np.unique(img_ids, return_index=True)
-        ends = np.append(starts[1:], len(img_ids))
-        empty_b, empty_l = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-        boxes = {i: empty_b for i in self.coco.imgs}
-        labs = {i: empty_l for i in self.coco.imgs}
-        for i, s, e in zip(uniq.tolist(), starts.tolist(), ends.tolist()):
-            boxes[i], labs[i] = clipped[s:e], labels[s:e]
-        return boxes, labs
+        rows, clipped, labels = rows[keep], clipped[keep].astype(np.float32), labels[keep]
+        order = np.argsort(rows, kind="stable")  # keep json order within an image
+        offsets = np.zeros(len(images) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(images)), out=offsets[1:])
+        return ImageRecords(img_ids, sizes[:, 0], sizes[:, 1], [im["file_name"] for im in images], offsets,
+                            clipped[order], labels[order])
 
     # ---- access -----------------------------------------------------------------------------
+    @property
+    def ids(self) -> List[int]:
+        """json image id of every dataset index (a new list; :attr:`image_ids` is the array)."""
+        return self.records.ids.tolist()
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """``int64[len(self)]`` json image id of every dataset index."""
+        return self.records.ids
+
+    @property
+    def id_to_img_map(self) -> Dict[int, int]:
+        """dataset index -> json image id."""
+        return dict(enumerate(self.ids))
+
+    @functools.cached_property
+    def coco(self) -> COCO:
+        """A pycocotools ``COCO`` of ``ann_file``, built on first use (training never builds it; the
+        evaluation reads the json itself, :meth:`load_groundtruth_json`)."""
+        return load_coco_json(self.ann_file)
+
+    def load_groundtruth_json(self) -> Dict[str, Any]:
+        """A fresh, validated ground-truth json dict (:func:`read_coco_json` of ``ann_file``) for an
+        evaluation backend to index (and annotate in place) without a copy."""
+        return read_coco_json(self.ann_file)
+
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.records)
 
     def get_img_info(self, index: int) -> Dict[str, Any]:
         """``{"height", "width", "id", "file_name"}`` of image ``index`` (from the json)."""
-        info = self.coco.imgs[self.ids[index]]
-        return {"height": int(info["height"]), "width": int(info["width"]), "id": info["id"],
-                "file_name": info["file_name"]}
+        height, width = self.records.size(index)
+        return {"height": height, "width": width, "id": self.records.image_id(index),
+                "file_name": self.records.file_name(index)}
 
     def get_groundtruth(self, index: int) -> BoxList:
         """Training target of image ``index`` in the original image size (no transforms)."""
-        img_id = self.ids[index]
-        info = self.coco.imgs[img_id]
-        target = BoxList(torch.from_numpy(self._boxes[img_id].copy()), (info["width"], info["height"]))
-        target.add_field("labels", torch.from_numpy(self._labels[img_id].copy()))
+        height, width = self.records.size(index)
+        rows = self.records.box_slice(index)
+        target = BoxList(torch.from_numpy(self.records.boxes[rows].copy()), (width, height))
+        target.add_field("labels", torch.from_numpy(self.records.labels[rows].copy()))
         return target
 
     def load_image(self, index: int) -> np.ndarray:
         """``np.ndarray[H, W, 3]`` uint8 BGR of image ``index``."""
-        info = self.coco.imgs[self.ids[index]]
+        info = self.get_img_info(index)
         path = os.path.join(self.root, info["file_name"])
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file {path} (image id {info['id']}) listed in {self.ann_file} "
@@ -281,7 +324,7 @@ class COCODataset(DetectionDataset):
 
     def aspect_ratios(self) -> List[float]:
         """Height / width of every image (from the json, no image reading)."""
-        return [self.coco.imgs[i]["height"] / self.coco.imgs[i]["width"] for i in self.ids]
+        return (self.records.sizes[:, 0] / self.records.sizes[:, 1]).tolist()
 
     def __repr__(self) -> str:
         return (f"COCODataset(ann_file={self.ann_file!r}, root={self.root!r}, images={len(self)}, "

@@ -26,7 +26,7 @@ import torch
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 
-from .base import CorruptImageError, DetectionDataset, check_image_files, decode_image_file
+from .base import CorruptImageError, DetectionDataset, ImageRecords, check_image_files, decode_image_file, gc_paused
 
 __all__ = ["PascalVOCDataset", "VOC_CLASSES", "parse_voc_xml", "is_voc_root"]
 
@@ -126,74 +126,94 @@ class PascalVOCDataset(DetectionDataset):
             raise FileNotFoundError(f"VOC split {self.split!r}: image list {list_file} does not exist")
         with open(list_file, encoding="utf-8") as f:
             ids = [line.split()[0] for line in f if line.strip()]
-        self.annotations: Dict[str, Dict[str, Any]] = {}
-        for img_id in ids:
-            path = os.path.join(self.ann_dir, f"{img_id}.xml")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"VOC annotation {path} (image {img_id!r} of {list_file}) does not exist")
-            self.annotations[img_id] = parse_voc_xml(path)
+        with gc_paused():
+            annotations: Dict[str, Dict[str, Any]] = {}
+            for img_id in ids:
+                path = os.path.join(self.ann_dir, f"{img_id}.xml")
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"VOC annotation {path} (image {img_id!r} of {list_file}) does not exist")
+                annotations[img_id] = parse_voc_xml(path)
 
-        names = list(class_names) if class_names is not None else self._default_class_names()
+        names = list(class_names) if class_names is not None else self._default_class_names(annotations)
         self.class_names: List[str] = ["__background__"] + [str(n) for n in names]
         self.num_classes: int = len(names)
         self.class_to_label: Dict[str, int] = {n: i + 1 for i, n in enumerate(names)}
-        for img_id, ann in self.annotations.items():
+        for img_id, ann in annotations.items():
             unknown = sorted(set(ann["names"]) - set(self.class_to_label))
             if unknown:
                 raise ValueError(f"VOC annotation {os.path.join(self.ann_dir, img_id + '.xml')}: classes "
                                  f"{unknown} are not among the dataset's classes {names}")
         if remove_images_without_annotations:
-            kept = [i for i in ids if (~self.annotations[i]["difficult"] | self.use_difficult).any()]
+            kept = [i for i in ids if (~annotations[i]["difficult"] | self.use_difficult).any()]
             if len(kept) < len(ids):
                 logger.info("%s:%s: dropped %d of %d images without usable objects (training)",
                             self.root, self.split, len(ids) - len(kept), len(ids))
             ids = kept
-        self.ids: List[str] = ids
-        check_image_files(self.img_dir, [self._file_name(i) for i in ids], list_file)
+        self.records: ImageRecords = self._records(ids, annotations)
+        check_image_files(self.img_dir, self.records.names.tolist(), list_file)
 
-    def _default_class_names(self) -> List[str]:
-        found = {n for ann in self.annotations.values() for n in ann["names"]}
+    def _records(self, ids: List[str], annotations: Dict[str, Dict[str, Any]]) -> ImageRecords:
+        """Flat records of images ``ids``: every object (difficult ones too, flagged in ``extra``)."""
+        anns = [annotations[i] for i in ids]
+        counts = np.array([len(a["names"]) for a in anns], dtype=np.int64)
+        offsets = np.zeros(len(anns) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        labels = np.array([self.class_to_label[n] for a in anns for n in a["names"]], dtype=np.int64)
+        boxes = np.concatenate([a["boxes"] for a in anns]) if anns else np.zeros((0, 4), np.float32)
+        difficult = np.concatenate([a["difficult"] for a in anns]) if anns else np.zeros(0, bool)
+        return ImageRecords(ids, [a["height"] for a in anns], [a["width"] for a in anns],
+                            [self._file_name(i, a["filename"]) for i, a in zip(ids, anns)], offsets, boxes,
+                            labels, difficult=difficult)
+
+    def _default_class_names(self, annotations: Dict[str, Dict[str, Any]]) -> List[str]:
+        found = {n for ann in annotations.values() for n in ann["names"]}
         if found <= set(VOC_CLASSES):
             return list(VOC_CLASSES)
         for fname in sorted(os.listdir(self.ann_dir)):  # every split of this root shares the label space
-            if fname.endswith(".xml") and fname[:-4] not in self.annotations:
+            if fname.endswith(".xml") and fname[:-4] not in annotations:
                 found |= set(parse_voc_xml(os.path.join(self.ann_dir, fname))["names"])
         return sorted(found)
 
     # ---- access -----------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.ids)
+    @property
+    def ids(self) -> List[str]:
+        """The image id (``ImageSets`` name) of every dataset index (a new list)."""
+        return self.records.ids.tolist()
 
-    def _file_name(self, img_id: str) -> str:
-        name = self.annotations[img_id]["filename"]
-        return name if name and os.path.isfile(os.path.join(self.img_dir, name)) else f"{img_id}.jpg"
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _file_name(self, img_id: str, xml_name: str) -> str:
+        """The image file (relative to ``img_dir``): the XML's ``<filename>`` when that file exists,
+        else ``<id>.jpg``; decided once, when the dataset is built."""
+        return xml_name if xml_name and os.path.isfile(os.path.join(self.img_dir, xml_name)) else f"{img_id}.jpg"
 
     def get_img_info(self, index: int) -> Dict[str, Any]:
         """``{"height", "width", "id", "file_name"}`` (``file_name`` relative to ``self.img_dir``)."""
-        img_id = self.ids[index]
-        ann = self.annotations[img_id]
-        return {"height": ann["height"], "width": ann["width"], "id": img_id, "file_name": self._file_name(img_id)}
+        height, width = self.records.size(index)
+        return {"height": height, "width": width, "id": self.records.image_id(index),
+                "file_name": self.records.file_name(index)}
 
     def get_annotation(self, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All objects of image ``index``: boxes float32[N, 4] (continuous xyxy), labels int64[N] (1..K),
-        difficult bool[N] (for the evaluation)."""
-        ann = self.annotations[self.ids[index]]
-        labels = np.asarray([self.class_to_label[n] for n in ann["names"]], dtype=np.int64)
-        return ann["boxes"], labels, ann["difficult"]
+        difficult bool[N] (for the evaluation). Read-only views of the records."""
+        rows = self.records.box_slice(index)
+        return self.records.boxes[rows], self.records.labels[rows], self.records.extra["difficult"][rows]
 
     def get_groundtruth(self, index: int) -> BoxList:
         """Training target in the original image size: non-difficult objects (all with use_difficult)."""
         boxes, labels, difficult = self.get_annotation(index)
         keep = np.ones_like(difficult) if self.use_difficult else ~difficult
-        info = self.annotations[self.ids[index]]
-        target = BoxList(torch.from_numpy(boxes[keep].copy()), (info["width"], info["height"]))
+        height, width = self.records.size(index)
+        target = BoxList(torch.from_numpy(boxes[keep].copy()), (width, height))
         target.add_field("labels", torch.from_numpy(labels[keep].copy()))
         return target
 
     def load_image(self, index: int) -> np.ndarray:
         """``np.ndarray[H, W, 3]`` uint8 BGR of image ``index``."""
-        img_id = self.ids[index]
-        path = os.path.join(self.img_dir, self._file_name(img_id))
+        info = self.get_img_info(index)
+        img_id = info["id"]
+        path = os.path.join(self.img_dir, info["file_name"])
         if not os.path.isfile(path):
             raise FileNotFoundError(f"VOC image {path} (image {img_id!r}) does not exist")
         try:
@@ -201,7 +221,6 @@ class PascalVOCDataset(DetectionDataset):
         except CorruptImageError as e:
             raise CorruptImageError(f"{e} (VOC image {img_id!r}); set DATALOADER.SKIP_CORRUPT_IMAGES True to "
                                     f"skip such images") from None
-        info = self.annotations[img_id]
         if image.shape[:2] != (info["height"], info["width"]):
             raise ValueError(f"VOC image {path} is {image.shape[1]}x{image.shape[0]} (w x h) but its annotation "
                              f"says {info['width']}x{info['height']}")
@@ -209,7 +228,7 @@ class PascalVOCDataset(DetectionDataset):
 
     def aspect_ratios(self) -> List[float]:
         """Height / width of every image (from the annotations)."""
-        return [self.annotations[i]["height"] / self.annotations[i]["width"] for i in self.ids]
+        return (self.records.sizes[:, 0] / self.records.sizes[:, 1]).tolist()
 
     def __repr__(self) -> str:
         return (f"PascalVOCDataset(root={self.root!r}, split={self.split!r}, images={len(self)}, "

@@ -9,13 +9,14 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.utils.io import atomic_write_json
 
 from .report import EvaluationResult, format_table, plot_pr_curves
 
-__all__ = ["evaluate", "prepare_for_coco_detection", "per_class_metrics", "coco_backend", "METRICS"]
+__all__ = ["evaluate", "prepare_for_coco_detection", "detection_columns", "results_from_columns", "per_class_metrics", "coco_backend", "METRICS"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -28,16 +29,24 @@ def _as_dict(predictions: Predictions) -> Dict[int, BoxList]:
     return dict(enumerate(predictions))
 
 
-def prepare_for_coco_detection(dataset, predictions: Predictions) -> List[dict]:
-    """COCO result entries ``{"image_id", "category_id" (json id), "bbox" [x, y, w, h], "score"}``.
+def detection_columns(dataset, predictions: Predictions) -> Dict[str, np.ndarray]:
+    """All detections as columns, built with one concatenation (no per-box Python work).
 
     Args:
-        dataset: a COCODataset (``.ids``, ``.contiguous_category_id_to_json_id``, ``get_img_info``).
+        dataset: a COCODataset (``.image_ids``, ``.contiguous_category_id_to_json_id``, ``get_img_info``).
         predictions: dataset index -> BoxList in the ORIGINAL image size with fields ``"scores"``
             (Tensor[K]) and ``"labels"`` (Tensor[K] int64, contiguous 1..num_classes).
+
+    Returns:
+        ``{"image_id": int64[N], "category_id": int64[N] (json ids), "bbox": float64[N, 4] xywh,
+        "score": float64[N]}``, images in ascending dataset index, boxes in prediction order within
+        an image; full precision (the float32 values exactly, no rounding).
     """
-    results: List[dict] = []
     to_json = dataset.contiguous_category_id_to_json_id
+    lut = np.zeros(len(to_json) + 1, dtype=np.int64)
+    lut[list(to_json)] = list(to_json.values())
+    image_ids = np.asarray(dataset.image_ids, dtype=np.int64)
+    boxes, scores, labels, counts, rows = [], [], [], [], []
     for idx, pred in sorted(_as_dict(predictions).items()):
         if len(pred) == 0:
             continue
@@ -46,18 +55,41 @@ def prepare_for_coco_detection(dataset, predictions: Predictions) -> List[dict]:
             raise ValueError(f"prediction for image index {idx} has image size {pred.size} (w, h) but the "
                              f"original image is {(info['width'], info['height'])}; resize predictions "
                              f"to the original image size before evaluation")
-        xywh = pred.xywh().detach().cpu().double().numpy()
-        scores = pred.get_field("scores").detach().cpu().double().numpy()
-        labels = pred.get_field("labels").detach().cpu().numpy().tolist()
-        unknown = set(labels) - set(to_json)
-        if unknown:
-            raise ValueError(f"prediction for image index {idx} has labels {sorted(unknown)} outside "
-                             f"1..{len(to_json)}")
-        image_id = dataset.ids[idx]
-        results.extend({"image_id": image_id, "category_id": to_json[lab],
-                        "bbox": [float(v) for v in box], "score": float(s)}
-                       for box, s, lab in zip(xywh, scores, labels))
-    return results
+        boxes.append(pred.bbox.detach())
+        scores.append(pred.get_field("scores").detach())
+        labels.append(pred.get_field("labels").detach())
+        counts.append(len(pred))
+        rows.append(idx)
+    if not boxes:
+        return {"image_id": np.zeros(0, np.int64), "category_id": np.zeros(0, np.int64),
+                "bbox": np.zeros((0, 4), np.float64), "score": np.zeros(0, np.float64)}
+    xyxy = torch.cat([b.cpu() for b in boxes])
+    x1, y1, x2, y2 = xyxy.unbind(-1)
+    xywh = torch.stack([x1, y1, x2 - x1, y2 - y1], dim=-1)  # in the boxes' dtype, as BoxList.xywh
+    lab = torch.cat([t.cpu() for t in labels]).numpy().astype(np.int64)
+    image_rows = np.repeat(np.asarray(rows, dtype=np.int64), counts)
+    bad = (lab < 1) | (lab > len(to_json))  # contiguous labels are 1..K
+    if bad.any():
+        first = image_rows[np.argmax(bad)]
+        unknown = sorted(set(lab[bad & (image_rows == first)].tolist()))
+        raise ValueError(f"prediction for image index {int(first)} has labels {unknown} outside 1..{len(to_json)}")
+    return {"image_id": image_ids[image_rows], "category_id": lut[lab],
+            "bbox": xywh.double().numpy(), "score": torch.cat([s.cpu() for s in scores]).double().numpy()}
+
+
+def results_from_columns(columns: Mapping[str, np.ndarray]) -> List[dict]:
+    """COCO result entries ``{"image_id", "category_id", "bbox" [x, y, w, h], "score"}`` (Python
+    numbers, full precision) from :func:`detection_columns`: the list the json file and the COCO
+    APIs take, built in one pass over ``tolist()`` columns."""
+    return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
+            for i, c, b, s in zip(columns["image_id"].tolist(), columns["category_id"].tolist(),
+                                  columns["bbox"].tolist(), columns["score"].tolist())]
+
+
+def prepare_for_coco_detection(dataset, predictions: Predictions) -> List[dict]:
+    """COCO result entries ``{"image_id", "category_id" (json id), "bbox" [x, y, w, h], "score"}``
+    at full precision (see :func:`detection_columns` for the arguments)."""
+    return results_from_columns(detection_columns(dataset, predictions))
 
 
 def coco_backend(prefer_faster: bool = True) -> str:
@@ -71,19 +103,26 @@ def coco_backend(prefer_faster: bool = True) -> str:
     return "pycocotools"
 
 
-def _run_cocoeval(coco_gt, results: List[dict], img_ids: List[int], backend: str):
-    """evaluate + accumulate + summarize with ``backend``; returns (COCOeval, summary text)."""
+def _run_cocoeval(gt_json: dict, results: List[dict], img_ids: List[int], backend: str):
+    """evaluate + accumulate + summarize with ``backend``; returns (COCOeval, summary text).
+
+    ``gt_json`` (the ground-truth json dict) and ``results`` (COCO result entries) are handed over:
+    the backends index and annotate them in place, so no copy is made."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster
 
-            gt = FasterCOCO(coco_gt.dataset, use_deepcopy=True)  # never touch the dataset's own dict
+            gt = FasterCOCO(gt_json, use_deepcopy=False)
             coco_eval = COCOeval_faster(gt, gt.loadRes(results), "bbox", print_function=print)
         elif backend == "pycocotools":
+            from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval
 
-            coco_eval = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
+            gt = COCO()
+            gt.dataset = gt_json
+            gt.createIndex()
+            coco_eval = COCOeval(gt, gt.loadRes(results), "bbox")
         else:
             raise ValueError(f"unknown COCO evaluation backend {backend!r}")
         coco_eval.params.imgIds = img_ids
@@ -119,8 +158,12 @@ def per_class_metrics(precision: np.ndarray, recall: np.ndarray, iou_thrs: Seque
 
 
 def evaluate(dataset, predictions: Predictions, output_folder: Optional[str],
-             logger: Optional[logging.Logger] = None) -> EvaluationResult:
+             logger: Optional[logging.Logger] = None, pr_curves: bool = True) -> EvaluationResult:
     """COCO bbox AP of ``predictions`` on ``dataset`` (faster-coco-eval if installed, else pycocotools).
+
+    ``dataset``: a :class:`COCODataset` (or an object with its ``image_ids``, ``get_img_info``,
+    ``class_names``, ``json_category_id_to_contiguous_id`` / ``contiguous_category_id_to_json_id`` and
+    ``load_groundtruth_json``: the ground truth is read from the json only now, for the evaluation).
 
     The images evaluated are those with an entry in ``predictions`` (an empty BoxList counts as
     "no detections" for that image). Writes ``output_folder/bbox.json`` atomically (COCO results
@@ -129,32 +172,35 @@ def evaluate(dataset, predictions: Predictions, output_folder: Optional[str],
     no ground truth for that area range; all 0 when there are no detections at all).
     The result also carries ``.per_class`` ({class name: {"AP", "AP50", "AR100"}}, logged as a
     table) and ``.info`` (``backend``; ``pr_curves``: the path of ``output_folder/pr_curves.png``,
-    per class and overall at IoU 0.50 and 0.50:0.95, or None without matplotlib).
+    per class and overall at IoU 0.50 and 0.50:0.95, or None without matplotlib; drawn only with
+    ``pr_curves=True``: with 80 classes the plot takes seconds, longer than the evaluation).
     """
     logger = logger or logging.getLogger(__name__)
     preds = _as_dict(predictions)
-    results = prepare_for_coco_detection(dataset, preds)
+    columns = detection_columns(dataset, preds)
+    results = results_from_columns(columns)
     if output_folder:
         os.makedirs(output_folder, exist_ok=True)
-        atomic_write_json(os.path.join(output_folder, "bbox.json"), results)
+        finite = bool(np.isfinite(columns["bbox"]).all() and np.isfinite(columns["score"]).all())
+        atomic_write_json(os.path.join(output_folder, "bbox.json"), results, fast=finite)
     if not results:
         logger.warning("no detections on %d images; reporting AP 0", len(preds))
         return EvaluationResult({k: 0.0 for k in METRICS})
 
     backend = coco_backend()
-    img_ids = sorted({dataset.ids[i] for i in preds})
-    coco_eval, summary = _run_cocoeval(dataset.coco, results, img_ids, backend)
+    img_ids = sorted(set(np.asarray(dataset.image_ids, dtype=np.int64)[list(preds)].tolist()))
+    coco_eval, summary = _run_cocoeval(dataset.load_groundtruth_json(), results, img_ids, backend)
     print(summary, flush=True)
     stats = np.asarray(coco_eval.stats, dtype=np.float64)
     metrics = EvaluationResult({k: float(v) for k, v in zip(METRICS, stats[:6])})
     cat_ids = list(coco_eval.params.catIds)
-    names = [str(dataset.coco.cats[c]["name"]) for c in cat_ids]
+    names = [dataset.class_names[dataset.json_category_id_to_contiguous_id[c]] for c in cat_ids]
     metrics.per_class = per_class_metrics(np.asarray(coco_eval.eval["precision"]),
                                           np.asarray(coco_eval.eval["recall"]), coco_eval.params.iouThrs, names)
     metrics.info = {"backend": backend}
     logger.info("bbox (%s): %s", backend, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     logger.info("per-class bbox metrics:\n%s", format_table(metrics.per_class, ("AP", "AP50", "AR100")))
-    if output_folder:
+    if output_folder and pr_curves:
         precision = np.asarray(coco_eval.eval["precision"])[:, :, :, 0, -1]  # [T, R, K]
         curves = {"IoU 0.50": precision[int(np.argmin(np.abs(coco_eval.params.iouThrs - 0.5)))],
                   "IoU 0.50:0.95": _mean_valid_axis0(precision)}

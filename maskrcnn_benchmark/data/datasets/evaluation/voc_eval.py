@@ -91,7 +91,7 @@ def _as_dict(predictions: Predictions) -> Dict[int, BoxList]:
 
 def evaluate(dataset, predictions: Predictions, output_folder: Optional[str] = None,
              logger: Optional[logging.Logger] = None, metric: str = "area",
-             iou_thresh: float = 0.5) -> EvaluationResult:
+             iou_thresh: float = 0.5, pr_curves: bool = True) -> EvaluationResult:
     """VOC AP50 of ``predictions`` on a :class:`PascalVOCDataset`.
 
     Args:
@@ -161,7 +161,7 @@ def evaluate(dataset, predictions: Predictions, output_folder: Optional[str] = N
     result.info = {"metric": metric, "iou_thresh": iou_thresh}
     logger.info("VOC %s mAP (IoU > %.2f): %.4f", metric, iou_thresh, result["mAP"])
     logger.info("per-class VOC AP50 (%s):\n%s", metric, format_table(result.per_class, ("AP50",)))
-    if output_folder:
+    if output_folder and pr_curves:
         result.info["pr_curves"] = plot_pr_curves(os.path.join(output_folder, "pr_curves.png"), recall_grid,
                                                   {"IoU 0.50": envelope}, names, logger)
     return result
