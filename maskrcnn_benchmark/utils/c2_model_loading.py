@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from maskrcnn_benchmark.utils.model_serialization import strip_prefix_if_present
-from maskrcnn_benchmark.utils.legacy_plus_one import rename_release_anchor_keys
 
 logger = logging.getLogger(__name__)
 
@@ -250,55 +249,6 @@ def convert_torchvision_resnet_weights(state_dict: Mapping[str, torch.Tensor], b
     if stage_with_dcn is not None:
         out = rename_conv_weights_for_deformable_conv_layers(out, stage_with_dcn)
     return out
-
-
-def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] = None
-                            ) -> "OrderedDict[str, torch.Tensor]":
-    """Read local pretrained weights as a state dict in our names.
-
-    ``.pkl``: caffe2/Detectron blobs (converted). Otherwise ``torch.load``: an mmdetection detector
-    (:mod:`mmdet_model_loading`) or a torchvision-style ResNet state dict is converted; anything
-    else (e.g. our own checkpoint, or a dict holding it under "model" / "state_dict"; the EMA weights
-    under "ema" when present) is returned as is. ``stage_with_dcn`` (MODEL.RESNETS.
-    STAGE_WITH_DCN) moves ImageNet conv2 weights into the DFConv2d ``conv`` submodule.
-    """
-    if path.endswith(".pkl"):
-        return convert_c2_weights(load_c2_pickled_weights(path), stage_with_dcn)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # empty, truncated, not a torch file, or objects weights_only refuses
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        detail = "empty file" if os.path.getsize(path) == 0 else first
-        hint = ""
-        if "mmengine" in str(e) or "mmcv" in str(e):
-            hint = (" It looks like an mmengine training checkpoint, whose training state holds objects that "
-                    "are not loaded for safety; keep only its weights, for a file you trust: python -c \"import "
-                    "torch; torch.save({'state_dict': torch.load('IN.pth', weights_only=False)['state_dict']}, "
-                    "'OUT.pth')\"")
-        raise ValueError(f"cannot read weight file {path} ({detail}): expected a checkpoint / state dict "
-                         f"saved with torch.save, or a Detectron .pkl.{hint}") from None
-    ema = data.get("ema") if isinstance(data, dict) else None
-    if isinstance(ema, dict) and isinstance(ema.get("model"), dict):  # our checkpoint, trained with EMA
-        logging.getLogger(__name__).info("%s holds EMA weights (SOLVER.EMA_DECAY %s, %s updates): loading "
-                                         "those, not the raw weights", path, ema.get("decay"), ema.get("updates"))
-        data = ema
-    for key in ("model", "state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, Mapping) or not any(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ValueError(f"weight file {path} holds {type(data).__name__}"
-                         f"{' without tensors' if isinstance(data, Mapping) else ''}, not a state dict "
-                         f"(a dict of parameter name -> tensor, possibly under 'model' / 'state_dict')")
-    data = OrderedDict((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
-    data = rename_release_anchor_keys(data)  # the releases' anchor_generator.cell_anchors -> ours
-    from .mmdet_model_loading import convert_mmdet_weights, is_mmdet_state_dict
-
-    if is_mmdet_state_dict(data):
-        logger.info("%s: an mmdetection checkpoint (backbone / neck / bbox_head): names converted", path)
-        return convert_mmdet_weights(data)
-    if is_torchvision_resnet_state_dict(data):
-        return convert_torchvision_resnet_weights(data, stage_with_dcn=stage_with_dcn)
-    return data
 
 
 def load_c2_format(cfg, path: str) -> Dict[str, "OrderedDict[str, torch.Tensor]"]:

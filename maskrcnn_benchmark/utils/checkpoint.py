@@ -18,14 +18,19 @@ import logging
 import os
 import random
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from .c2_model_loading import (convert_c2_weights, convert_torchvision_resnet_weights, is_torchvision_resnet_state_dict,
+                               load_c2_pickled_weights)
 from .comm import all_gather, get_rank, is_main_process
 from .io import atomic_torch_save, atomic_write_text
+from .legacy_plus_one import rename_release_anchor_keys
+from .mmdet_model_loading import convert_mmdet_weights, is_mmdet_state_dict
 
 LAST_CHECKPOINT = "last_checkpoint"
 _SOLVER_KEYS = ("optimizer", "scheduler", "scaler", "ema")  # restored in this order (scheduler after optimizer)
@@ -82,12 +87,58 @@ def resolve_weight_path(path: str) -> str:
     return resolved
 
 
+def load_pretrained_weights(path: str, stage_with_dcn: Optional[Sequence[bool]] = None
+                            ) -> "OrderedDict[str, torch.Tensor]":
+    """Read local pretrained weights as a state dict in our names.
+
+    ``.pkl``: caffe2/Detectron blobs (converted, :mod:`~maskrcnn_benchmark.utils.c2_model_loading`).
+    Otherwise ``torch.load``: an mmdetection detector (:mod:`~maskrcnn_benchmark.utils.mmdet_model_loading`)
+    or a torchvision-style ResNet state dict is converted; anything else (e.g. our own checkpoint, or a dict holding it under "model" / "state_dict"; the EMA weights
+    under "ema" when present) is returned as is. ``stage_with_dcn`` (MODEL.RESNETS.
+    STAGE_WITH_DCN) moves ImageNet conv2 weights into the DFConv2d ``conv`` submodule.
+    """
+    if path.endswith(".pkl"):
+        return convert_c2_weights(load_c2_pickled_weights(path), stage_with_dcn)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated, not a torch file, or objects weights_only refuses
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = "empty file" if os.path.getsize(path) == 0 else first
+        hint = ""
+        if "mmengine" in str(e) or "mmcv" in str(e):
+            hint = (" It looks like an mmengine training checkpoint, whose training state holds objects that "
+                    "are not loaded for safety; keep only its weights, for a file you trust: python -c \"import "
+                    "torch; torch.save({'state_dict': torch.load('IN.pth', weights_only=False)['state_dict']}, "
+                    "'OUT.pth')\"")
+        raise ValueError(f"cannot read weight file {path} ({detail}): expected a checkpoint / state dict "
+                         f"saved with torch.save, or a Detectron .pkl.{hint}") from None
+    ema = data.get("ema") if isinstance(data, dict) else None
+    if isinstance(ema, dict) and isinstance(ema.get("model"), dict):  # our checkpoint, trained with EMA
+        logging.getLogger(__name__).info("%s holds EMA weights (SOLVER.EMA_DECAY %s, %s updates): loading "
+                                         "those, not the raw weights", path, ema.get("decay"), ema.get("updates"))
+        data = ema
+    for key in ("model", "state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, Mapping) or not any(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"weight file {path} holds {type(data).__name__}"
+                         f"{' without tensors' if isinstance(data, Mapping) else ''}, not a state dict "
+                         f"(a dict of parameter name -> tensor, possibly under 'model' / 'state_dict')")
+    data = OrderedDict((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
+    data = rename_release_anchor_keys(data)  # the releases' anchor_generator.cell_anchors -> ours
+    if is_mmdet_state_dict(data):
+        logging.getLogger(__name__).info("%s: an mmdetection checkpoint (backbone / neck / bbox_head): names "
+                                         "converted", path)
+        return convert_mmdet_weights(data)
+    if is_torchvision_resnet_state_dict(data):
+        return convert_torchvision_resnet_weights(data, stage_with_dcn=stage_with_dcn)
+    return data
+
+
 def load_weight_file(path: str, stage_with_dcn: Optional[Sequence[bool]] = None) -> Dict[str, torch.Tensor]:
     """State dict in our names from ``path``: our checkpoints (``{"model": ...}``; the EMA weights
     ``{"ema": {"model": ...}}`` when the checkpoint has them), plain state dicts, torchvision ResNets
-    and Detectron ``.pkl`` files (see :mod:`c2_model_loading`)."""
-    from .c2_model_loading import load_pretrained_weights
-
+    and Detectron ``.pkl`` files (see :func:`load_pretrained_weights`)."""
     return load_pretrained_weights(resolve_weight_path(path), stage_with_dcn)
 
 

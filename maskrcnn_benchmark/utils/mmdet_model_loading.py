@@ -37,6 +37,8 @@ from typing import Mapping
 
 import torch
 
+from .c2_model_loading import convert_torchvision_resnet_weights
+
 __all__ = ["is_mmdet_state_dict", "convert_mmdet_weights"]
 
 _HEAD_LAYERS = {"retina_cls": "cls_logits", "atss_cls": "cls_logits", "conv_cls": "cls_logits",
@@ -110,8 +112,6 @@ def convert_mmdet_weights(state_dict: Mapping[str, torch.Tensor], bn_eps: float 
     ``bn_eps``: the backbone's BatchNorm eps (mmdetection's default 1e-5), folded into
     ``running_var`` so that FrozenBatchNorm2d (eps 0) reproduces its eval-mode output.
     """
-    from .c2_model_loading import convert_torchvision_resnet_weights
-
     out = OrderedDict()
     backbone = convert_torchvision_resnet_weights(_sub(state_dict, "backbone."), bn_eps=bn_eps)
     out.update(("body." + k, v) for k, v in backbone.items())

@@ -13,8 +13,9 @@ from torch import nn
 from maskrcnn_benchmark.config import cfg as _default_cfg
 from maskrcnn_benchmark.modeling.backbone import build_backbone, build_resnet_body
 from maskrcnn_benchmark.utils.c2_model_loading import (
-    convert_torchvision_resnet_weights, load_c2_format, load_pretrained_weights,
-    rename_basic_resnet_weights, rename_conv_weights_for_deformable_conv_layers, rename_fpn_weights)
+    convert_torchvision_resnet_weights, load_c2_format, rename_basic_resnet_weights,
+    rename_conv_weights_for_deformable_conv_layers, rename_fpn_weights)
+from maskrcnn_benchmark.utils.checkpoint import load_pretrained_weights
 from maskrcnn_benchmark.utils.model_serialization import (
     align_and_update_state_dicts, load_state_dict_flexible)
 
