@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from maskrcnn_benchmark.data.transforms import transforms as T
 from maskrcnn_benchmark.structures.bounding_box import FLIP_LEFT_RIGHT, BoxList
-from maskrcnn_benchmark.structures.box_ops import box_area, pairwise_iou
+from maskrcnn_benchmark.layers import box_iou
+from maskrcnn_benchmark.structures.box_ops import box_area
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 
 __all__ = ["Augmentation", "BBoxAugmentor", "MERGE_TYPES", "build_bbox_augmentor",
@@ -111,7 +112,7 @@ def box_voting(boxes: Tensor, scores: Tensor, labels: Tensor, vote_thresh: float
     thresh = float(vote_thresh) - 1e-6
     heads = _batched_nms()(boxes, scores, labels, thresh)
     same = labels[heads][:, None] == labels[None, :]
-    iou = pairwise_iou(boxes[heads], boxes).masked_fill(~same, -1.0)  # [H, N]
+    iou = box_iou(boxes[heads], boxes).masked_fill(~same, -1.0)  # [H, N]
     member = iou > thresh
     # every box was suppressed by (or is) a head; guard against a last-ulp disagreement of the two IoUs
     # (such a box joins the head it overlaps most; no host sync)

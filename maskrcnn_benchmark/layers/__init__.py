@@ -1,6 +1,6 @@
 """Layers and compiled operators. The compiled ops load lazily: importing this package works
 without the built extension; calling an op then raises ImportError naming the build command."""
-from .box_iou import box_iou
+from .box_iou import box_iou, elementwise_giou, elementwise_iou, pairwise_giou  # noqa: F401
 from .nms import batched_nms, nms
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 from .scale import Scale  # noqa: E402,F401  (head helper)

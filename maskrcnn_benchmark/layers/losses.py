@@ -11,7 +11,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from maskrcnn_benchmark.structures.box_ops import elementwise_giou, elementwise_iou, inclusive_boxes
+from maskrcnn_benchmark.structures.box_ops import inclusive_boxes
+
+from .box_iou import elementwise_giou, elementwise_iou
 
 __all__ = ["giou_loss", "iou_loss", "negative_bce", "quality_focal_loss", "smooth_l1_loss"]
 

@@ -1,9 +1,9 @@
-"""Box helpers: the one home for areas, centres, IoU and GIoU of ``x1, y1, x2, y2`` boxes.
+"""Box helpers: the one home for areas, centres, side distances, clipping and centerness of
+``x1, y1, x2, y2`` boxes.
 
 All boxes are continuous pixel coordinates with no legacy "+1": a box's width is ``x2 - x1``.
-Unions (and GIoU enclosing areas) are clamped at ``eps`` so zero-area boxes give IoU 0, never NaN.
-``pairwise_iou`` is the compiled op ``maskrcnn_benchmark.layers.box_iou``; the element-wise
-functions are plain torch (they are cheap and differentiable, the GIoU loss uses them).
+Overlaps (IoU, GIoU; pairwise and element-wise) live in :mod:`maskrcnn_benchmark.layers.box_iou`,
+next to the compiled pairwise op.
 """
 from __future__ import annotations
 
@@ -13,18 +13,11 @@ from torch import Tensor
 __all__ = [
     "box_area",
     "box_centers",
-    "pairwise_iou",
-    "pairwise_giou",
-    "elementwise_iou",
-    "elementwise_giou",
     "point_box_distances",
     "centerness",
     "clip_boxes",
     "inclusive_boxes",
 ]
-
-_EPS = 1e-7
-
 
 def box_area(boxes: Tensor) -> Tensor:
     """Areas of boxes.
@@ -50,82 +43,6 @@ def box_centers(boxes: Tensor) -> Tensor:
     """
     return torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2),
                        dim=-1)
-
-
-def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of every pair, by the compiled op ``maskrcnn_benchmark.layers.box_iou``.
-
-    Args:
-        boxes1: Tensor[N, 4]; boxes2: Tensor[M, 4].
-
-    Returns:
-        Tensor[N, M] IoU in [0, 1].
-    """
-    from maskrcnn_benchmark.layers import box_iou  # late import: layers may import structures
-
-    return box_iou(boxes1, boxes2)
-
-
-def _intersection_union(boxes1: Tensor, boxes2: Tensor, eps: float):
-    """Intersection and (clamped) union of broadcastable ``[..., 4]`` box tensors."""
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
-    rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = (area1 + area2 - inter).clamp(min=eps)
-    return inter, union
-
-
-def _giou_from(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
-    inter, union = _intersection_union(boxes1, boxes2, eps)
-    lt = torch.minimum(boxes1[..., :2], boxes2[..., :2])
-    rb = torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    enclosing = (wh[..., 0] * wh[..., 1]).clamp(min=eps)
-    return inter / union - (enclosing - union) / enclosing
-
-
-def elementwise_iou(boxes1: Tensor, boxes2: Tensor, eps: float = _EPS) -> Tensor:
-    """IoU of matching rows (also works on any broadcastable ``[..., 4]`` shapes).
-
-    Args:
-        boxes1: Tensor[N, 4]; boxes2: Tensor[N, 4].
-        eps: lower clamp of the union, so two zero-area boxes give 0, not NaN.
-
-    Returns:
-        Tensor[N]: ``IoU(boxes1[i], boxes2[i])`` in [0, 1].
-    """
-    inter, union = _intersection_union(boxes1, boxes2, eps)
-    return inter / union
-
-
-def elementwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = _EPS) -> Tensor:
-    """Generalised IoU of matching rows (also on broadcastable ``[..., 4]`` shapes).
-
-    ``GIoU = IoU - (C - U) / C`` with ``C`` the area of the smallest enclosing box; unions and
-    enclosing areas are clamped at ``eps``.
-
-    Args:
-        boxes1: Tensor[N, 4]; boxes2: Tensor[N, 4].
-
-    Returns:
-        Tensor[N]: GIoU in [-1, 1].
-    """
-    return _giou_from(boxes1, boxes2, eps)
-
-
-def pairwise_giou(boxes1: Tensor, boxes2: Tensor, eps: float = _EPS) -> Tensor:
-    """Generalised IoU of every pair.
-
-    Args:
-        boxes1: Tensor[N, 4]; boxes2: Tensor[M, 4].
-
-    Returns:
-        Tensor[N, M]: GIoU in [-1, 1].
-    """
-    return _giou_from(boxes1[:, None, :], boxes2[None, :, :], eps)
 
 
 def point_box_distances(points: Tensor, boxes: Tensor, plus_one: bool = False) -> Tensor:

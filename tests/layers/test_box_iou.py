@@ -1,8 +1,9 @@
-"""box_iou against IoU by formula (float64 loops over pairs)."""
+"""box_iou against IoU by formula (float64 loops over pairs); the element-wise IoU / GIoU and
+pairwise GIoU against hand-computed values."""
 import pytest
 import torch
 
-from maskrcnn_benchmark.layers import box_iou
+from maskrcnn_benchmark.layers import box_iou, elementwise_giou, elementwise_iou, pairwise_giou
 from maskrcnn_benchmark.layers._ops import has_compiled_kernel
 
 OPS = torch.ops.maskrcnn_benchmark
@@ -153,3 +154,54 @@ class TestBoxIouCudaMatchesCpu:
         b = random_boxes(50, g).cuda()
         torch.testing.assert_close(box_iou(b[::2], b[1::3]).cpu(), box_iou(b[::2].cpu(), b[1::3].cpu()))
         assert box_iou(b[:0], b).shape == (0, 50)
+
+
+# ---- element-wise IoU / GIoU, pairwise GIoU (plain torch, differentiable) against hand values ----
+B1 = torch.tensor([[0.0, 0.0, 2.0, 2.0],    # overlap with [1,1,3,3]
+                   [0.0, 0.0, 1.0, 1.0],    # disjoint with [2,2,3,3]
+                   [1.0, 2.0, 5.0, 7.0],    # identical
+                   [0.0, 0.0, 4.0, 4.0],    # contains [1,1,2,2]
+                   [1.0, 1.0, 1.0, 1.0]])   # zero-area, with itself
+B2 = torch.tensor([[1.0, 1.0, 3.0, 3.0],
+                   [2.0, 2.0, 3.0, 3.0],
+                   [1.0, 2.0, 5.0, 7.0],
+                   [1.0, 1.0, 2.0, 2.0],
+                   [1.0, 1.0, 1.0, 1.0]])
+IOU = torch.tensor([1 / 7, 0.0, 1.0, 1 / 16, 0.0])
+GIOU = torch.tensor([1 / 7 - 2 / 9, -7 / 9, 1.0, 1 / 16, 0.0])
+
+
+def test_elementwise_iou_giou_hand_values():
+    iou = elementwise_iou(B1, B2)
+    giou = elementwise_giou(B1, B2)
+    torch.testing.assert_close(iou, IOU)
+    torch.testing.assert_close(giou, GIOU)
+    assert not torch.isnan(iou).any() and not torch.isnan(giou).any()
+    # symmetric
+    torch.testing.assert_close(elementwise_iou(B2, B1), IOU)
+    torch.testing.assert_close(elementwise_giou(B2, B1), GIOU)
+
+
+def test_pairwise_giou_matches_elementwise_and_shape():
+    g = pairwise_giou(B1, B2[:3])
+    assert g.shape == (5, 3)
+    for i in range(5):
+        for j in range(3):
+            torch.testing.assert_close(g[i, j], elementwise_giou(B1[i:i + 1], B2[j:j + 1])[0])
+    torch.testing.assert_close(torch.diagonal(pairwise_giou(B1, B2)), GIOU)
+    assert pairwise_giou(torch.zeros(0, 4), B2).shape == (0, 5)
+
+
+def test_giou_differentiable_no_nan_grad_for_zero_area():
+    b = B1.clone().requires_grad_(True)
+    elementwise_giou(b, B2).sum().backward()
+    assert torch.isfinite(b.grad).all()
+
+
+def test_box_iou_matches_hand_values_and_elementwise_iou():
+    m = box_iou(B1, B2)
+    assert m.shape == (5, 5)
+    torch.testing.assert_close(torch.diagonal(m), IOU)
+    torch.testing.assert_close(m, elementwise_iou(B1[:, None], B2[None]))
+    # [0,0,4,4] vs [1,2,5,7]: inter 3*2 = 6, union 16 + 20 - 6 = 30
+    torch.testing.assert_close(m[3, 2], torch.tensor(0.2))

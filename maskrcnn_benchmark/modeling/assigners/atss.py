@@ -22,7 +22,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from maskrcnn_benchmark.structures.box_ops import box_centers, elementwise_iou, pairwise_iou
+from maskrcnn_benchmark.layers import box_iou, elementwise_iou
+from maskrcnn_benchmark.structures.box_ops import box_centers
 
 from .base import (CENTER_MARGIN, BaseAssigner, GTBatch, Predictions, center_margin, centers_inside,
                    resolve_conflicts, scatter_pairs, select_candidates, unbiased_std)
@@ -130,7 +131,7 @@ class TopKAssigner(BaseAssigner):
     levels) of highest ``IoU - d / max(d) / 1000`` (d: centre distance, max over all anchor/GT
     pairs, a tie-break towards nearer anchors), kept if the anchor centre is inside the GT;
     several GTs: highest IoU. ``k = min(topk, N)`` (not multiplied by the anchors per location,
-    as the original). ``quality``: the IoU. Uses the dense ``[G, N]`` compiled ``pairwise_iou``.
+    as the original). ``quality``: the IoU. Uses the dense ``[G, N]`` compiled ``box_iou``.
     """
 
     def __init__(self, topk: int = 9, center_margin: float = CENTER_MARGIN):
@@ -146,7 +147,7 @@ class TopKAssigner(BaseAssigner):
     def _assign(self, anchors_per_level, anchors, gt: GTBatch, predictions):
         b, g = gt.valid.shape
         n = anchors.shape[0]
-        ious = pairwise_iou(gt.boxes.reshape(-1, 4), anchors).view(b, g, n)     # [B, G, N]
+        ious = box_iou(gt.boxes.reshape(-1, 4), anchors).view(b, g, n)     # [B, G, N]
         gc, ac = box_centers(gt.boxes.reshape(-1, 4)).view(b, g, 2), box_centers(anchors)
         dist = (gc[..., None, 0] - ac[:, 0]).square_()                          # [B, G, N]
         dist += (gc[..., None, 1] - ac[:, 1]).square_()

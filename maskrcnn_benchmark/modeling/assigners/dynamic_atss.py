@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from maskrcnn_benchmark.structures.box_ops import elementwise_iou
+from maskrcnn_benchmark.layers import elementwise_iou
 
 from .atss import CandidateThresholdAssigner
 from .base import CENTER_MARGIN, Predictions, center_margin, unbiased_std

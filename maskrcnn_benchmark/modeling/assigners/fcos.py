@@ -9,8 +9,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from maskrcnn_benchmark.structures.box_ops import (box_area, box_centers, centerness,
-                                                   elementwise_iou, point_box_distances)
+from maskrcnn_benchmark.layers import elementwise_iou
+from maskrcnn_benchmark.structures.box_ops import box_area, box_centers, centerness, point_box_distances
 
 from .base import BaseAssigner, GTBatch, Predictions, gather_gt
 

@@ -6,7 +6,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from maskrcnn_benchmark.structures.box_ops import box_centers, pairwise_iou
+from maskrcnn_benchmark.layers import box_iou
+from maskrcnn_benchmark.structures.box_ops import box_centers
 
 from .base import CENTER_MARGIN, BaseAssigner, GTBatch, Predictions, centers_inside, gather_gt
 
@@ -31,7 +32,7 @@ class MaxIoUAssigner(BaseAssigner):
 
     ``quality`` is the
     IoU of a positive with its GT. Builds the dense ``[G, N]`` IoU matrix with the compiled
-    ``pairwise_iou`` (as the original); everything else is element-wise over it.
+    ``box_iou`` (as the original); everything else is element-wise over it.
     """
 
     def __init__(self, fg_iou_threshold: float = 0.5, bg_iou_threshold: float = 0.4,
@@ -65,7 +66,7 @@ class MaxIoUAssigner(BaseAssigner):
                 predictions: Optional[Predictions]):
         b, g = gt.valid.shape
         n = anchors.shape[0]
-        ious = pairwise_iou(gt.boxes.reshape(-1, 4), anchors).view(b, g, n)     # [B, G, N]
+        ious = box_iou(gt.boxes.reshape(-1, 4), anchors).view(b, g, n)     # [B, G, N]
         ious = torch.where(gt.valid[..., None], ious, -1.0)   # padding never the best GT
         best_iou, best_gt = ious.max(dim=1)                                      # [B, N]
         pos = best_iou >= self.fg_iou_threshold

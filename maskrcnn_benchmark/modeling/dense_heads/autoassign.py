@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskrcnn_benchmark.layers import elementwise_giou, elementwise_iou
 from maskrcnn_benchmark.layers.losses import negative_bce
 from maskrcnn_benchmark.modeling.assigners.base import unmatched_gt_stats
 from maskrcnn_benchmark.modeling.point_generator import PointGenerator, distances_to_boxes
-from maskrcnn_benchmark.structures.box_ops import (box_centers, elementwise_giou, elementwise_iou,
-                                                   point_box_distances)
+from maskrcnn_benchmark.structures.box_ops import box_centers, point_box_distances
 
 from .base import (DenseHead, DenseOutputs, DensePostProcessor, ScoreRule, as_gt_batch,
                    check_num_classes, reduce_mean_count)

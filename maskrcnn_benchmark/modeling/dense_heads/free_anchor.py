@@ -27,10 +27,10 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from maskrcnn_benchmark.layers import box_iou
 from maskrcnn_benchmark.layers.losses import negative_bce, smooth_l1_loss
 from maskrcnn_benchmark.modeling.assigners import GTBatch
 from maskrcnn_benchmark.modeling.box_coder import BoxCoder
-from maskrcnn_benchmark.structures.box_ops import pairwise_iou
 
 from .base import DenseHead, DenseOutputs, as_gt_batch, reduce_mean_count
 from .registry import DENSE_HEADS
@@ -82,7 +82,7 @@ class FreeAnchorLoss:
         """
         b, n, _ = pred_boxes.shape
         # the compiled pairwise IoU, image by image (a fixed number of calls)
-        iou = torch.stack([pairwise_iou(gt.boxes[i], pred_boxes[i]) for i in range(b)])  # [B, G, N]
+        iou = torch.stack([box_iou(gt.boxes[i], pred_boxes[i]) for i in range(b)])  # [B, G, N]
         t1 = self.iou_threshold
         t2 = iou.amax(dim=2, keepdim=True).clamp(min=t1 + 1e-12)
         prob = torch.where(gt.valid[..., None], ((iou - t1) / (t2 - t1)).clamp(0, 1), 0)
@@ -96,7 +96,7 @@ class FreeAnchorLoss:
         GT's bag (``K = min(bag_size, N)``, the anchors of highest IoU with the GT)."""
         with torch.no_grad():
             k = min(self.bag_size, anchors.shape[0])
-            iou = pairwise_iou(gt_boxes.reshape(-1, 4), anchors)
+            iou = box_iou(gt_boxes.reshape(-1, 4), anchors)
             return iou.view(*gt_boxes.shape[:-1], -1).topk(k, dim=-1).indices
 
     def positive_loss(self, logits: torch.Tensor, bbox_reg: torch.Tensor, anchors: torch.Tensor,

@@ -9,9 +9,8 @@ import math
 
 import torch
 
-from maskrcnn_benchmark.structures.box_ops import (box_area, box_centers, centerness,
-                                                   elementwise_iou, pairwise_iou,
-                                                   point_box_distances)
+from maskrcnn_benchmark.layers import box_iou, elementwise_iou
+from maskrcnn_benchmark.structures.box_ops import box_area, box_centers, centerness, point_box_distances
 
 MARGIN = 0.01
 
@@ -80,7 +79,7 @@ def topk_iou(anchors_per_level, gt_boxes, gt_labels, topk):
     n = anchors.shape[0]
     if gt_boxes.shape[0] == 0:
         return _result(n, gt_labels, {})
-    ious = pairwise_iou(gt_boxes, anchors)
+    ious = box_iou(gt_boxes, anchors)
     dist = ((box_centers(gt_boxes)[:, None] - box_centers(anchors)[None]) ** 2).sum(-1).sqrt()
     score = ious - dist / dist.max().clamp(min=1e-12) / 1000
     per_gt = []
@@ -132,7 +131,7 @@ def max_iou(anchors_per_level, gt_boxes, gt_labels, fg, bg, low_quality=True,
     quality = torch.zeros(n)
     if gt_boxes.shape[0] == 0:
         return labels, gt_inds, quality
-    ious = pairwise_iou(gt_boxes, anchors)
+    ious = box_iou(gt_boxes, anchors)
     best_iou, best_gt = ious.max(dim=0)
     pos = best_iou >= fg
     ignore = (best_iou >= bg) & ~pos
