@@ -6,7 +6,9 @@ Dataset names (``DATASETS.TRAIN`` / ``DATASETS.TEST``) are resolved by :meth:`Da
   (``$MASKRCNN_BENCHMARK_DATA_DIR``, default ``datasets/``), laid out as in maskrcnn-benchmark
   (``datasets/coco/train2017``, ``datasets/coco/annotations/instances_train2017.json``, ...);
 * ``"synthetic_coco_train"`` / ``"synthetic_coco_val"``: the synthetic shapes dataset under
-  ``<data dir>/synthetic_coco/``, generated on first use (fixed seed, default sizes);
+  ``<data dir>/synthetic_coco/`` (fixed seed, default sizes); the record also says how to generate it
+  (``"generate"``), and the data loading (:func:`maskrcnn_benchmark.data.build.dataset_record`)
+  generates it on first use. The catalog only names paths: it writes nothing;
 * ``"<annotations.json>:<image folder>"``: a COCO-format dataset anywhere on disk (the split is
   at the last ``:`` whose left side ends in ``.json``; relative paths are relative to the
   current directory).
@@ -65,7 +67,9 @@ def split_voc_path(name: str) -> Optional[Tuple[str, str]]:
 
 
 class DatasetCatalog:
-    """Dataset name -> ``dict(factory="COCODataset", args=dict(root=..., ann_file=...))``."""
+    """Dataset name -> ``dict(factory="COCODataset", args=dict(root=..., ann_file=...))``, plus, for a
+    dataset made on first use, ``generate=dict(kind="synthetic_coco", args=dict(out_dir=..., ...))``
+    (the arguments of :func:`maskrcnn_benchmark.data.synthetic.ensure_synthetic_coco`)."""
 
     DEFAULT_DATA_DIR = "datasets"
     DATASETS: Dict[str, Dict[str, str]] = {
@@ -85,7 +89,8 @@ class DatasetCatalog:
     # Pascal VOC: name -> (folder under the data dir, split of ImageSets/Main/).
     VOC = {f"voc_{year}_{split}": (f"voc/VOC{year}", split)
            for year in ("2007", "2012") for split in ("train", "val", "trainval", "test")}
-    # Generated on first use under <data dir>/synthetic_coco (see maskrcnn_benchmark/data/synthetic.py).
+    # Generated on first use under <data dir>/synthetic_coco (see maskrcnn_benchmark/data/synthetic.py), in
+    # its layout: <dir>/<split>/ images, <dir>/annotations/instances_<split>.json.
     SYNTHETIC_DIR = "synthetic_coco"
     SYNTHETIC = {"synthetic_coco_train": "train", "synthetic_coco_val": "val"}
     SYNTHETIC_ARGS = dict(num_train=600, num_val=100, seed=0)
@@ -115,11 +120,12 @@ class DatasetCatalog:
             folder, split = cls.VOC[name]
             return dict(factory="PascalVOCDataset", args=dict(data_dir=os.path.join(data_dir, folder), split=split))
         if name in cls.SYNTHETIC:
-            from maskrcnn_benchmark.data.synthetic import ensure_synthetic_coco
-
-            paths = ensure_synthetic_coco(os.path.join(data_dir, cls.SYNTHETIC_DIR), **cls.SYNTHETIC_ARGS)
-            split = paths[cls.SYNTHETIC[name]]
-            return dict(factory="COCODataset", args=dict(root=split["root"], ann_file=split["ann_file"]))
+            out_dir = os.path.abspath(os.path.join(data_dir, cls.SYNTHETIC_DIR))
+            split = cls.SYNTHETIC[name]
+            return dict(factory="COCODataset",
+                        args=dict(root=os.path.join(out_dir, split),
+                                  ann_file=os.path.join(out_dir, "annotations", f"instances_{split}.json")),
+                        generate=dict(kind="synthetic_coco", args=dict(out_dir=out_dir, **cls.SYNTHETIC_ARGS)))
         parts = split_json_path(name)
         if parts is not None:
             ann_file, root = parts

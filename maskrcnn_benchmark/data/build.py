@@ -15,11 +15,12 @@ from maskrcnn_benchmark.utils import comm
 from . import datasets as D
 from . import samplers
 from .collate_batch import BatchCollator
+from .synthetic import ensure_synthetic_coco
 from .transforms import build_transforms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_dataset", "make_data_loader", "num_foreground_classes", "get_dataset_num_classes",
+__all__ = ["build_dataset", "dataset_record", "make_data_loader", "num_foreground_classes", "get_dataset_num_classes",
            "dataset_aspect_ratios"]
 
 
@@ -44,6 +45,26 @@ class KeyedConcatDataset(ConcatDataset):
         return image, target, index
 
 
+# A catalog record's "generate": {"kind": ..., "args": {...}}: the function that makes the files when they
+# are missing (and returns at once when they are there).
+GENERATORS = {"synthetic_coco": ensure_synthetic_coco}
+
+
+def dataset_record(name: str, dataset_catalog) -> dict:
+    """``dataset_catalog.get(name)``: ``{"factory": ..., "args": {...}}``, with the dataset's files made
+    first when the record asks for it (``"generate"``, e.g. the synthetic dataset on first use; safe
+    across processes)."""
+    data = dataset_catalog.get(name)
+    generate = data.get("generate")
+    if generate is not None:
+        kind = generate.get("kind")
+        if kind not in GENERATORS:
+            raise ValueError(f"dataset {name!r}: the catalog asks to generate it with {kind!r}, which is not "
+                             f"one of {sorted(GENERATORS)}")
+        GENERATORS[kind](**generate.get("args", {}))
+    return data
+
+
 def build_dataset(dataset_list: Sequence[str], transforms, dataset_catalog, is_train: bool = True,
                   keep_empty_images: bool = False, skip_corrupt_images: bool = False) -> list:
     """Build one dataset per name in ``dataset_list``.
@@ -60,7 +81,7 @@ def build_dataset(dataset_list: Sequence[str], transforms, dataset_catalog, is_t
                          f"(DATASETS.{'TRAIN' if is_train else 'TEST'} is empty)")
     built = []
     for name in dataset_list:
-        data = dataset_catalog.get(name)
+        data = dataset_record(name, dataset_catalog)
         factory = getattr(D, data["factory"])
         args = dict(data["args"])
         if data["factory"] in ("COCODataset", "PascalVOCDataset"):

@@ -8,6 +8,7 @@ from pycocotools.coco import COCO
 
 from maskrcnn_benchmark.config.paths_catalog import DatasetCatalog
 from maskrcnn_benchmark.data import synthetic
+from maskrcnn_benchmark.data.build import dataset_record
 from maskrcnn_benchmark.data.datasets import COCODataset
 
 SMALL = dict(image_size=64, min_object_size=8)
@@ -89,14 +90,34 @@ def test_existing_folder_needs_overwrite(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["o"]
 
 
-def test_catalog_generates_once_across_threads(tmp_path, monkeypatch):
+def test_catalog_names_the_paths_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKRCNN_BENCHMARK_DATA_DIR", str(tmp_path))
+    got = DatasetCatalog.get("synthetic_coco_val")
+    out_dir = str(tmp_path / "synthetic_coco")
+    assert got["factory"] == "COCODataset"
+    assert got["args"] == synthetic.split_paths(out_dir, "val")  # the generator's layout
+    assert got["generate"] == {"kind": "synthetic_coco", "args": dict(out_dir=out_dir, **DatasetCatalog.SYNTHETIC_ARGS)}
+    assert os.listdir(tmp_path) == []
+
+
+def test_unknown_generator_is_refused_naming_the_dataset():
+    class Catalog:
+        @staticmethod
+        def get(name):
+            return {"factory": "COCODataset", "args": {}, "generate": {"kind": "nope", "args": {}}}
+
+    with pytest.raises(ValueError, match=r"dataset 'x': .*'nope', which is not one of \['synthetic_coco'\]"):
+        dataset_record("x", Catalog)
+
+
+def test_first_use_generates_once_across_threads(tmp_path, monkeypatch):
     monkeypatch.setenv("MASKRCNN_BENCHMARK_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(DatasetCatalog, "SYNTHETIC_ARGS", dict(num_train=3, num_val=2, seed=0, **SMALL))
     calls = []
     real = synthetic.generate_synthetic_coco
     monkeypatch.setattr(synthetic, "generate_synthetic_coco", lambda *a, **k: calls.append(1) or real(*a, **k))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(DatasetCatalog.get("synthetic_coco_train")))
+    threads = [threading.Thread(target=lambda: results.append(dataset_record("synthetic_coco_train", DatasetCatalog)))
                for _ in range(3)]
     for t in threads:
         t.start()
@@ -106,7 +127,7 @@ def test_catalog_generates_once_across_threads(tmp_path, monkeypatch):
     args = results[0]["args"]
     assert args["root"] == str(tmp_path / "synthetic_coco" / "train")
     assert len(json.load(open(args["ann_file"]))["images"]) == 3
-    val = DatasetCatalog.get("synthetic_coco_val")["args"]
+    val = dataset_record("synthetic_coco_val", DatasetCatalog)["args"]
     assert len(COCODataset(val["ann_file"], val["root"], False)) == 2
     assert len(calls) == 1
 
