@@ -70,7 +70,7 @@ def analyze(cfg, height: int, width: int, depth: int = 3, load_weights: bool = F
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import cfg_from_args
+    from maskrcnn_benchmark.config import cfg_from_args
 
     parser = argparse.ArgumentParser(description="Parameters and FLOPs per module of a detector")
     parser.add_argument("--config-file", default="", metavar="FILE")

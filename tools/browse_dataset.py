@@ -66,7 +66,7 @@ def browse(cfg, is_train: bool, output_dir: str, num: int) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import cfg_from_args
+    from maskrcnn_benchmark.config import cfg_from_args
 
     parser = argparse.ArgumentParser(description="Draw ground-truth boxes after the data transforms")
     parser.add_argument("--config-file", default="", metavar="FILE")

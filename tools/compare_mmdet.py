@@ -95,7 +95,7 @@ def compare(name: str, height: int, width: int, seed: int) -> float:
 
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     register_all_modules()
     mm_cfg_path, our_cfg, score_rule = MODELS[name]

@@ -128,7 +128,7 @@ def compare(args) -> int:
     from maskrcnn_benchmark.utils.checkpoint import load_weight_file, load_model_weights
     from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     setup_logger("maskrcnn_benchmark", "", 0)
     name, _ = import_release(args.release_dir)

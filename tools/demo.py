@@ -29,7 +29,7 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs/dynamic_atss/dynamic_atss_R_18_FPN_
 
 def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description="Synthetic-data demo: train, evaluate, draw detections")
-    from maskrcnn_benchmark.utils.miscellaneous import add_config_args
+    from maskrcnn_benchmark.config import add_config_args
 
     add_config_args(parser, default=DEFAULT_CONFIG)
     parser.add_argument("--num-images", type=int, default=6, help="validation images to draw")
@@ -41,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from maskrcnn_benchmark.data.build import _catalog
     from maskrcnn_benchmark.engine.trainer import train
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
     from maskrcnn_benchmark.utils.run_lock import training_lock
     from tools.visualize_detections import visualize_images
 

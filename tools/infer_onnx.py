@@ -26,7 +26,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args  # noqa: E402
+from maskrcnn_benchmark.config import add_config_args, cfg_from_args  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,13 +20,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from maskrcnn_benchmark.config import add_config_args, cfg_from_args  # noqa: E402
 from maskrcnn_benchmark.engine.bbox_aug import build_bbox_augmentor  # noqa: E402
 from maskrcnn_benchmark.engine.inference import run_test  # noqa: E402
 from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size  # noqa: E402
 from maskrcnn_benchmark.utils.launch import add_distributed_args, init_distributed  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args, mkdir  # noqa: E402
+from maskrcnn_benchmark.utils.miscellaneous import mkdir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,12 +16,12 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from maskrcnn_benchmark.config import add_config_args, cfg_from_args  # noqa: E402
 from maskrcnn_benchmark.engine.trainer import train  # noqa: E402
 from maskrcnn_benchmark.utils.collect_env import collect_env_info  # noqa: E402
 from maskrcnn_benchmark.utils.comm import get_rank, get_world_size  # noqa: E402
 from maskrcnn_benchmark.utils.launch import add_distributed_args, init_distributed  # noqa: E402
 from maskrcnn_benchmark.utils.logger import setup_logger  # noqa: E402
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args  # noqa: E402
 from maskrcnn_benchmark.utils.run_lock import training_lock  # noqa: E402
 
 

@@ -93,7 +93,7 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
 def main(argv: Optional[List[str]] = None) -> List[str]:
     from maskrcnn_benchmark.engine.inference import build_test_model
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args
+    from maskrcnn_benchmark.config import add_config_args, cfg_from_args
 
     parser = argparse.ArgumentParser(description="Draw detections on images")
     add_config_args(parser)

@@ -151,7 +151,7 @@ class Predictor:
         from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
         from maskrcnn_benchmark.utils.checkpoint import (Checkpointer, load_weight_file, model_identity,
                                                          resolve_weight_path)
-        from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+        from maskrcnn_benchmark.config import setup_cfg
 
         if cfg is None:
             cfg = setup_cfg(config_file, list(opts or []))

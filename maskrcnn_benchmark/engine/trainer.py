@@ -241,7 +241,7 @@ def log_config_changes(checkpoint: Dict[str, Any], cfg, start_iter: int, config_
     The checkpoint's config is its ``"config"`` entry (yaml text, saved since the trainer stores it);
     for older checkpoints ``config_yml`` (OUTPUT_DIR/config.yml, written at the previous start) if it
     exists, else nothing can be compared (logged)."""
-    from maskrcnn_benchmark.utils.miscellaneous import config_differences
+    from maskrcnn_benchmark.config import config_differences
 
     saved, source = checkpoint.get("config"), "the checkpoint"
     if not isinstance(saved, str) and config_yml and os.path.isfile(config_yml):

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskrcnn_benchmark.config.legacy import selected_head
+
 from .c2_model_loading import (convert_c2_weights, convert_torchvision_resnet_weights, is_torchvision_resnet_state_dict,
                                load_c2_pickled_weights)
 from .comm import all_gather, get_rank, is_main_process
@@ -257,11 +259,9 @@ def model_identity(cfg) -> Dict[str, str]:
     """What a checkpoint must have been trained as to load into the model of ``cfg``:
     ``{"MODEL.META_ARCHITECTURE", "MODEL.HEAD" (the resolved head), "MODEL.BACKBONE.CONV_BODY"}``;
     empty entries for keys a (foreign or old) config lacks."""
-    from maskrcnn_benchmark.modeling.dense_heads.registry import head_name
-
     model = cfg.get("MODEL", {}) if hasattr(cfg, "get") else {}
     try:
-        head = head_name(cfg)
+        head = selected_head(cfg)
     except (AttributeError, KeyError, ValueError):
         head = ""
     return {"MODEL.META_ARCHITECTURE": str(model.get("META_ARCHITECTURE", "")), "MODEL.HEAD": str(head),

@@ -7,7 +7,8 @@ shows the traceback too. Every other exception (a bug, an internal error) keeps 
 
 What counts as a user-input error (:func:`is_user_input_error`):
 
-* :class:`UserInputError` (and subclasses), raised where the code knows the input is at fault;
+* :class:`UserInputError` (and subclasses), raised where the code knows the input is at fault, and
+  :class:`~maskrcnn_benchmark.config.loading.ConfigError` (a ValueError: a config file or override);
 * the exceptions the loaders raise with messages that name the file / key at fault: ``ValueError``
   (bad config value, malformed json, unreadable, non-finite or non-matching weights...; json and
   Unicode decode errors are ValueErrors too), a refused pickle (``pickle.UnpicklingError``),

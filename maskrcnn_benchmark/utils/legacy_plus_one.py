@@ -37,7 +37,8 @@ switch on, this project's anchor generator holds the same buffers, so a checkpoi
 fine-tuned here under it says so too), and off otherwise (this project's checkpoints, ImageNet
 weights, no weights: the continuous convention, the default for new training). True / False force
 it. The log states which geometry is in force and why. A model built from a config that was never
-resolved ("auto") uses the continuous convention.
+resolved ("auto") uses the continuous convention. The key's values, and the deprecated
+``TEST.LEGACY_PLUS_ONE_RESIZE``, are read by :mod:`maskrcnn_benchmark.config.legacy`.
 """
 from __future__ import annotations
 
@@ -45,23 +46,16 @@ import logging
 from collections import OrderedDict
 from typing import Mapping, Optional
 
-__all__ = ["legacy_plus_one_from_config", "has_release_anchors", "rename_release_anchor_keys",
-           "resolve_legacy_plus_one", "apply_deprecated_resize_key", "KEY"]
+from maskrcnn_benchmark.config.legacy import LEGACY_PLUS_ONE_KEY as KEY
+from maskrcnn_benchmark.config.legacy import legacy_plus_one_setting as _setting
 
-KEY = "MODEL.LEGACY_PLUS_ONE"
+__all__ = ["legacy_plus_one_from_config", "has_release_anchors", "rename_release_anchor_keys",
+           "resolve_legacy_plus_one", "KEY"]
+
 _AUTO = (None, "auto")
 # The releases' name of the anchor buffers, and ours (the dense head holds its priors as "prior_generator").
 _RELEASE_ANCHORS = "anchor_generator.cell_anchors."
 _OUR_ANCHORS = "prior_generator.cell_anchors."
-
-
-def _setting(cfg):
-    value = cfg.MODEL.LEGACY_PLUS_ONE
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        value = value.lower() == "true"
-    if value not in _AUTO + (True, False):
-        raise ValueError(f"{KEY} must be 'auto' (or None), True or False; got {value!r}")
-    return value
 
 
 def legacy_plus_one_from_config(cfg) -> bool:
@@ -119,21 +113,3 @@ def resolve_legacy_plus_one(cfg, state_dict: Optional[Mapping] = None, source: s
     out.MODEL.LEGACY_PLUS_ONE = bool(value)
     out.freeze()
     return out
-
-
-def apply_deprecated_resize_key(cfg, logger: Optional[logging.Logger] = None) -> None:
-    """The deprecated ``TEST.LEGACY_PLUS_ONE_RESIZE True`` (which only changed the final rescale) means
-    ``MODEL.LEGACY_PLUS_ONE True`` now (the whole geometry), with a warning; a conflicting explicit
-    ``MODEL.LEGACY_PLUS_ONE False`` is a ValueError. ``cfg`` must be unfrozen; changed in place."""
-    if "TEST" not in cfg or not cfg.TEST.get("LEGACY_PLUS_ONE_RESIZE", False):
-        return
-    setting = _setting(cfg)
-    if setting is False:
-        raise ValueError(f"TEST.LEGACY_PLUS_ONE_RESIZE True (deprecated) contradicts {KEY} False; "
-                         f"drop TEST.LEGACY_PLUS_ONE_RESIZE")
-    (logger or logging.getLogger("maskrcnn_benchmark.config")).warning(
-        "TEST.LEGACY_PLUS_ONE_RESIZE is deprecated: it now sets %s True, the releases' whole \"+1\" geometry "
-        "(anchors, assignment, losses, clipping and the final rescale); %s auto (the default) already "
-        "picks it for the releases' checkpoints", KEY, KEY)
-    cfg.MODEL.LEGACY_PLUS_ONE = True
-    cfg.TEST.LEGACY_PLUS_ONE_RESIZE = False

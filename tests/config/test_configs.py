@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.config import setup_cfg
 from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, head_name, set_num_classes
 from maskrcnn_benchmark.modeling.detector import build_detection_model
-from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))

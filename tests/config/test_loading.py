@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+from maskrcnn_benchmark.config import setup_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = ["tools/train_net.py", "tools/test_net.py", "tools/visualize_detections.py", "tools/demo.py",
@@ -75,7 +75,7 @@ def test_config_differences_lists_changed_added_and_removed_leaves():
     from yacs.config import CfgNode
 
     from maskrcnn_benchmark.config import cfg as default_cfg
-    from maskrcnn_benchmark.utils.miscellaneous import config_differences
+    from maskrcnn_benchmark.config import config_differences
 
     new = default_cfg.clone()
     new.SOLVER.STEPS = (5, 7)

@@ -215,7 +215,7 @@ def test_synthetic_voc_end_to_end(tmp_path):
     # the visualiser with TTA draws the merged detections
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     cfg = setup_cfg(os.path.join(ROOT, "configs/atss/atss_R_18_FPN_small.yaml"),
                     opts[:-2] + ["MODEL.ATSS.NUM_CLASSES", str(ds.num_classes + 1)])

@@ -280,7 +280,7 @@ def test_distributed_tta_evaluation_equals_one_process(tmp_path):
 
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()

@@ -21,7 +21,7 @@ WORKER = textwrap.dedent(r'''
     import torch
     sys.path.insert(0, os.environ["MB_ROOT"])
     from maskrcnn_benchmark.utils.launch import init_distributed
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.structures.image_list import to_image_list
     from maskrcnn_benchmark.utils import comm
@@ -88,7 +88,7 @@ def test_two_process_training(tmp_path):
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.structures.bounding_box import BoxList
     from maskrcnn_benchmark.structures.image_list import to_image_list
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     work = str(tmp_path)
     dataset = _tiny_coco(os.path.join(work, "data"))

@@ -104,7 +104,7 @@ def tiny_coco(tmp_path_factory):
 def test_test_net_and_visualize_tools(tmp_path, tiny_coco):
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     dataset = f"{tiny_coco}/ann.json:{tiny_coco}/img"
     opts = ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", f"('{dataset}',)",
@@ -144,7 +144,7 @@ def test_build_test_model_refuses_partial_nonfinite_or_other_head_checkpoints(tm
     tensors or both heads; the complete checkpoint of the same head loads."""
     from maskrcnn_benchmark.engine.inference import build_test_model
     from maskrcnn_benchmark.modeling.detector import build_detection_model
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     cfg = setup_cfg(SMALL_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CLASSES", "2", "OUTPUT_DIR", str(tmp_path)])
     state = build_detection_model(cfg).state_dict()
@@ -182,7 +182,7 @@ def test_build_test_model_refuses_partial_nonfinite_or_other_head_checkpoints(tm
 
 def _tiny_atss_cfg(weight=""):
     from maskrcnn_benchmark.modeling.dense_heads import set_num_classes
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     cfg = setup_cfg(SMALL_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.HEAD", "ATSS", "MODEL.ATSS.NUM_CONVS", "1",
                                    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "32", "MODEL.GROUP_NORM.NUM_GROUPS", "8",

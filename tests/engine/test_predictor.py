@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from maskrcnn_benchmark.config import setup_cfg
 from maskrcnn_benchmark.data import make_data_loader
 from maskrcnn_benchmark.engine.inference import compute_on_dataset
 from maskrcnn_benchmark.data.datasets.base import CorruptImageError
 from maskrcnn_benchmark.engine.predictor import Detections, Predictor, read_image
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_CONFIG = os.path.join(ROOT, "configs", "atss", "atss_R_18_FPN_small.yaml")

@@ -337,7 +337,7 @@ def _opts(dataset, out_dir, **extra):
 
 
 def _cfg(dataset, out_dir, **extra):
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     return setup_cfg(SMALL_CONFIG, _opts(dataset, out_dir, **extra))
 

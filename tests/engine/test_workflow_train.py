@@ -24,7 +24,7 @@ def _make_tiny_coco(root):
 def test_train_scales_lr_and_saves_class_names(tmp_path, caplog):
     from maskrcnn_benchmark.engine.predictor import Predictor
     from maskrcnn_benchmark.engine.trainer import train
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     dataset = _make_tiny_coco(str(tmp_path / "data"))
     out = tmp_path / "out"
@@ -75,7 +75,7 @@ def fine_tuned_run(tmp_path_factory):
     evaluation; returns (OUTPUT_DIR, log messages, dataset name)."""
     from maskrcnn_benchmark.engine.trainer import train
     from maskrcnn_benchmark.modeling.detector import build_detection_model
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     tmp_path = tmp_path_factory.mktemp("fine_tune")
     dataset = _make_tiny_coco(str(tmp_path / "data"))
@@ -154,7 +154,7 @@ def test_resume_with_changed_steps_and_lr_follows_the_new_schedule(tmp_path, cap
     the new schedule (hand computation below) and the log lists the three changed keys."""
     from maskrcnn_benchmark.engine.trainer import train
     from maskrcnn_benchmark.utils.metrics_io import read_metrics
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     dataset = _make_tiny_coco(str(tmp_path / "data"))
     out = tmp_path / "out"

@@ -89,7 +89,7 @@ def test_infer_onnx_accuracy_matches_test_net(tmp_path, tiny_coco, postprocess):
     pytest.importorskip("onnxruntime")
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     torch_out, onnx_out = tmp_path / "torch", tmp_path / "onnx"
     cfg = setup_cfg(SMALL, _opts(tiny_coco, str(torch_out)))
@@ -193,7 +193,7 @@ def mixed_weights(tmp_path_factory, mixed_coco):
     TEST.IMS_PER_BATCH 1."""
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     tmp = tmp_path_factory.mktemp("mixed_w")
     cfg = setup_cfg(SMALL, _opts(mixed_coco, str(tmp / "x")))

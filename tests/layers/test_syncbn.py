@@ -49,7 +49,7 @@ def test_cpu_falls_back_with_a_warning():
 
 def test_shipped_configs_have_no_batchnorm_to_convert():
     from maskrcnn_benchmark.modeling.detector import build_detection_model
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     cfg = setup_cfg(os.path.join(ROOT, "configs", "atss", "atss_R_18_FPN_small.yaml"),
                     ["MODEL.DEVICE", "cpu", "MODEL.ATSS.NUM_CLASSES", "3", "MODEL.USE_SYNCBN", "True"])

@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
+from maskrcnn_benchmark.config import setup_cfg
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.structures.bounding_box import BoxList
-from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*_synthetic.yaml")))

@@ -38,7 +38,7 @@ def _read_all(path):
 def video_and_weights(tmp_path_factory):
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     root = str(tmp_path_factory.mktemp("video"))
     path = os.path.join(root, "in.avi")

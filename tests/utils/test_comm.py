@@ -16,7 +16,7 @@ WORKER = textwrap.dedent(r'''
     sys.path.insert(0, os.environ["MB_ROOT"])
     from maskrcnn_benchmark.utils import comm
     from maskrcnn_benchmark.utils.launch import init_distributed
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     cfg = setup_cfg("", ["DIST_TIMEOUT_S", 3, "MODEL.DEVICE", "cpu"])
     init_distributed(None, cfg.MODEL.DEVICE, timeout_s=cfg.DIST_TIMEOUT_S)

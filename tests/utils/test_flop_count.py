@@ -97,7 +97,7 @@ def test_analyze_model_equals_per_layer_hand_count(capsys):
     out = capsys.readouterr().out
     assert "GeneralizedRCNN" in out and "maskrcnn_benchmark.deform_conv2d" in out
 
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     model, _ = tool.build_model(setup_cfg(config, opts))
     with torch.no_grad():  # every candidate slot (masked or not) goes through the batch's one NMS

@@ -112,7 +112,7 @@ WORKER = textwrap.dedent(r'''
     from maskrcnn_benchmark.utils.comm import get_rank
     from maskrcnn_benchmark.utils.launch import init_distributed
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     spec = importlib.util.spec_from_file_location("standins", os.path.join(os.environ["MB_ROOT"], "tests", "engine",
                                                                            "test_trainer.py"))

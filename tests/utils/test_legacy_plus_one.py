@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.config import cfg as default_cfg
+from maskrcnn_benchmark.config import setup_cfg
 from maskrcnn_benchmark.utils.legacy_plus_one import (has_release_anchors, legacy_plus_one_from_config,
                                                       rename_release_anchor_keys, resolve_legacy_plus_one)
-from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 
 RELEASE = {"module.rpn.anchor_generator.cell_anchors.0": torch.tensor([[-27.5, -27.5, 35.5, 35.5]]),
            "module.rpn.head.cls_logits.bias": torch.zeros(80)}

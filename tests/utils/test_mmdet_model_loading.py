@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskrcnn_benchmark.config import setup_cfg
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 from maskrcnn_benchmark.utils.checkpoint import load_pretrained_weights
-from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
 from maskrcnn_benchmark.utils.mmdet_model_loading import convert_mmdet_weights, is_mmdet_state_dict
 from maskrcnn_benchmark.utils.model_serialization import load_state_dict_flexible
 

@@ -72,7 +72,7 @@ def main(argv=None) -> List[dict]:
     from maskrcnn_benchmark.engine.inference import build_test_model
     from maskrcnn_benchmark.export.runtime import benchmark
     from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, set_num_classes
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", args.weight, *args.opts]
     cfg = setup_cfg(args.config_file, opts)

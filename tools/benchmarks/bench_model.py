@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
+from maskrcnn_benchmark.config import add_config_args, setup_cfg  # noqa: E402
 from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
 from maskrcnn_benchmark.structures import BoxList  # noqa: E402
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg  # noqa: E402
 
 
 def random_target(h: int, w: int, n: int, num_fg: int, gen: torch.Generator) -> BoxList:

@@ -56,7 +56,7 @@ def worker(args) -> None:
     from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, num_classes_key
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.metric_logger import peak_rss_increase_mib
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""]
     cfg = setup_cfg(os.path.join(ROOT, args.config_file), opts)

@@ -44,10 +44,10 @@ if _REPO not in sys.path:
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from maskrcnn_benchmark.config import add_config_args, setup_cfg  # noqa: E402
 from maskrcnn_benchmark.layers import batch_norm  # noqa: E402
 from maskrcnn_benchmark.modeling.backbone import resnet  # noqa: E402
 from maskrcnn_benchmark.modeling.detector import build_detection_model  # noqa: E402
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, setup_cfg  # noqa: E402
 from tools.benchmarks.bench_model import random_target  # noqa: E402
 
 

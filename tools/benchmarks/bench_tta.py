@@ -64,7 +64,7 @@ def main(argv=None) -> List[dict]:
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
     from maskrcnn_benchmark.utils.logger import setup_logger
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     setup_logger("maskrcnn_benchmark", None, 0)
     rows = []

@@ -126,7 +126,7 @@ def make_inputs(batch: int, h: int, w: int, num_gt: int, seed: int = 0, device: 
 # ---- the project's models -----------------------------------------------------------------------
 def build_project(name: str, prior_prob: float, opts: List[str], device: str = "cpu"):
     from maskrcnn_benchmark.modeling.detector import build_detection_model
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     node = {"retinanet": "RETINANET", "fcos": "FCOS", "atss": "ATSS", "dynamic_atss": "ATSS"}[name]
     cfg = setup_cfg(os.path.join(ROOT, PROJECT_CONFIGS[name]), [

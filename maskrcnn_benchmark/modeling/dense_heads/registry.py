@@ -9,13 +9,12 @@ A head registers its builder with the config node that holds its keys::
 """
 from __future__ import annotations
 
-import os
-import re
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
+from maskrcnn_benchmark.config.legacy import selected_head
 from maskrcnn_benchmark.utils.registry import Registry
 
-__all__ = ["HeadRegistry", "DENSE_HEADS", "head_name", "legacy_head_from_file", "build_dense_head",
+__all__ = ["HeadRegistry", "DENSE_HEADS", "head_name", "build_dense_head",
            "config_node",
            "num_classes_key", "get_num_classes", "set_num_classes", "resolve_num_classes",
            "fill_num_classes_from_data"]
@@ -40,52 +39,11 @@ class HeadRegistry(Registry):
 
 DENSE_HEADS = HeadRegistry("DENSE_HEADS")
 
-_LEGACY_FLAGS = (("ATSS_ON", "ATSS"), ("FCOS_ON", "FCOS"), ("RETINANET_ON", "RETINANET"))
-
 
 def head_name(cfg) -> str:
-    """``cfg.MODEL.HEAD`` if set, else the head named by the legacy ``*_ON`` flag."""
-    if cfg.MODEL.HEAD:
-        return cfg.MODEL.HEAD
-    on = [name for flag, name in _LEGACY_FLAGS if getattr(cfg.MODEL, flag, False)]
-    if len(on) == 1:
-        return on[0]
-    if not on:
-        raise ValueError("no dense head selected: set MODEL.HEAD (one of "
-                         f"{sorted(DENSE_HEADS.keys())}) or one legacy flag MODEL.ATSS_ON / "
-                         "MODEL.FCOS_ON / MODEL.RETINANET_ON")
-    raise ValueError(f"several legacy head flags are on ({on}); set exactly one or use MODEL.HEAD")
-
-
-_DYNAMIC_ATSS_NAME = re.compile(r"dynamic[_-]?atss", re.IGNORECASE)
-
-
-def legacy_head_from_file(cfg, config_file: str = "") -> Optional[Tuple[str, str]]:
-    """The head a legacy config file means, when it leaves ``MODEL.HEAD`` empty and sets ``ATSS_ON``.
-
-    The two original releases read ``ATSS_ON: True`` differently: the ATSS release builds ATSS, the
-    Dynamic ATSS release (whose rpn builder returns Dynamic ATSS whenever ``ATSS_ON`` is set) builds
-    Dynamic ATSS. Which release a file comes from is told by its name, as the releases named them
-    (``dynamic_atss_R_50_FPN_1x.yaml`` in ``configs/dynamic_atss/``): ``"dynamic_atss"`` (or
-    ``dynamic-atss`` / ``dynamicatss``, any case) in the file name or in the name of the folder that
-    holds it -> ``"DYNAMIC_ATSS"``; otherwise ``"ATSS"``.
-
-    Returns:
-        ``(head, reason)`` for such a file, ``None`` when ``MODEL.HEAD`` is set or ``ATSS_ON`` is not
-        the only legacy flag on (:func:`head_name` decides those as before).
-    """
-    if cfg.MODEL.HEAD:
-        return None
-    on = [flag for flag, _ in _LEGACY_FLAGS if getattr(cfg.MODEL, flag, False)]
-    if on != ["ATSS_ON"]:
-        return None
-    path = os.path.normpath(config_file or "")
-    where = [os.path.basename(path), os.path.basename(os.path.dirname(path))]
-    if any(_DYNAMIC_ATSS_NAME.search(part) for part in where):
-        return "DYNAMIC_ATSS", (f"{config_file} sets MODEL.ATSS_ON and its name says dynamic_atss: the Dynamic "
-                                f"ATSS release's meaning of ATSS_ON (set MODEL.HEAD ATSS for plain ATSS)")
-    return "ATSS", (f"{config_file or 'the config'} sets MODEL.ATSS_ON (the ATSS release's meaning; a file "
-                    f"named dynamic_atss_* would mean Dynamic ATSS: set MODEL.HEAD DYNAMIC_ATSS for that)")
+    """``cfg.MODEL.HEAD`` if set, else the head named by the legacy ``*_ON`` flag
+    (:func:`~maskrcnn_benchmark.config.legacy.selected_head`; its error lists the registered heads)."""
+    return selected_head(cfg, sorted(DENSE_HEADS.keys()))
 
 
 def build_dense_head(cfg, in_channels: int):
