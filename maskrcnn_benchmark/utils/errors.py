@@ -13,7 +13,7 @@ What counts as a user-input error (:func:`is_user_input_error`):
   (bad config value, malformed json, unreadable, non-finite or non-matching weights...; json and
   Unicode decode errors are ValueErrors too), a refused pickle (``pickle.UnpicklingError``),
   ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError``,
-  :class:`~maskrcnn_benchmark.data.datasets.base.CorruptImageError`,
+  :class:`CorruptImageError` (an undecodable image file of a dataset),
   :class:`~maskrcnn_benchmark.utils.run_lock.OutputDirLockedError`, and I/O errors about the
   user's disk (disk full, file too large, read-only; :mod:`~maskrcnn_benchmark.utils.io` names
   their path).
@@ -30,7 +30,7 @@ import pickle
 import sys
 from typing import Callable, List, Optional, Sequence, TypeVar
 
-__all__ = ["UserInputError", "DEBUG_ENV", "EXIT_USER_ERROR", "is_user_input_error", "run_tool"]
+__all__ = ["UserInputError", "CorruptImageError", "DEBUG_ENV", "EXIT_USER_ERROR", "is_user_input_error", "run_tool"]
 
 DEBUG_ENV = "MASKRCNN_DEBUG"
 EXIT_USER_ERROR = 2
@@ -43,6 +43,11 @@ class UserInputError(ValueError):
     A ``ValueError``, so existing ``except ValueError`` handlers still catch it."""
 
 
+class CorruptImageError(OSError):
+    """An image file that cannot be decoded completely (not an image, truncated, ...); raised by the
+    datasets (:func:`~maskrcnn_benchmark.data.datasets.base.decode_image_file`)."""
+
+
 # errno values of OSErrors that are about the user's environment (paths, disk), not bugs
 _USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC,
                 errno.EFBIG, errno.EROFS, errno.ENAMETOOLONG, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -50,7 +55,6 @@ _USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENO
 
 def is_user_input_error(exc: BaseException) -> bool:
     """True for the exceptions :func:`run_tool` reports without a traceback (see the module doc)."""
-    from maskrcnn_benchmark.data.datasets.base import CorruptImageError
     from maskrcnn_benchmark.utils.run_lock import OutputDirLockedError
 
     if isinstance(exc, (UserInputError, CorruptImageError, OutputDirLockedError)):

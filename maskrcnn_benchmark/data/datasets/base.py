@@ -16,6 +16,7 @@ import torch
 
 from maskrcnn_benchmark.data.transforms.transforms import apply_transforms
 from maskrcnn_benchmark.structures.bounding_box import BoxList
+from maskrcnn_benchmark.utils.errors import CorruptImageError
 
 __all__ = ["CorruptImageError", "DetectionDataset", "ImageRecords", "PackedStrings", "check_image_files", "decode_image_file",
            "gc_paused"]
@@ -126,10 +127,6 @@ class ImageRecords:
 
     def box_slice(self, i: int) -> slice:
         return slice(int(self.box_offsets[i]), int(self.box_offsets[i + 1]))
-
-
-class CorruptImageError(OSError):
-    """An image file that cannot be decoded completely (not an image, truncated, ...)."""
 
 
 def _truncation_problem(data: bytes) -> Optional[str]:
