@@ -163,28 +163,3 @@ def config_differences(old, new) -> list:
     missing = "<absent>"
     return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
             if a.get(k, missing) != b.get(k, missing)]
-
-
-def flatten_config(node, prefix: str = "") -> dict:
-    """``{"SOLVER.STEPS": (30000,), ...}``: every leaf of a (yacs) config node by its dotted key."""
-    flat = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, name + "."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
-
-
-def config_differences(old, new) -> list:
-    """``[(key, old value, new value)]`` for every leaf that differs between two configs (a key only in
-    one of them has the value ``"<absent>"`` in the other), sorted by key. ``old`` / ``new``: config
-    nodes or their yaml text (``cfg.dump()``)."""
-    from yacs.config import CfgNode
-
-    old, new = (CfgNode.load_cfg(c) if isinstance(c, str) else c for c in (old, new))
-    a, b = flatten_config(old), flatten_config(new)
-    missing = "<absent>"
-    return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-            if a.get(k, missing) != b.get(k, missing)]

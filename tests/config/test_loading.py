@@ -163,3 +163,40 @@ def test_non_finite_float_in_yaml_names_the_key(tmp_path, text, key):
 def test_non_finite_float_override_names_the_key():
     with pytest.raises(ValueError, match=r"the overrides: non-finite value\(s\) for 1 key\(s\): SOLVER.BASE_LR = inf"):
         setup_cfg("", ["SOLVER.BASE_LR", "1e999"])
+
+
+def test_config_errors_are_user_input_errors(tmp_path):
+    from maskrcnn_benchmark.config.loading import ConfigError
+    from maskrcnn_benchmark.utils.errors import is_user_input_error
+
+    path = tmp_path / "listy.yaml"
+    path.write_text("- MODEL\n")
+    with pytest.raises(ConfigError) as info:
+        setup_cfg(str(path))
+    assert isinstance(info.value, ValueError) and is_user_input_error(info.value)
+
+
+def test_selected_head_without_the_registry():
+    from maskrcnn_benchmark.config import cfg as default_cfg
+    from maskrcnn_benchmark.config.legacy import selected_head
+
+    cfg = default_cfg.clone()
+    cfg.MODEL.HEAD = ""
+    cfg.MODEL.FCOS_ON = True
+    assert selected_head(cfg) == "FCOS"
+    cfg.MODEL.FCOS_ON = False
+    with pytest.raises(ValueError, match=r"set MODEL.HEAD \(a registered dense head\)"):
+        selected_head(cfg)
+    with pytest.raises(ValueError, match=r"set MODEL.HEAD \(one of \['A', 'B'\]\)"):
+        selected_head(cfg, ["A", "B"])
+    cfg.MODEL.ATSS_ON = cfg.MODEL.RETINANET_ON = True
+    with pytest.raises(ValueError, match=r"several legacy head flags are on \(\['ATSS', 'RETINANET'\]\)"):
+        selected_head(cfg)
+
+
+def test_config_package_imports_nothing_else_of_the_package():
+    """config/ is the ground floor: setting up a config loads no model, data or utils module."""
+    code = ("import sys, maskrcnn_benchmark.config, maskrcnn_benchmark.config.paths_catalog; "
+            "print(sorted(m for m in sys.modules if m.startswith('maskrcnn_benchmark.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert all(m.startswith("maskrcnn_benchmark.config") for m in eval(out)), out

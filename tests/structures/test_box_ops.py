@@ -47,3 +47,16 @@ def test_release_plus_one_helpers_hand_values():
     clipped, keep = box_ops.clip_boxes(boxes, (40, 30), plus_one=True)
     assert clipped.tolist() == [[0.0, 2.0, 40.0, 30.0], [39.0, 10.0, 40.0, 12.0], [5.0, 5.0, 5.199999809265137, 9.0]]
     assert keep.tolist() == [True, True, True]  # the release keeps the 1 px sliver at the border
+
+
+def test_structures_import_nothing_else_of_the_package():
+    """structures/ is a ground floor: it does not import layers/ (the overlaps live there) or anything else."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import sys, maskrcnn_benchmark.structures, maskrcnn_benchmark.structures.box_ops; "
+            "print(sorted(m for m in sys.modules if m.startswith('maskrcnn_benchmark.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert all(m.startswith("maskrcnn_benchmark.structures") for m in eval(out)), out
