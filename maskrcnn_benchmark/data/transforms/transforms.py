@@ -5,8 +5,8 @@ Every transform is called as ``image, target = t(image, target)`` where ``image`
 ``Tensor[3, H, W]`` (after it: uint8 in the loaders, float under test-time augmentation), and
 ``target`` is a :class:`BoxList` in the image's pixel coordinates (or ``None``). Random transforms
 take an optional ``generator`` (a ``torch.Generator``) and draw from it, else from torch's global
-generator. The training loader gives every sample
-its own seed (:func:`apply_transforms`), so a sample does not depend on the worker that made it.
+generator. The training loader gives every sample its own seed (:func:`apply_transforms`), so a
+sample does not depend on the worker that made it.
 """
 from __future__ import annotations
 
