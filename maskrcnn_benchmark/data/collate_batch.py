@@ -12,9 +12,11 @@ from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
 class BatchCollator:
     """``samples -> (ImageList, targets, indices)``.
 
-    Images (Tensor[3, Hi, Wi]) are zero-padded at the bottom/right into Tensor[B, 3, H, W] with
-    ``H``, ``W`` multiples of ``size_divisible`` (when > 0); ``targets`` is a list of the
-    samples' BoxLists, ``indices`` a tuple of their dataset indices.
+    Images (Tensor[3, Hi, Wi], uint8 BGR 0..255 from the loaders' transforms) are copied into ONE
+    preallocated Tensor[B, 3, H, W] of their dtype, zero-padded at the bottom/right, with ``H``,
+    ``W`` multiples of ``size_divisible`` (when > 0; :func:`to_image_list`); the model normalises
+    the batch on its device. ``targets`` is a list of the samples' BoxLists, ``indices`` a tuple of
+    their dataset indices. On a CUDA model the loader pins the batch (``ImageList.pin_memory``).
     """
 
     def __init__(self, size_divisible: int = 0):

@@ -195,6 +195,8 @@ def _view_batch(images: Sequence[Tensor], aug: Augmentation, normalize,
     resize = T.Resize(aug.min_size, aug.max_size if aug.max_size > 0 else None)
     views = []
     for img in images:
+        if not img.is_floating_point():  # a uint8 batch (the default loaders'): float, exactly
+            img = img.float()
         view, _ = resize(img)
         if aug.hflip:
             view = view.flip(-1)

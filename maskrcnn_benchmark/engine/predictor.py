@@ -8,8 +8,9 @@
     dets = predictor(["a.jpg", "b.jpg"])            # one forward pass for the list
 
 The images go through the config's test transforms (``build_transforms(cfg, is_train=False)``)
-and are batched exactly as ``tools/test_net.py`` batches them (padding to
-``DATALOADER.SIZE_DIVISIBILITY``), so a Predictor gives the same detections as the evaluation
+and are batched exactly as ``tools/test_net.py`` batches them (one uint8 batch padded to
+``DATALOADER.SIZE_DIVISIBILITY``, pinned and copied to the model's device, where the model
+normalises it), so a Predictor gives the same detections as the evaluation
 path (:func:`maskrcnn_benchmark.engine.inference.compute_on_dataset`) on the same batches.
 
 Class names, first found of: the checkpoint's ``"class_names"`` entry (a list with

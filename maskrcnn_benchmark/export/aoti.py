@@ -105,12 +105,14 @@ class AotiDetector(OnnxDetector):
 
     Args:
         runner: from :func:`load_aoti`; model: the detector of the config (strides, anchors,
-            size divisibility and the post-processor; its weights are not used).
+            size divisibility, the post-processor and the normalisation of uint8 batches; its
+            weights are not used).
     """
 
     def __init__(self, runner, model: nn.Module):
         nn.Module.__init__(self)
         self.runner = runner
+        self.normalizer = getattr(model, "normalizer", None)
         self.batch = self.height = self.width = None
         self.takes_sizes, self.with_nms = True, False
         self.min_side = min_side(model)

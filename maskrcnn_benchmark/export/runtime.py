@@ -122,6 +122,19 @@ def detections_from_outputs(boxes: np.ndarray, scores: np.ndarray, labels: np.nd
     return out
 
 
+def _normalized(images: ImageList, normalizer) -> torch.Tensor:
+    """The batch as the graph's float32 CPU input: a uint8 batch normalised by ``normalizer``
+    (zero outside each image), a floating one as it is (already normalised)."""
+    x = images.tensors.cpu()
+    if x.dtype == torch.uint8:
+        if normalizer is None:
+            raise ValueError("an exported detector got a uint8 batch (the data loaders') but no "
+                             "normalizer: pass normalizer=model.normalizer (INPUT.PIXEL_MEAN / "
+                             "PIXEL_STD / TO_BGR255), or a normalised float batch")
+        x = normalizer(x, images.image_sizes)
+    return x.float()
+
+
 class OnnxDetector(nn.Module):
     """An exported detector on onnxruntime, called like the PyTorch detector in eval mode.
 
@@ -131,6 +144,9 @@ class OnnxDetector(nn.Module):
             (``DensePostProcessor``; needs the model's ``level_sizes``, see ``level_sizes``).
         level_sizes: candidates per level of a ``none`` graph: a sequence (fixed-size graph) or
             a function ``(H, W) -> sequence`` (dynamic-shape graph, :func:`level_sizes_of`).
+        normalizer: the model's :class:`~maskrcnn_benchmark.layers.pixel_norm.PixelNormalizer`
+            (``model.normalizer``): a uint8 batch (the data loaders') is normalised with it before
+            the graph, which takes normalised float32 input; a float batch is taken as normalised.
 
     ``forward(images: ImageList)`` pads the batch to the graph's H x W (an image larger than
     that is scaled down to fit, with a warning, and its boxes scaled back; a dynamic-shape graph
@@ -143,9 +159,10 @@ class OnnxDetector(nn.Module):
     #: batch-invariant masks make that padding invisible). 0 for an ONNX graph.
     min_side = 0
 
-    def __init__(self, session, post_processor=None, level_sizes=None):
+    def __init__(self, session, post_processor=None, level_sizes=None, normalizer=None):
         super().__init__()
         self.session = session
+        self.normalizer = normalizer
         self.batch, self.height, self.width, self.takes_sizes = _input_spec(session)
         self.with_nms = "labels" in {o.name for o in session.get_outputs()}
         self._check_post_processing(post_processor, level_sizes)
@@ -165,7 +182,7 @@ class OnnxDetector(nn.Module):
     def _fit(self, images: ImageList) -> Tuple[torch.Tensor, List[Tuple[int, int]], List[float]]:
         """The batch padded (or scaled down) to H x W; per image the size inside it and the
         factor applied."""
-        x = images.tensors.float().cpu()
+        x = _normalized(images, self.normalizer)
         if self.height is None:  # dynamic shape: the batch as the loader padded it
             pad_h, pad_w = (max(0, self.min_side - n) for n in x.shape[-2:])
             if pad_h or pad_w:
@@ -282,10 +299,11 @@ def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads:
     cfg, model = _config_model(cfg)
     _check_num_classes(path, graph_num_classes(session, path, model.rpn.head.num_anchors), cfg, model)
     if "labels" in {o.name for o in session.get_outputs()}:
-        return OnnxDetector(session)
+        return OnnxDetector(session, normalizer=model.normalizer)
     if h is None:  # dynamic shape: the candidates per level follow each batch's size
         return OnnxDetector(session, model.rpn.post_processor,
-                            lambda hw: level_sizes_of(model, (int(hw[0]), int(hw[1]))))
+                            lambda hw: level_sizes_of(model, (int(hw[0]), int(hw[1]))),
+                            normalizer=model.normalizer)
     graph = DenseDetectorGraph(model, (h, w))
     shape = {o.name: o.shape for o in session.get_outputs()}["scores"]
     n, c = sum(graph.level_sizes), graph.num_classes
@@ -293,7 +311,7 @@ def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads:
         raise ValueError(f"{path}: scores of shape {shape}, but the config's model has {n} "
                          f"candidates and {c} classes at {h}x{w} ({num_classes_key(cfg)} = "
                          f"{get_num_classes(cfg)}): export and evaluate with the same config")
-    return OnnxDetector(session, model.rpn.post_processor, graph.level_sizes)
+    return OnnxDetector(session, model.rpn.post_processor, graph.level_sizes, normalizer=model.normalizer)
 
 
 def _config_model(cfg):

@@ -80,8 +80,14 @@ def denormalize_image(image, pixel_mean: Sequence[float], pixel_std: Sequence[fl
                       to_bgr255: bool = True) -> np.ndarray:
     """Undo the ``ToTensor`` + ``Normalize`` test/train transforms: ``Tensor[3, H, W]`` -> uint8 [H, W, 3] BGR.
 
-    ``to_bgr255`` True: the tensor is ``(bgr_0_255 - mean) / std``; False: ``(rgb_0_1 - mean) / std``."""
+    ``to_bgr255`` True: the tensor is ``(bgr_0_255 - mean) / std``; False: ``(rgb_0_1 - mean) / std``.
+    A uint8 tensor (the loaders' images, not normalised: the model does that) is BGR 0..255 already."""
     import torch
+
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"denormalize_image: expected a [3, H, W] tensor, got shape {list(image.shape)}")
+        return image.detach().cpu().permute(1, 2, 0).contiguous().numpy()
 
     x = image.detach().to("cpu", torch.float32)
     if x.dim() != 3 or x.shape[0] != 3:

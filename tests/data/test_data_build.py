@@ -77,6 +77,24 @@ def test_collator_pads_to_divisibility():
     assert idx == (4, 1) and targets == [a, a]
 
 
+def test_collator_batches_uint8_views_into_one_zero_padded_tensor():
+    """The loaders' uint8 CHW views of HWC arrays are copied into one uint8 batch: each image at
+    the top left, exactly; zeros elsewhere."""
+    import numpy as np
+
+    a = BoxList(torch.zeros(0, 4), (5, 3))
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(1, 256, (3, 5, 3), dtype=np.uint8), rng.integers(1, 256, (9, 2, 3), dtype=np.uint8)]
+    views = [torch.from_numpy(x).permute(2, 0, 1) for x in arrays]
+    images, _, _ = BatchCollator(4)([(v, a, i) for i, v in enumerate(views)])
+    x = images.tensors
+    assert x.dtype == torch.uint8 and x.shape == (2, 3, 12, 8) and x.is_contiguous()
+    expected = torch.zeros(2, 3, 12, 8, dtype=torch.uint8)
+    for i, arr in enumerate(arrays):
+        expected[i, :, : arr.shape[0], : arr.shape[1]] = torch.tensor(arr.transpose(2, 0, 1).copy())
+    assert torch.equal(x, expected)
+
+
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # no GPU here
 def test_loader_pins_batches_only_for_a_cuda_model(cfg, monkeypatch):
     """A CUDA MODEL.DEVICE gets pin_memory=True, and pinning reaches every tensor of a batch
@@ -91,8 +109,10 @@ def test_loader_pins_batches_only_for_a_cuda_model(cfg, monkeypatch):
     from torch.utils.data._utils.pin_memory import pin_memory
 
     images, targets, indices = next(iter(make_data_loader(cfg, is_train=False)[0]))
+    assert images.tensors.dtype == torch.uint8  # the model normalises on its device
     out_images, out_targets, out_indices = pin_memory((images, targets, indices))
     assert any(t is images.tensors for t in pinned) and out_images.image_sizes == images.image_sizes
+    assert out_images.tensors.dtype == torch.uint8 and torch.equal(out_images.tensors, images.tensors)
     for t, out in zip(targets, out_targets):
         assert any(p is t.bbox for p in pinned) and any(p is t.get_field("labels") for p in pinned)
         assert torch.equal(out.bbox, t.bbox) and out.size == t.size

@@ -65,18 +65,36 @@ def test_to_tensor_and_normalize_values():
     assert rgb[:, 0, 0].tolist() == pytest.approx([(30 / 255 - 0.1) / 0.5, 20 / 255, 10 / 255])
 
 
+def test_to_tensor_uint8_is_a_chw_view_and_normalize_takes_uint8():
+    """ToTensor(torch.uint8) gives the HWC array's CHW view (no copy; values unchanged), and
+    Normalize of it equals Normalize of the float ToTensor (the former loader's values)."""
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    x, _ = ToTensor(torch.uint8)(image, None)
+    assert x.dtype == torch.uint8 and x.shape == (3, 5, 7)
+    assert x.data_ptr() == image.ctypes.data  # a view
+    assert np.array_equal(x.numpy(), image.transpose(2, 0, 1))
+    xf, _ = ToTensor()(image, None)
+    for bgr in (True, False):
+        norm = Normalize([0.4, 0.5, 0.6], [0.2, 0.3, 0.25], to_bgr255=bgr)
+        assert torch.equal(norm(x, None)[0], norm(xf, None)[0])
+    with pytest.raises(ValueError, match="uint8 image"):
+        ToTensor()(image.astype(np.float32), None)
+    with pytest.raises(ValueError, match="dtype"):
+        ToTensor(torch.int64)
+
+
 def test_build_transforms_from_config():
     cfg = base_cfg.clone()
     cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", (16,), "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 8,
                          "INPUT.MAX_SIZE_TEST", 64, "INPUT.FLIP_PROB_TRAIN", 0.5])
     train = build_transforms(cfg, True)
-    assert [type(t) for t in train.transforms] == [Resize, RandomHorizontalFlip, ToTensor, Normalize]
+    assert [type(t) for t in train.transforms] == [Resize, RandomHorizontalFlip, ToTensor]
     test = build_transforms(cfg, False)
-    assert [type(t) for t in test.transforms] == [Resize, ToTensor, Normalize]
+    assert [type(t) for t in test.transforms] == [Resize, ToTensor]
     img, t = test(np.full((20, 40, 3), 100, np.uint8), _target())
-    assert img.shape == (3, 8, 16) and t.size == (16, 8)
-    mean = torch.tensor(cfg.INPUT.PIXEL_MEAN)
-    torch.testing.assert_close(img[:, 0, 0], 100.0 - mean)
+    # uint8 BGR 0..255: the model normalises (layers/pixel_norm.py)
+    assert img.shape == (3, 8, 16) and img.dtype == torch.uint8 and t.size == (16, 8)
+    assert img[:, 0, 0].tolist() == [100, 100, 100]
     cfg.merge_from_list(["INPUT.MIN_SIZE_RANGE_TRAIN", (10, 12)])
     assert build_transforms(cfg, True).transforms[0].min_size == (10, 11, 12)
 

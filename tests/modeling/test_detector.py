@@ -295,3 +295,62 @@ def test_batch_invariant_training_step():
         assert model.backbone.body.layer4[0].conv1.weight.grad.abs().sum() > 0
         losses[invariant] = {k: float(v) for k, v in out.items()}
     assert losses[True] != losses[False]
+
+
+@pytest.mark.parametrize("to_bgr255", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_uint8_batch_equals_the_old_normalised_float_batch(to_bgr255, channels_last):
+    """The loaders now hand uint8 batches to the model, which normalises them itself: the same
+    losses and detections (bit for bit) as the former float batch (Normalize per image, zero
+    padding), for a mixed-size batch, with the batch-invariant masks in eval and in training."""
+    import numpy as np
+
+    from maskrcnn_benchmark.data.transforms import Normalize, ToTensor
+
+    cfg = _cfg("ATSS")
+    mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if not to_bgr255 else \
+        ([102.9801, 115.9465, 122.7717], [57.4, 57.1, 58.4])
+    cfg.merge_from_list(["INPUT.TO_BGR255", to_bgr255, "INPUT.PIXEL_MEAN", mean, "INPUT.PIXEL_STD", std,
+                         "MODEL.CHANNELS_LAST", channels_last, "SOLVER.BATCH_INVARIANT", True,
+                         "MODEL.ATSS.INFERENCE_TH", 0.0])
+    torch.manual_seed(0)
+    model = build_detection_model(cfg)
+    assert model.channels_last == channels_last
+    _perturb_norms(model)
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((96, 128), (70, 100), (128, 64))]
+    uint8 = to_image_list([ToTensor(torch.uint8)(a, None)[0] for a in arrays], 32)
+    norm = Normalize(mean, std, to_bgr255)
+    old = to_image_list([norm(*ToTensor()(a, None))[0] for a in arrays], 32)
+    assert uint8.tensors.dtype == torch.uint8 and old.tensors.dtype == torch.float32
+    assert torch.equal(model.preprocess(uint8).tensors, old.tensors)
+    targets = []
+    for a in arrays:
+        t = BoxList(torch.tensor([[4.0, 6.0, 50.0, 60.0]]), (a.shape[1], a.shape[0]))
+        t.add_field("labels", torch.tensor([2]))
+        targets.append(t)
+    model.train()
+    losses_new = model(uint8, targets)
+    losses_old = model(old, targets)
+    assert losses_new.keys() == losses_old.keys()
+    for k in losses_new:
+        assert torch.equal(losses_new[k], losses_old[k]), k
+    model.eval()
+    with torch.no_grad():
+        new, ref = model(uint8), model(old)
+    for a, b in zip(new, ref):
+        assert len(a) == len(b) > 0
+        assert torch.equal(a.bbox, b.bbox) and torch.equal(a.get_field("scores"), b.get_field("scores"))
+        assert torch.equal(a.get_field("labels"), b.get_field("labels"))
+
+
+def test_input_dtype_rule():
+    """uint8: normalised by the model; floating: used as it is; anything else: a clear error."""
+    model = build_detection_model(_cfg("ATSS")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert model.preprocess(x).tensors is x
+    u = torch.full((1, 3, 64, 64), 100, dtype=torch.uint8)
+    torch.testing.assert_close(model.preprocess(u).tensors[0, :, 0, 0],
+                               100.0 - torch.tensor(default_cfg.INPUT.PIXEL_MEAN), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="uint8 .* or floating"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.int64))

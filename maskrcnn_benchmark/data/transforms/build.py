@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from . import transforms as T
 
 logger = logging.getLogger(__name__)
 
 
 def build_transforms(cfg, is_train: bool = True) -> T.Compose:
-    """Resize -> (flip when training) -> ToTensor -> Normalize, per ``cfg.INPUT.*``.
+    """Resize -> (flip when training) -> ToTensor(uint8), per ``cfg.INPUT.*``.
+
+    The images stay uint8 BGR 0..255 ``Tensor[3, H, W]``: the model normalises them on its device
+    with ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD`` / ``TO_BGR255``
+    (:class:`~maskrcnn_benchmark.layers.pixel_norm.PixelNormalizer`), as detectron2 does.
 
     Training draws the shorter side from ``INPUT.MIN_SIZE_RANGE_TRAIN`` (inclusive range) when
     both ends are > 0, else from ``INPUT.MIN_SIZE_TRAIN``.
@@ -33,5 +39,5 @@ def build_transforms(cfg, is_train: bool = True) -> T.Compose:
     steps = [T.Resize(min_size, max_size)]
     if flip_prob > 0:
         steps.append(T.RandomHorizontalFlip(flip_prob))
-    steps += [T.ToTensor(), T.Normalize(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, cfg.INPUT.TO_BGR255)]
+    steps.append(T.ToTensor(torch.uint8))
     return T.Compose(steps)

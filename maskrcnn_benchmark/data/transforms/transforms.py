@@ -2,10 +2,11 @@
 
 Every transform is called as ``image, target = t(image, target)`` where ``image`` is either an
 ``np.ndarray[H, W, 3]`` uint8 in OpenCV's BGR order (before :class:`ToTensor`) or a
-``Tensor[3, H, W]`` float (after it), and ``target`` is a :class:`BoxList` in the image's pixel
-coordinates (or ``None``). Random transforms take an optional ``generator`` (a ``torch.Generator``)
-and draw from it, else from torch's global generator. The training loader gives every sample
-its own seed (:func:`apply_transforms`), so a sample does not depend on the worker that made it.
+``Tensor[3, H, W]`` (after it: uint8 in the loaders, float under test-time augmentation), and
+``target`` is a :class:`BoxList` in the image's pixel coordinates (or ``None``). Random transforms
+take an optional ``generator`` (a ``torch.Generator``) and draw from it, else from torch's global
+generator. The training loader gives every sample its own seed (:func:`apply_transforms`), so a
+sample does not depend on the worker that made it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskrcnn_benchmark.layers.pixel_norm import normalize_pixels
 from maskrcnn_benchmark.structures.bounding_box import FLIP_LEFT_RIGHT, BoxList
 
 Image = Union[np.ndarray, torch.Tensor]
@@ -175,27 +177,46 @@ class RandomHorizontalFlip:
 
 
 class ToTensor:
-    """``np.ndarray[H, W, 3]`` uint8 BGR -> ``Tensor[3, H, W]`` float32, still BGR in 0..255.
+    """``np.ndarray[H, W, 3]`` uint8 BGR -> ``Tensor[3, H, W]`` of ``dtype``, still BGR in 0..255.
 
-    (Unlike torchvision's ``to_tensor`` nothing is rescaled here; :class:`Normalize` picks the
-    channel order and scale.)
+    Args:
+        dtype: ``torch.float32`` (the default): a float copy (:class:`Normalize` picks the channel
+            order and scale); ``torch.uint8``: the image as the loader hands it to the model (which
+            normalises on its device, :class:`~maskrcnn_benchmark.layers.pixel_norm.PixelNormalizer`),
+            a CHW *view* of the HWC array, not a copy: the collate copies it once, straight into the
+            batch (:func:`~maskrcnn_benchmark.structures.image_list.to_image_list`).
+
+    (Unlike torchvision's ``to_tensor`` nothing is rescaled here.) A tensor passes unchanged.
     """
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        if dtype not in (torch.uint8, torch.float32):
+            raise ValueError(f"ToTensor: dtype must be torch.uint8 or torch.float32, got {dtype}")
+        self.dtype = dtype
 
     def __call__(self, image: Image, target: Optional[BoxList] = None,
                  generator: Optional[torch.Generator] = None):
         if not isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"ToTensor: expected an HxWx3 image, got shape {image.shape}")
-            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+            if image.dtype != np.uint8:
+                raise ValueError(f"ToTensor: expected a uint8 image, got {image.dtype}")
+            if self.dtype == torch.uint8:
+                image = torch.from_numpy(image).permute(2, 0, 1)
+            else:
+                image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
         return image, target
 
     def __repr__(self) -> str:
-        return "ToTensor()"
+        return "ToTensor()" if self.dtype == torch.float32 else "ToTensor(dtype=torch.uint8)"
 
 
 class Normalize:
-    """Normalise a ``Tensor[3, H, W]`` BGR 0..255 image.
+    """Normalise a ``Tensor[3, H, W]`` BGR 0..255 image (uint8 or float) to float32.
 
+    The rule is :func:`~maskrcnn_benchmark.layers.pixel_norm.normalize_pixels`'s (the model's
+    :class:`~maskrcnn_benchmark.layers.pixel_norm.PixelNormalizer` gives the same values; the
+    training / test loaders no longer normalise, test-time augmentation does, per view):
     ``to_bgr255=True`` (caffe/MSRA weights): keep BGR 0..255, then ``(x - mean) / std``.
     ``to_bgr255=False`` (torchvision weights): convert to RGB scaled to 0..1, then ``(x - mean) / std``.
     ``mean``/``std`` are per channel in the output's order and scale.
@@ -225,10 +246,10 @@ class Normalize:
                  generator: Optional[torch.Generator] = None):
         if not isinstance(image, torch.Tensor):
             raise TypeError("Normalize expects a tensor; put ToTensor() before it")
-        if not self.to_bgr255:
-            image = image.flip(0) / 255.0  # BGR -> RGB
+        if not image.is_floating_point():
+            image = image.float()
         mean, std = self.stats(image)
-        return (image - mean) / std, target
+        return normalize_pixels(image, mean, std, self.to_bgr255), target
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean}, std={self.std}, to_bgr255={self.to_bgr255})"

@@ -33,7 +33,9 @@ def build_generalized_rcnn(cfg) -> GeneralizedRCNN:
     amp_dtype = resolve_amp(cfg.TEST.AMP, torch.device(cfg.MODEL.DEVICE), key="TEST.AMP")
     return GeneralizedRCNN(backbone, head, size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
                            inference_amp=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST,
-                           batch_invariant=(cfg.SOLVER.BATCH_INVARIANT, cfg.TEST.BATCH_INVARIANT))
+                           batch_invariant=(cfg.SOLVER.BATCH_INVARIANT, cfg.TEST.BATCH_INVARIANT),
+                           pixel_mean=cfg.INPUT.PIXEL_MEAN, pixel_std=cfg.INPUT.PIXEL_STD,
+                           to_bgr255=cfg.INPUT.TO_BGR255)
 
 
 def compile_model(model: GeneralizedRCNN, **compile_kwargs) -> GeneralizedRCNN:

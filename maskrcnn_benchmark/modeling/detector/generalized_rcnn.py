@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from maskrcnn_benchmark.layers.padding_mask import PaddingMask
+from maskrcnn_benchmark.layers.pixel_norm import PixelNormalizer
 from maskrcnn_benchmark.modeling.dense_heads.base import DenseCandidates, DetectionBatch
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList, to_image_list
@@ -38,15 +39,26 @@ class GeneralizedRCNN(nn.Module):
             ``SOLVER.BATCH_INVARIANT``, ``TEST.BATCH_INVARIANT``), so its detections equal its
             batch-1 detections. Needs a backbone whose ``forward(x, masks)`` takes them
             (:class:`~maskrcnn_benchmark.modeling.backbone.backbone.Backbone`) and ``strides``.
+        pixel_mean, pixel_std, to_bgr255: the normalisation of uint8 input (``INPUT.PIXEL_MEAN``,
+            ``INPUT.PIXEL_STD``, ``INPUT.TO_BGR255``; :class:`PixelNormalizer`, ``self.normalizer``).
+
+    Input rule (:meth:`preprocess`): a **uint8** batch (what the data loaders and the Predictor
+    give: BGR 0..255, zero-padded) is normalised here, on the model's device, and set to zero
+    outside each image's ``image_sizes`` (the values the loaders used to produce, bit for bit); a
+    **floating** batch is taken as already normalised and used as it is (user code, tests,
+    test-time augmentation, exports); any other dtype is an error.
     """
 
     def __init__(self, backbone: nn.Module, dense_head: nn.Module, size_divisibility: int = 0,
                  inference_amp: Optional[torch.dtype] = None, channels_last: bool = False,
-                 batch_invariant: Tuple[bool, bool] = (False, True)):
+                 batch_invariant: Tuple[bool, bool] = (False, True),
+                 pixel_mean: Sequence[float] = (102.9801, 115.9465, 122.7717),
+                 pixel_std: Sequence[float] = (1.0, 1.0, 1.0), to_bgr255: bool = True):
         super().__init__()
         if inference_amp not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"GeneralizedRCNN: inference_amp must be None, torch.float16 or "
                              f"torch.bfloat16, got {inference_amp}")
+        self.normalizer = PixelNormalizer(pixel_mean, pixel_std, to_bgr255)
         self.backbone = backbone
         self.rpn = dense_head
         self.size_divisibility = int(size_divisibility)
@@ -82,6 +94,22 @@ class GeneralizedRCNN(nn.Module):
         return PaddingMask.for_batch(images.image_sizes, images.tensors.shape[-2:],
                                      self.size_divisibility, images.tensors.device)
 
+    def preprocess(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor]) -> ImageList:
+        """``images`` (as :meth:`forward` takes them) as a normalised ImageList in the model's
+        memory format: a uint8 batch normalised by :attr:`normalizer` (zero outside each image),
+        a floating one unchanged (taken as already normalised)."""
+        images = to_image_list(images, self.size_divisibility)
+        x = images.tensors
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        if x.dtype == torch.uint8:
+            x = self.normalizer(x, images.image_sizes, memory_format=fmt)
+        elif not x.is_floating_point():
+            raise ValueError(f"GeneralizedRCNN: images must be uint8 (BGR 0..255, normalised by the "
+                             f"model) or floating (already normalised), got {x.dtype}")
+        elif self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return images if x is images.tensors else ImageList(x, images.image_sizes)
+
     def features(self, x: torch.Tensor, masks: Optional[PaddingMask] = None
                  ) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
         """Backbone features of the batch x [B, 3, H, W] (per level [B, C, H_l, W_l]) and, with
@@ -96,7 +124,8 @@ class GeneralizedRCNN(nn.Module):
         """
         Args:
             images: an ImageList, or a list of Tensor[3, H_i, W_i] (padded here to a multiple of
-                ``size_divisibility``), or a Tensor[B, 3, H, W].
+                ``size_divisibility``), or a Tensor[B, 3, H, W]; uint8 (normalised here) or
+                floating (already normalised), see the class docstring.
             targets: per image BoxList (image coordinates) with a ``labels`` field (int64, 1..C);
                 required in training mode.
         Returns:
@@ -107,7 +136,7 @@ class GeneralizedRCNN(nn.Module):
         if self.training and targets is None:
             raise ValueError("GeneralizedRCNN: targets are required in training mode "
                              "(call model.eval() for inference)")
-        images = to_image_list(images, self.size_divisibility)
+        images = self.preprocess(images)
         if targets is not None:
             targets = [t.to(images.tensors.device) for t in targets]
         with self.inference_autocast(images.tensors.device):
@@ -120,12 +149,9 @@ class GeneralizedRCNN(nn.Module):
         return detections
 
     def _features(self, images: ImageList) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
-        """The backbone's per-level features of the batch (in the model's memory format) and the
+        """The backbone's per-level features of the (preprocessed) batch and the
         levels' canvas masks (None when the batch needs none, see :meth:`padding_mask`)."""
-        x = images.tensors
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.features(x, self.padding_mask(images))
+        return self.features(images.tensors, self.padding_mask(images))
 
     @torch.no_grad()
     def candidates(self, images: Union[ImageList, Sequence[torch.Tensor], torch.Tensor]) -> DenseCandidates:
@@ -133,7 +159,7 @@ class GeneralizedRCNN(nn.Module):
         (:meth:`DenseHead.candidates`; fixed shapes, on the device, no host sync). ``images`` as in
         :meth:`forward`. :meth:`detect` finishes them; several batches (the views of test-time
         augmentation) can be finished together with :meth:`DenseCandidates.cat`."""
-        images = to_image_list(images, self.size_divisibility)
+        images = self.preprocess(images)
         with self.inference_autocast(images.tensors.device):
             features, level_masks = self._features(images)
             return self.rpn.candidates(images, features, level_masks)
