@@ -107,7 +107,7 @@ def _export_aoti(parser: argparse.ArgumentParser, cfg, output: str) -> str:
     from maskrcnn_benchmark.export.aoti import export_aoti
 
     try:
-        cfg, model = build_test_model(cfg)
+        cfg, model = build_test_model(cfg, purpose="export")
         path = export_aoti(model, output)
     except (ImportError, ValueError, FileNotFoundError, RuntimeError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -11,7 +11,9 @@ Conventions (see shared/ALGORITHMS.md):
 """
 from yacs.config import CfgNode as CN
 
-_C = CN()
+from .node import ConfigNode
+
+_C = ConfigNode()  # yacs, plus "auto" / True / False for MODEL.CHANNELS_LAST and MODEL.WINOGRAD (node.py)
 
 # ---------------------------------------------------------------------------------------------
 # Model
@@ -65,18 +67,28 @@ _C.MODEL.WEIGHT_MIN_MATCH = 0.5
 # buffers, else False; the log says which and why. Heads: ATSS, Dynamic ATSS and RetinaNet (anchors,
 # clipping, rescale); FCOS / AutoAssign / FreeAnchor ignore it except for the final rescale.
 _C.MODEL.LEGACY_PLUS_ONE = None
-# Run the model in the channels-last (NHWC) memory format (parameters and input batch): oneDNN's
-# CPU convolutions then skip their layout reorders (see BENCHMARKS.md for the measured gain).
-# Results agree with the default (False) within float32 rounding, not bit for bit.
-_C.MODEL.CHANNELS_LAST = False
-# Run the 3x3 / stride 1 / padding 1 convolutions (towers, FPN outputs, ResNet 3x3s) as Winograd
+# The CPU speed-ups (maskrcnn_benchmark/utils/cpu_speedups.py): "auto" (the default), True or False
+# (in a yaml or on the command line also the strings "True" / "False"; anything else is an error).
+# "auto" turns each on where it was measured to pay: the model on the CPU, in float32, with no
+# autocast (SOLVER.AMP / TEST.AMP empty), no torch.compile (MODEL.COMPILE / MODEL.COMPILE_TRAIN_STEP
+# False) and not built for an export (tools/export_onnx.py, ONNX or AOTInductor); off elsewhere
+# (on a GPU: not measured). The log says which and why. True / False force it. With both on, the
+# CPU training step was 1.46-1.90x torchvision's and inference 1.62-2.02x (1.04-1.24x and
+# 1.25-1.58x with both off; BENCHMARKS.md section 9). Neither changes the parameters or the
+# checkpoints; both change results within float32 rounding, not bit for bit: set both False for
+# bit-identical results (the golden-output tests do).
+#
+# Channels-last (NHWC) memory format of the model (parameters and input batch): oneDNN's CPU
+# convolutions then skip their layout reorders. Results agree with False within float32 rounding.
+_C.MODEL.CHANNELS_LAST = "auto"
+# The 3x3 / stride 1 / padding 1 convolutions (towers, FPN outputs, ResNet 3x3s) as Winograd
 # F(4x4, 3x3) on the CPU in float32 (layers/winograd.py): a quarter of the multiplications, in
 # training and inference. Outputs and gradients agree with the direct convolution to ~1e-5 of
-# their magnitude (the direct one: ~3e-7), not bit for bit. No effect on a GPU, under autocast or
-# torch.compile, on maps under 48 tiles of 4 x 4 or on convs with under 80 input or output
-# channels (there the direct conv is faster). Pays off with MODEL.CHANNELS_LAST True; see
-# BENCHMARKS.md for the measured gain.
-_C.MODEL.WINOGRAD = False
+# their magnitude (the direct one: ~3e-7), not bit for bit. Where it is on, it still runs only on
+# CPU float32 tensors outside autocast / torch.compile / tracing, on maps of at least 48 tiles of
+# 4 x 4 and convs with at least 80 input and output channels (elsewhere the direct conv is faster).
+# Pays off mainly with MODEL.CHANNELS_LAST on.
+_C.MODEL.WINOGRAD = "auto"
 # torch.compile the backbone and the dense head's conv module (nn.Module.compile: checkpoint names
 # unchanged). The first forward of every new input shape compiles (minutes for an R-50 on a small
 # CPU); assignment, losses and post-processing stay eager. Results agree with False within float32
@@ -509,8 +521,9 @@ _C.TEST.FOLD_FROZEN_BN = True
 # Memory format of those same inference-only models: "auto" = channels-last (NHWC) on the CPU, where
 # oneDNN's convolutions then skip their layout reorders (14-17 % faster inference, BENCHMARKS.md
 # section 9; detections equal up to float32 rounding), the default layout elsewhere (not measured on
-# a GPU yet); "channels_last" or "contiguous" force one. MODEL.CHANNELS_LAST True (training too)
-# overrides "auto". Training and the evaluation during training are not affected.
+# a GPU yet); "channels_last" or "contiguous" force one. A model built channels-last
+# (MODEL.CHANNELS_LAST True, or "auto" on) stays channels-last under "auto". Training and the
+# evaluation during training are not affected.
 _C.TEST.MEMORY_FORMAT = "auto"
 # Batch-invariant inference (maskrcnn_benchmark/layers/padding_mask.py): each image of a padded batch
 # sees only its own canvas (its size rounded up to DATALOADER.SIZE_DIVISIBILITY, what it gets alone):

@@ -124,7 +124,7 @@ def inference(model: nn.Module, data_loader, dataset_name: str, output_folder: O
     return results
 
 
-def build_test_model(cfg, logger: Optional[logging.Logger] = None):
+def build_test_model(cfg, logger: Optional[logging.Logger] = None, purpose: str = "test"):
     """The model of ``cfg`` for evaluation: NUM_CLASSES 0 filled in from the training data, weights
     from MODEL.WEIGHT, else the last checkpoint of OUTPUT_DIR (a warning when there is neither).
     MODEL.WEIGHT must give every model tensor, be finite and not be a checkpoint of another
@@ -133,7 +133,8 @@ def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     Returns ``(cfg, model)`` (the cfg with NUM_CLASSES and MODEL.LEGACY_PLUS_ONE resolved, the latter
     from the weights' keys; the model on MODEL.DEVICE, made an inference-only model by
     ``prepare_for_inference``: not for training or saving). Shared by tools/test_net.py,
-    tools/visualize_detections.py and tools/export_onnx.py.
+    tools/visualize_detections.py and tools/export_onnx.py (``purpose="export"``: the CPU speed-ups'
+    "auto" stays off, see ``build_detection_model``).
     """
     from maskrcnn_benchmark.modeling.dense_heads import fill_num_classes_from_data
     from maskrcnn_benchmark.modeling.detector import build_detection_model, prepare_for_inference
@@ -151,7 +152,7 @@ def build_test_model(cfg, logger: Optional[logging.Logger] = None):
     cfg = resolve_legacy_plus_one(cfg, weights if resumed is None else resumed["model"],
                                   f"MODEL.WEIGHT {cfg.MODEL.WEIGHT}" if weights is not None
                                   else f"the last checkpoint of {cfg.OUTPUT_DIR}", logger)
-    model = build_detection_model(cfg).to(torch.device(cfg.MODEL.DEVICE))
+    model = build_detection_model(cfg, purpose).to(torch.device(cfg.MODEL.DEVICE))
     checkpointer.model = model
     if weights is not None:
         checkpointer.load_weights(cfg.MODEL.WEIGHT, min_match=cfg.MODEL.WEIGHT_MIN_MATCH, identity=model_identity(cfg),

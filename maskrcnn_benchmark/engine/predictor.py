@@ -191,7 +191,7 @@ class Predictor:
         state = load_weight_file(weights, tuple(cfg.MODEL.RESNETS.STAGE_WITH_DCN)) if weights else None
         cfg = self.cfg = resolve_legacy_plus_one(cfg, state, f"the weights {weights}", logger)
         self.legacy_plus_one_resize = legacy_plus_one_from_config(cfg)
-        self.model = build_detection_model(cfg)
+        self.model = build_detection_model(cfg, purpose="test")
         if weights:
             Checkpointer(self.model, save_to_disk=False, logger=logger).load_weights(
                 weights, identity=model_identity(cfg), for_inference=True, state_dict=state)

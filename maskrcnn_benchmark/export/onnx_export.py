@@ -375,7 +375,7 @@ def export_detector(cfg, output: str, batch: int = 1, dynamic_batch: bool = Fals
     if model is None:
         from maskrcnn_benchmark.engine.inference import build_test_model
 
-        cfg, model = build_test_model(cfg, logger)
+        cfg, model = build_test_model(cfg, logger, purpose="export")
     model.eval()
     dcn = find_dcn_modules(model)
     opset = check_opset(resolve_opset(opset, bool(dcn)), uses_dcn=bool(dcn))

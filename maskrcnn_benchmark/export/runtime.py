@@ -324,7 +324,7 @@ def _config_model(cfg):
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
-    return cfg, build_detection_model(cfg).eval()
+    return cfg, build_detection_model(cfg, purpose="export").eval()
 
 
 def _check_num_classes(path: str, got: Optional[int], cfg, model: nn.Module) -> None:

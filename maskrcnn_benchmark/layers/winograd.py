@@ -21,7 +21,8 @@ Accuracy: the transforms' constants (up to 8 in AT, 5 in BT, 1/24 in G) amplify 
 outputs and gradients agree with a float64 convolution to about 1e-5 of their largest magnitude
 (a direct float32 convolution: about 3e-7); tested in tests/layers/test_winograd.py. This is the
 algorithm oneDNN, cuDNN and NNPACK offer for float32 convolutions; it is still not bit-equal to the
-default, so it is a key (default False) and BENCHMARKS.md section 9 records what it changes.
+default, so it is a key (default "auto": on for eager CPU float32 models, utils/cpu_speedups.py;
+False for bit-identical results) and BENCHMARKS.md section 9 records what it changes.
 
 Scope: :func:`winograd_applicable` -- a CPU float32 tensor outside autocast, tracing, scripting
 and ``torch.compile``, with at least :data:`MIN_TILES` output tiles (smaller maps, e.g. P6 / P7,

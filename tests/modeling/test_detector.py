@@ -354,3 +354,99 @@ def test_input_dtype_rule():
                                100.0 - torch.tensor(default_cfg.INPUT.PIXEL_MEAN), rtol=0, atol=0)
     with pytest.raises(ValueError, match="uint8 .* or floating"):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.int64))
+# ---- MODEL.CHANNELS_LAST / MODEL.WINOGRAD "auto" in the builder (utils/cpu_speedups.py) -----------
+def _speedups_of(model):
+    from maskrcnn_benchmark.layers import WinogradConv2d
+
+    return model.channels_last, sum(isinstance(m, WinogradConv2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("opts, purpose, want_on, why", [
+    ({}, "train", True, "auto: on"),
+    ({}, "test", True, "auto: on"),
+    ({}, "export", False, "auto: off, the model is built for an export"),
+    ({"SOLVER.AMP": "bf16"}, "train", False, "auto: off, mixed precision"),
+    ({"SOLVER.AMP": "bf16"}, "test", True, "auto: on"),  # inference-only: SOLVER.AMP does not apply
+    ({"TEST.AMP": "bf16"}, "test", False, "auto: off, mixed precision"),
+    ({"MODEL.COMPILE_TRAIN_STEP": True}, "train", False, "auto: off, torch.compile"),
+])
+def test_builder_resolves_auto_and_logs_why(caplog, opts, purpose, want_on, why):
+    import logging
+
+    from maskrcnn_benchmark.modeling.detector import resolve_speedups
+
+    cfg = _cfg("DYNAMIC_ATSS")
+    cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 128  # towers of >= 80 channels: Winograd-eligible
+    for key, value in opts.items():
+        node, leaf = key.rsplit(".", 1)
+        cfg[node.split(".")[0]][leaf] = value
+    assert cfg.MODEL.CHANNELS_LAST == "auto" and cfg.MODEL.WINOGRAD == "auto"
+    with caplog.at_level(logging.INFO, logger="maskrcnn_benchmark.modeling.detector"):
+        if opts.get("MODEL.COMPILE_TRAIN_STEP"):
+            got = resolve_speedups(cfg, purpose)  # compiling itself is slow: the decision only
+            assert got == {"MODEL.CHANNELS_LAST": False, "MODEL.WINOGRAD": False}
+        else:
+            channels_last, winograd = _speedups_of(build_detection_model(cfg, purpose))
+            assert channels_last is want_on and (winograd > 0) is want_on
+    lines = [r.getMessage() for r in caplog.records if r.name == "maskrcnn_benchmark.modeling.detector"]
+    assert len(lines) == 2  # one line per key
+    for key, line in zip(("MODEL.CHANNELS_LAST", "MODEL.WINOGRAD"), lines):
+        assert line.startswith(f"{key} {why}"), line
+
+
+def test_builder_forced_values_and_bad_value(caplog):
+    cfg = _cfg("DYNAMIC_ATSS")
+    cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 128
+    cfg.MODEL.CHANNELS_LAST, cfg.MODEL.WINOGRAD = False, True
+    assert _speedups_of(build_detection_model(cfg))[0] is False and _speedups_of(build_detection_model(cfg))[1] > 0
+    cfg.MODEL.CHANNELS_LAST, cfg.MODEL.WINOGRAD = True, False
+    cfg.SOLVER.AMP = "bf16"  # forced: autocast does not turn it off
+    assert _speedups_of(build_detection_model(cfg)) == (True, 0)
+    cfg.MODEL.WINOGRAD = "sometimes"  # set in code, past the config's merge check
+    with pytest.raises(ValueError, match=r"MODEL\.WINOGRAD must be 'auto', True or False; got 'sometimes'"):
+        build_detection_model(cfg)
+
+
+def test_cuda_model_leaves_auto_off_without_a_gpu():
+    """The builder's decision for MODEL.DEVICE cuda (no GPU needed for the decision itself)."""
+    from maskrcnn_benchmark.modeling.detector import resolve_speedups
+
+    cfg = _cfg("DYNAMIC_ATSS")
+    cfg.MODEL.DEVICE = "cuda"
+    assert resolve_speedups(cfg, "train") == {"MODEL.CHANNELS_LAST": False, "MODEL.WINOGRAD": False}
+    with pytest.raises(ValueError, match="purpose must be one of"):
+        resolve_speedups(cfg, "training")
+
+
+def test_auto_model_checkpoint_round_trip(tmp_path):
+    """A model built with "auto" on (channels-last, Winograd) saves a state dict that loads into a
+    model built with both off, and back, with the same outputs (the parameters are the same numbers;
+    only their memory layout differs)."""
+    from maskrcnn_benchmark.utils.checkpoint import Checkpointer
+
+    cfg = _cfg("DYNAMIC_ATSS")
+    cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 128
+    torch.manual_seed(0)
+    fast = build_detection_model(cfg)
+    assert _speedups_of(fast)[0] and _speedups_of(fast)[1] > 0
+    Checkpointer(fast, save_dir=str(tmp_path), save_to_disk=True).save("model_x")
+    plain_cfg = cfg.clone()
+    plain_cfg.MODEL.CHANNELS_LAST, plain_cfg.MODEL.WINOGRAD = False, False
+    plain = build_detection_model(plain_cfg)
+    saved = torch.load(tmp_path / "model_x.pth", weights_only=False)["model"]
+    assert sorted(saved) == sorted(plain.state_dict())  # same names
+    plain.load_state_dict(saved)
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(tensor, fast.state_dict()[name]), name
+        if tensor.dim() == 4:
+            assert tensor.is_contiguous()  # the plain model keeps its layout
+    again = build_detection_model(cfg)
+    again.load_state_dict(plain.state_dict())
+    assert again.channels_last
+    images, _ = _batch()
+    plain.eval(), again.eval()
+    with torch.no_grad():
+        a, b = plain(images), again(images)
+    for da, db in zip(a, b):
+        n = min(len(da), len(db), 5)
+        torch.testing.assert_close(da.get_field("scores")[:n], db.get_field("scores")[:n], rtol=1e-3, atol=1e-4)

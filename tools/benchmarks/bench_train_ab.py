@@ -96,7 +96,9 @@ def random_batch(batch: int, h: int, w: int, num_fg: int, seed: int = 0):
 
 def make_step(config_file: str, base_opts: List, variant: Tuple[str, List, str, bool], batch, size) -> Callable[[], None]:
     _, opts, amp, unfused = variant
-    cfg = setup_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""] + base_opts + opts)
+    # SOLVER.AMP tells the builder that the step runs under autocast (MODEL.CHANNELS_LAST / WINOGRAD "auto": off)
+    cfg = setup_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""] + base_opts + opts
+                    + (["SOLVER.AMP", amp] if amp else []))
     torch.manual_seed(0)
     model = build_detection_model(cfg).train()
     images, targets = random_batch(batch, size[0], size[1], NUM_FG)

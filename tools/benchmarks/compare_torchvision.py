@@ -224,7 +224,9 @@ class Bench:
         if name in PROJECT_CONFIGS:
             from maskrcnn_benchmark.modeling.detector import prepare_for_inference
 
-            model, cfg = build_project(name, args.prior_prob, args.opts, args.device)
+            # SOLVER.AMP tells the builder that the model runs under autocast (CHANNELS_LAST / WINOGRAD "auto": off)
+            amp = ["SOLVER.AMP", args.amp] if args.amp else []
+            model, cfg = build_project(name, args.prior_prob, list(args.opts or []) + amp, args.device)
             adapter = project_adapter
             prepare = functools.partial(prepare_for_inference, cfg=cfg)  # what test_net / Predictor do
         else:

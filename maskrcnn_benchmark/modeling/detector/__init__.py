@@ -1,20 +1,28 @@
 """Detector meta-architectures: ``build_detection_model(cfg)``."""
 from __future__ import annotations
 
+import logging
+from typing import Dict
+
 import torch
 
 from maskrcnn_benchmark.modeling.backbone import build_backbone
 from maskrcnn_benchmark.modeling.dense_heads import build_dense_head
 from maskrcnn_benchmark.utils.amp import resolve_amp
+from maskrcnn_benchmark.utils.cpu_speedups import resolve_cpu_speedup
 from maskrcnn_benchmark.utils.registry import Registry
 
 from .generalized_rcnn import GeneralizedRCNN
 
 __all__ = ["META_ARCHITECTURES", "GeneralizedRCNN", "build_detection_model", "check_supported",
-           "compile_model", "check_device", "prepare_for_inference"]
+           "compile_model", "check_device", "prepare_for_inference", "resolve_speedups", "BUILD_PURPOSES"]
 
 META_ARCHITECTURES = Registry("META_ARCHITECTURES")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # TEST.MEMORY_FORMAT
+#: ``build_detection_model(cfg, purpose)``: what the model is for (decides which AMP keys apply and
+#: whether MODEL.CHANNELS_LAST / MODEL.WINOGRAD "auto" may turn on; utils/cpu_speedups.py).
+BUILD_PURPOSES = ("train", "test", "export")
+logger = logging.getLogger(__name__)
 
 
 def check_supported(cfg) -> None:
@@ -32,7 +40,7 @@ def build_generalized_rcnn(cfg) -> GeneralizedRCNN:
     head = build_dense_head(cfg, backbone.out_channels)
     amp_dtype = resolve_amp(cfg.TEST.AMP, torch.device(cfg.MODEL.DEVICE), key="TEST.AMP")
     return GeneralizedRCNN(backbone, head, size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
-                           inference_amp=amp_dtype, channels_last=cfg.MODEL.CHANNELS_LAST,
+                           inference_amp=amp_dtype,
                            batch_invariant=(cfg.SOLVER.BATCH_INVARIANT, cfg.TEST.BATCH_INVARIANT),
                            pixel_mean=cfg.INPUT.PIXEL_MEAN, pixel_std=cfg.INPUT.PIXEL_STD,
                            to_bgr255=cfg.INPUT.TO_BGR255)
@@ -64,7 +72,7 @@ def prepare_for_inference(model: GeneralizedRCNN, cfg, logger=None) -> Generaliz
     if fmt not in MEMORY_FORMATS:
         raise ValueError(f"TEST.MEMORY_FORMAT must be one of {MEMORY_FORMATS}, got {fmt!r}")
     on_cpu = next(model.parameters()).device.type == "cpu"
-    channels_last = fmt == "channels_last" or (fmt == "auto" and (on_cpu or cfg.MODEL.CHANNELS_LAST))
+    channels_last = fmt == "channels_last" or (fmt == "auto" and (on_cpu or model.channels_last))
     if channels_last != model.channels_last:
         model.set_channels_last(channels_last)
         if logger is not None:
@@ -91,17 +99,45 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def build_detection_model(cfg) -> GeneralizedRCNN:
-    """The model of ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` (train mode); with
-    ``MODEL.WINOGRAD`` its 3x3 / stride-1 convs run as Winograd F(4x4, 3x3) on the CPU
-    (:func:`~maskrcnn_benchmark.layers.convert_to_winograd`), with ``MODEL.COMPILE`` its backbone
+def resolve_speedups(cfg, purpose: str = "train") -> Dict[str, bool]:
+    """``{"MODEL.CHANNELS_LAST": on, "MODEL.WINOGRAD": on}`` for a model of ``cfg`` built for
+    ``purpose`` (:data:`BUILD_PURPOSES`), decided by
+    :func:`~maskrcnn_benchmark.utils.cpu_speedups.resolve_cpu_speedup` from MODEL.DEVICE, the AMP
+    keys that apply (training: SOLVER.AMP and TEST.AMP, for the evaluation during training; test:
+    TEST.AMP), MODEL.COMPILE / MODEL.COMPILE_TRAIN_STEP and ``purpose == "export"``. Logs one line
+    per key: the choice and why."""
+    if purpose not in BUILD_PURPOSES:
+        raise ValueError(f"build_detection_model: purpose must be one of {BUILD_PURPOSES}, got {purpose!r}")
+    amp_keys = (cfg.SOLVER.AMP, cfg.TEST.AMP) if purpose == "train" else (cfg.TEST.AMP,)
+    context = dict(device_type=torch.device(cfg.MODEL.DEVICE).type, dtype=torch.float32,
+                   autocast=any(str(v) for v in amp_keys),
+                   compiled=bool(cfg.MODEL.COMPILE or cfg.MODEL.COMPILE_TRAIN_STEP),
+                   export=purpose == "export")
+    out = {}
+    for key, value in (("MODEL.CHANNELS_LAST", cfg.MODEL.CHANNELS_LAST), ("MODEL.WINOGRAD", cfg.MODEL.WINOGRAD)):
+        out[key], why = resolve_cpu_speedup(value, key, **context)
+        logger.info(why)
+    return out
+
+
+def build_detection_model(cfg, purpose: str = "train") -> GeneralizedRCNN:
+    """The model of ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` (train mode).
+
+    ``purpose`` ("train", "test" or "export", see :func:`resolve_speedups`) decides with the config
+    whether the CPU speed-ups are on: ``MODEL.CHANNELS_LAST`` (parameters and input batch
+    channels-last, ``GeneralizedRCNN.set_channels_last``) and ``MODEL.WINOGRAD`` (its 3x3 /
+    stride-1 convs run as Winograd F(4x4, 3x3) on the CPU,
+    :func:`~maskrcnn_benchmark.layers.convert_to_winograd`). With ``MODEL.COMPILE`` its backbone
     and head are compiled (:func:`compile_model`), with ``MODEL.COMPILE_TRAIN_STEP`` the dense
     head's whole training step (``DenseHead.compile_step``)."""
     check_supported(cfg)
     device = check_device(cfg.MODEL.DEVICE)
+    speedups = resolve_speedups(cfg, purpose)
     model = META_ARCHITECTURES[cfg.MODEL.META_ARCHITECTURE](cfg)
     model = model.to(device)
-    if cfg.MODEL.WINOGRAD:
+    if speedups["MODEL.CHANNELS_LAST"]:
+        model.set_channels_last(True)
+    if speedups["MODEL.WINOGRAD"]:
         from maskrcnn_benchmark.layers import convert_to_winograd
 
         convert_to_winograd(model)
