@@ -159,6 +159,19 @@ class AnchorGenerator(nn.Module):
                                              for s in self.sizes], persistent=False)
         self._cache: Dict[Tuple, List[torch.Tensor]] = {}
 
+    @classmethod
+    def from_config(cls, cfg, node: str) -> "AnchorGenerator":
+        """The anchors of ``cfg.MODEL.<node>`` (ANCHOR_SIZES, ASPECT_RATIOS, ANCHOR_STRIDES,
+        SCALES_PER_OCTAVE, OCTAVE; ``MODEL.ATSS`` or ``MODEL.RETINANET``, or the node a head's
+        ``ANCHOR_NODE`` names), ``MODEL.ANCHOR_GENERATOR.OFFSET`` and ``MODEL.LEGACY_PLUS_ONE``.
+        The one place these keys are read."""
+        from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
+
+        a = cfg.MODEL[node]
+        return cls(a.ANCHOR_SIZES, a.ASPECT_RATIOS, a.ANCHOR_STRIDES, a.SCALES_PER_OCTAVE,
+                   octave=a.OCTAVE, offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
+                   legacy_plus_one=legacy_plus_one_from_config(cfg))
+
     @property
     def num_anchors_per_location(self) -> int:
         return len(self.aspect_ratios) * self.scales_per_octave

@@ -15,9 +15,9 @@ mmdetection                                                 here (suffixes of th
 ``neck.fpn_convs.{L}.conv`` / ``{L + 1}``                   ``fpn.top_blocks.p6`` / ``p7``
 ``bbox_head.{cls,reg}_convs.{i}.conv`` / ``.gn``            ``head.{cls,bbox}_tower.{k i}`` / ``{k i + 1}``
                                                             (k = 3 with GroupNorm, 2 without)
-``bbox_head.{retina,atss,conv}_cls``                        ``head.cls_logits``
-``bbox_head.{retina,atss,conv}_reg``                        ``head.bbox_pred``
-``bbox_head.{atss,conv}_centerness``                        ``head.centerness`` (AutoAssign: objectness)
+``bbox_head.<prefix>_cls`` (retina, atss, conv, gfl, ...)   ``head.cls_logits``
+``bbox_head.<prefix>_reg``                                  ``head.bbox_pred``
+``bbox_head.<prefix>_centerness``                           ``head.centerness`` (AutoAssign: objectness)
 ``bbox_head.scales.{l}.scale`` (a 0-d tensor)               ``head.scales.{l}.scale`` (shape [1])
 ``bbox_head.center_prior.{mean,sigma}``                     ``center_prior.{mean,sigma}``
 ==========================================================  ==============================================
@@ -41,11 +41,11 @@ from .c2_model_loading import convert_torchvision_resnet_weights
 
 __all__ = ["is_mmdet_state_dict", "convert_mmdet_weights"]
 
-_HEAD_LAYERS = {"retina_cls": "cls_logits", "atss_cls": "cls_logits", "conv_cls": "cls_logits",
-                "retina_reg": "bbox_pred", "atss_reg": "bbox_pred", "conv_reg": "bbox_pred",
-                "atss_centerness": "centerness", "conv_centerness": "centerness"}
+# mmdetection names a head's predictors ``<prefix>_cls`` / ``_reg`` / ``_centerness`` (the prefix
+# the head's: retina, atss, conv, gfl, ...): any such prefix maps, so a new head needs no entry here
+_HEAD_LAYERS = {"cls": "cls_logits", "reg": "bbox_pred", "centerness": "centerness"}
 _TOWER = re.compile(r"^(cls|reg)_convs\.(\d+)\.(conv|gn)\.(weight|bias)$")
-_HEAD_LAYER = re.compile(r"^(\w+)\.(weight|bias)$")
+_HEAD_LAYER = re.compile(r"^[a-z0-9]+_(cls|reg|centerness)\.(weight|bias)$")
 _SCALE = re.compile(r"^scales\.(\d+)\.scale$")
 _NECK = re.compile(r"^(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$")
 

@@ -29,14 +29,30 @@ class LoadReport(NamedTuple):
 def class_dependent_keys(model: nn.Module) -> List[str]:
     """State-dict keys of ``model`` whose first dimension is the number of classes (the predictors).
 
-    Every module may name such tensors of its own in a class attribute ``class_dependent_tensors``
-    (e.g. the dense heads' ``("cls_logits.weight", "cls_logits.bias")``, AutoAssign's centre prior
-    ``("mean", "sigma")``); the keys are those names under the module's path.
+    The modules that own such tensors name them in a class attribute ``class_dependent_tensors``:
+    every dense conv head must (the ``DenseConvHead`` contract of ``modeling/dense_heads/base.py``,
+    e.g. ``("cls_logits.weight", "cls_logits.bias")``); other modules may (AutoAssign's centre prior
+    ``("mean", "sigma")``). The keys are those names under the module's path.
+
+    Raises:
+        ValueError: when no module of ``model`` declares any (fine-tuning to another class count
+            would then load a checkpoint's predictors of the wrong shape, or skip nothing), or a
+            declared name is not a tensor of its module.
     """
-    keys = []
+    keys, state = [], set(model.state_dict().keys())
     for name, module in model.named_modules():
-        for tensor_name in getattr(type(module), "class_dependent_tensors", ()):
-            keys.append(f"{name}.{tensor_name}" if name else tensor_name)
+        if "class_dependent_tensors" not in dir(type(module)):
+            continue
+        for tensor_name in type(module).class_dependent_tensors:
+            key = f"{name}.{tensor_name}" if name else tensor_name
+            if key not in state:
+                raise ValueError(f"{type(module).__name__}.class_dependent_tensors names {tensor_name!r}, "
+                                 f"which is no tensor of the module ({key} is not in the state dict)")
+            keys.append(key)
+    if not keys:
+        raise ValueError(f"no module of {type(model).__name__} declares class_dependent_tensors: the "
+                         "dense head contract (DenseConvHead in modeling/dense_heads/base.py) requires "
+                         "its conv head to name its class-dependent tensors")
     return keys
 
 

@@ -7,7 +7,7 @@ import torch
 
 from maskrcnn_benchmark.config import cfg as default_cfg
 from maskrcnn_benchmark.config import setup_cfg
-from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, head_name, set_num_classes
+from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS, get_num_classes, head_name, set_num_classes
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,9 +15,19 @@ CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglo
 DCN_MISSING = "is not built or failed to load"  # layers._ops.load_ops
 
 
-# the head each family folder's files must build (as the tools read them: setup_cfg)
-FAMILY_HEADS = {"atss": "ATSS", "dynamic_atss": "DYNAMIC_ATSS", "autoassign": "AUTOASSIGN",
-                "free_anchor": "FREEANCHOR", "retinanet": "RETINANET", "fcos": "FCOS"}
+def _alnum(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+# the head each family folder's files must build (as the tools read them: setup_cfg): the
+# registered head the folder is named after ("free_anchor" -> FREEANCHOR, "gfl" -> GFL)
+FAMILY_HEADS = {folder.name: head for folder in (ROOT / "configs").iterdir() if folder.is_dir()
+                for head in DENSE_HEADS if _alnum(head) == _alnum(folder.name)}
+
+
+def test_every_config_folder_is_a_registered_head():
+    folders = {p.split("/")[1] for p in CONFIGS}
+    assert folders <= set(FAMILY_HEADS), f"folders named after no registered head: {folders - set(FAMILY_HEADS)}"
 
 
 def _load(path):

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from maskrcnn_benchmark.config import cfg as default_cfg
-from maskrcnn_benchmark.modeling.dense_heads import config_node, set_num_classes
+from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS, config_node, set_num_classes
 from maskrcnn_benchmark.modeling.detector import build_detection_model
 
 SMALL = "configs/atss/atss_R_18_FPN_small.yaml"
-HEADS = ("ATSS", "DYNAMIC_ATSS", "AUTOASSIGN", "FREEANCHOR", "RETINANET", "FCOS")
+HEADS = tuple(sorted(DENSE_HEADS))  # every registered head
 HW = (128, 160)
 
 

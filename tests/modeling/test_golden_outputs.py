@@ -1,5 +1,6 @@
-"""Before/after check of the dense-detector refactoring: the six synthetic detectors give exactly
-the saved losses (first 3 SGD steps) and detections (see ``golden/make_golden_outputs.py``).
+"""Before/after check of the dense-detector refactoring: every registered head's synthetic detector
+gives the saved losses (first 3 SGD steps) and detections (``golden/heads/<HEAD>.pt``, see
+``golden/make_golden_outputs.py``; a head without an entry fails, naming the command that adds it).
 
 Every op on this path is deterministic on the CPU with one thread, and on the machine that saved
 the file the outputs were bit-identical (``torch.equal``) before and after the refactor. Other CPUs
@@ -19,17 +20,27 @@ _SPEC = importlib.util.spec_from_file_location(
 golden = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(golden)
 
-SAVED = torch.load(golden.GOLDEN_FILE, weights_only=True)
+from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS  # noqa: E402
+
+CONFIG_OF_HEAD = golden.config_of_head()
 
 
-def test_every_synthetic_config_is_saved():
-    assert sorted(SAVED) == sorted(golden.key_of(p) for p in golden.CONFIGS)
-    assert len(SAVED) == 6
+def test_every_saved_entry_is_a_registered_head():
+    saved = sorted(f[:-3] for f in os.listdir(golden.GOLDEN_DIR) if f.endswith(".pt"))
+    stale = sorted(set(saved) - set(DENSE_HEADS.keys()))
+    assert not stale, f"golden entries of unregistered heads: {stale} (remove golden/heads/<HEAD>.pt)"
 
 
-@pytest.mark.parametrize("path", golden.CONFIGS, ids=lambda p: os.path.basename(p))
-def test_outputs_match_saved(path):
-    saved = SAVED[golden.key_of(path)]
+@pytest.mark.parametrize("head", sorted(DENSE_HEADS.keys()))
+def test_outputs_match_saved(head):
+    assert head in CONFIG_OF_HEAD, f"registered head {head} has no configs/*/*_synthetic.yaml"
+    path = CONFIG_OF_HEAD[head]
+    if not os.path.exists(golden.golden_file(head)):
+        pytest.fail(f"registered head {head} has no golden outputs ({golden.golden_file(head)}); "
+                    f"add them with: {golden.COMMAND.format(head)}", pytrace=False)
+    saved = torch.load(golden.golden_file(head), weights_only=True)
+    assert saved["config"] == golden.key_of(path), (
+        f"{head}: saved from {saved['config']}, its synthetic config is now {golden.key_of(path)}")
     now = golden.run_config(path)
     assert len(now["losses"]) == len(saved["losses"]) == golden.NUM_STEPS
     for step, (a, b) in enumerate(zip(now["losses"], saved["losses"])):

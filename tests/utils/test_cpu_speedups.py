@@ -65,7 +65,7 @@ def test_defaults_are_auto():
 @pytest.mark.parametrize("value, want", [("True", True), ("False", False), ("auto", "auto"), ("'auto'", "auto"),
                                          ("true", True), ("FALSE", False), (True, True), (False, False)])
 def test_command_line_values(value, want):
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     cfg = setup_cfg("", ["MODEL.CHANNELS_LAST", value, "MODEL.WINOGRAD", value, "SOLVER.BASE_LR", "0.5"])
     assert cfg.MODEL.CHANNELS_LAST == want and cfg.MODEL.WINOGRAD == want
@@ -75,7 +75,7 @@ def test_command_line_values(value, want):
 def test_yaml_then_command_line_switch_types(tmp_path):
     """A yaml bool overridden by "auto" on the command line and the other way round (plain yacs
     refuses both: bool vs str)."""
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     path = tmp_path / "c.yaml"
     path.write_text("MODEL:\n  CHANNELS_LAST: True\n  WINOGRAD: auto\n  DEVICE: cpu\n")
@@ -88,7 +88,7 @@ def test_yaml_then_command_line_switch_types(tmp_path):
 
 
 def test_bad_value_in_yaml_or_command_line_names_the_key(tmp_path):
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     with pytest.raises(ValueError, match=r"MODEL\.WINOGRAD must be 'auto', True or False; got 'yes'"):
         setup_cfg("", ["MODEL.WINOGRAD", "yes"])
@@ -100,7 +100,7 @@ def test_bad_value_in_yaml_or_command_line_names_the_key(tmp_path):
 
 def test_other_type_checks_unchanged():
     """Only the two keys are relaxed: yacs still refuses a str for a bool key."""
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     with pytest.raises(ValueError, match="Type mismatch"):
         setup_cfg("", ["MODEL.COMPILE", "'auto'"])
@@ -111,7 +111,7 @@ def test_other_type_checks_unchanged():
 def test_dump_and_reload_round_trip():
     """A saved config.yml (OUTPUT_DIR) merges back with the resolved-or-auto values."""
     from maskrcnn_benchmark.config import cfg as default
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     for value in ("auto", True, False):
         cfg = setup_cfg("", ["MODEL.CHANNELS_LAST", value])

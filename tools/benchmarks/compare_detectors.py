@@ -1,4 +1,4 @@
-"""Benchmark: the six detectors of the toolkit trained and evaluated on equal terms.
+"""Benchmark: the detectors of the toolkit (every registered dense head) trained and evaluated on equal terms.
 
 Workload: each detector's ``*_synthetic.yaml`` config (same ResNet-18-FPN backbone, synthetic
 shapes dataset, input sizes, evaluation; only the head keys differ) trained on the CPU with
@@ -29,15 +29,26 @@ from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# display names of the heads (MODEL.HEAD) that have one; other heads are listed by MODEL.HEAD
+DISPLAY = {"ATSS": "ATSS", "DYNAMIC_ATSS": "Dynamic ATSS", "AUTOASSIGN": "AutoAssign",
+           "FREEANCHOR": "FreeAnchor", "RETINANET": "RetinaNet", "FCOS": "FCOS"}
+
+
+def discover_detectors() -> Dict[str, str]:
+    """Detector name -> its ``configs/*/*_R_18_FPN_synthetic.yaml`` (relative to the repository
+    root), one per head named by the file's ``MODEL.HEAD``; the heads of ``DISPLAY`` first."""
+    import yaml
+
+    found = {}
+    for path in sorted((ROOT / "configs").glob("*/*_R_18_FPN_synthetic.yaml")):
+        head = (yaml.safe_load(path.read_text()).get("MODEL") or {}).get("HEAD", "")
+        found[head] = path.relative_to(ROOT).as_posix()
+    order = [h for h in DISPLAY if h in found] + sorted(h for h in found if h not in DISPLAY)
+    return {DISPLAY.get(h, h): found[h] for h in order}
+
+
 # detector -> synthetic config (relative to the repository root)
-DETECTORS: Dict[str, str] = {
-    "ATSS": "configs/atss/atss_R_18_FPN_synthetic.yaml",
-    "Dynamic ATSS": "configs/dynamic_atss/dynamic_atss_R_18_FPN_synthetic.yaml",
-    "AutoAssign": "configs/autoassign/autoassign_R_18_FPN_synthetic.yaml",
-    "FreeAnchor": "configs/free_anchor/free_anchor_R_18_FPN_synthetic.yaml",
-    "RetinaNet": "configs/retinanet/retinanet_R_18_FPN_synthetic.yaml",
-    "FCOS": "configs/fcos/fcos_R_18_FPN_synthetic.yaml",
-}
+DETECTORS: Dict[str, str] = discover_detectors()
 
 
 def slug(name: str) -> str:

@@ -106,12 +106,12 @@ class ATSSAssigner(CandidateThresholdAssigner):
     """
 
     @classmethod
-    def from_config(cls, cfg) -> "ATSSAssigner":
-        """Builds from ``cfg.MODEL.ATSS`` (TOPK, KEEP_BEST_CANDIDATE, anchors per location) and
-        ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
+    def from_config(cls, cfg, node: str = "ATSS") -> "ATSSAssigner":
+        """Builds from ``cfg.MODEL.<node>`` (default ``MODEL.ATSS``: TOPK, KEEP_BEST_CANDIDATE,
+        anchors per location) and ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
         from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
-        a = cfg.MODEL.ATSS
+        a = cfg.MODEL[node]
         return cls(topk=a.TOPK, anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
                    keep_best_candidate=a.KEEP_BEST_CANDIDATE,
                    center_margin=center_margin(legacy_plus_one_from_config(cfg)))
@@ -210,13 +210,13 @@ def build_positive_type_assigner(
                           require_center_inside=True, center_margin=center_margin)
 
 
-def positive_type_assigner_from_config(cfg) -> BaseAssigner:
-    """:func:`build_positive_type_assigner` from ``cfg.MODEL.ATSS`` (POSITIVE_TYPE, TOPK,
-    KEEP_BEST_CANDIDATE, FG_IOU_THRESHOLD, BG_IOU_THRESHOLD, anchors per location) and
-    ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
+def positive_type_assigner_from_config(cfg, node: str = "ATSS") -> BaseAssigner:
+    """:func:`build_positive_type_assigner` from ``cfg.MODEL.<node>`` (default ``MODEL.ATSS``:
+    POSITIVE_TYPE, TOPK, KEEP_BEST_CANDIDATE, FG_IOU_THRESHOLD, BG_IOU_THRESHOLD, anchors per
+    location) and ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
     from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
-    a = cfg.MODEL.ATSS
+    a = cfg.MODEL[node]
     return build_positive_type_assigner(
         a.POSITIVE_TYPE, topk=a.TOPK,
         anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,

@@ -37,12 +37,12 @@ class DynamicATSSAssigner(CandidateThresholdAssigner):
                          center_margin=center_margin)
 
     @classmethod
-    def from_config(cls, cfg) -> "DynamicATSSAssigner":
-        """Builds from ``cfg.MODEL.ATSS`` (TOPK and the anchors per location) and
-        ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
+    def from_config(cls, cfg, node: str = "ATSS") -> "DynamicATSSAssigner":
+        """Builds from ``cfg.MODEL.<node>`` (default ``MODEL.ATSS``: TOPK and the anchors per
+        location) and ``MODEL.LEGACY_PLUS_ONE`` (the centre margin)."""
         from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
-        a = cfg.MODEL.ATSS
+        a = cfg.MODEL[node]
         return cls(topk=a.TOPK, anchors_per_location=len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE,
                    center_margin=center_margin(legacy_plus_one_from_config(cfg)))
 

@@ -5,10 +5,14 @@ pipeline flatten -> priors -> assign -> losses / predict -> post-process) whose
 ``forward(images: ImageList, features: list[Tensor], targets: list[BoxList] | None)`` returns
 ``(detections: list[BoxList] | None, losses: dict[str, Tensor])``.
 
-A new head module registers itself with ``@DENSE_HEADS.register("NAME", config_node="NODE")``
-(``config_node``: the ``cfg.MODEL`` node holding its NUM_CLASSES, default the name) and adds one
-import line at the bottom of this file.
+A new head module in this folder registers itself with ``@DENSE_HEADS.register("NAME",
+config_node="NODE", reads=(...))`` (``config_node``: the ``cfg.MODEL`` node holding its NUM_CLASSES,
+default the name; ``reads``: the other nodes it reads). Every module of this package is imported
+here (no list to extend), so the decorator is its only registration.
 """
+import importlib
+import pkgutil
+
 from .registry import (DENSE_HEADS, build_dense_head, config_node,  # noqa: F401
                        fill_num_classes_from_data, get_num_classes, head_name, num_classes_key,
                        resolve_num_classes, set_num_classes)
@@ -17,10 +21,7 @@ __all__ = ["DENSE_HEADS", "head_name", "build_dense_head", "config_node", "num_c
            "get_num_classes", "set_num_classes", "resolve_num_classes",
            "fill_num_classes_from_data"]
 
-# Registration happens on import. (Other heads: append one line each.)
-from . import atss  # noqa: E402,F401
-from . import dynamic_atss  # noqa: E402,F401
-from . import retinanet  # noqa: E402,F401
-from . import free_anchor  # noqa: E402,F401
-from . import fcos  # noqa: E402,F401
-from . import autoassign  # noqa: E402,F401
+# Registration happens on import: every module of the package, in name order.
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
+del _module

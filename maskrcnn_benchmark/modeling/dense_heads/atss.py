@@ -17,7 +17,7 @@ from maskrcnn_benchmark.layers import Scale, sigmoid_focal_loss
 from maskrcnn_benchmark.layers.losses import giou_loss
 from maskrcnn_benchmark.layers.padding_mask import masked_forward
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
-from maskrcnn_benchmark.modeling.assigners import BatchAssignment, positive_type_assigner_from_config
+from maskrcnn_benchmark.modeling.assigners import BatchAssignment, build_assigner
 from maskrcnn_benchmark.modeling.box_coder import build_box_coder
 from maskrcnn_benchmark.structures.box_ops import box_centers, centerness, point_box_distances
 from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
@@ -53,6 +53,11 @@ class ATSSHead(nn.Module):
 
     # first dimension A * C: not loaded from a checkpoint with another class count (fine-tuning)
     class_dependent_tensors = ("cls_logits.weight", "cls_logits.bias")
+
+    @property
+    def output_dims(self) -> Dict[str, int]:
+        """Per-prior width of each branch of ``forward`` (the :class:`~.base.DenseConvHead` contract)."""
+        return {"cls_logits": self.num_classes, "box_regression": 4, "quality": 1}
 
     def __init__(self, in_channels: int, num_classes: int, num_anchors: int = 1, num_convs: int = 4,
                  num_levels: int = 5, prior_prob: float = 0.01, use_dcn_in_tower: bool = False,
@@ -176,23 +181,22 @@ class ATSSLoss:
                 where_weighted(t_sum, loss_q / num_pos))
 
 
-def build_atss_parts(cfg, in_channels: int):
-    """(head, anchor_generator, box_coder, post_processor, score_rule) from ``cfg.MODEL.ATSS``
-    and ``MODEL.LEGACY_PLUS_ONE`` (shared by ATSS and Dynamic ATSS). ``STRADDLE_THRESH`` is accepted
-    and ignored."""
-    a = cfg.MODEL.ATSS
+def build_atss_parts(cfg, in_channels: int, node: str = "ATSS", anchor_node: Optional[str] = None):
+    """(head, anchor_generator, box_coder, post_processor, score_rule) from ``cfg.MODEL.<node>``
+    (default ``MODEL.ATSS``; shared by ATSS and Dynamic ATSS), the anchors of
+    ``cfg.MODEL.<anchor_node>`` (default: ``node``) and ``MODEL.LEGACY_PLUS_ONE``.
+    ``STRADDLE_THRESH`` is accepted and ignored."""
+    a, anchors = cfg.MODEL[node], cfg.MODEL[anchor_node or node]
     legacy = legacy_plus_one_from_config(cfg)
-    num_anchors = len(a.ASPECT_RATIOS) * a.SCALES_PER_OCTAVE
-    head = ATSSHead(in_channels, check_num_classes("MODEL.ATSS.NUM_CLASSES", a.NUM_CLASSES),
-                    num_anchors, a.NUM_CONVS, num_levels=len(a.ANCHOR_STRIDES),
+    num_anchors = len(anchors.ASPECT_RATIOS) * anchors.SCALES_PER_OCTAVE
+    head = ATSSHead(in_channels, check_num_classes(f"MODEL.{node}.NUM_CLASSES", a.NUM_CLASSES),
+                    num_anchors, a.NUM_CONVS, num_levels=len(anchors.ANCHOR_STRIDES),
                     prior_prob=a.PRIOR_PROB, use_dcn_in_tower=a.USE_DCN_IN_TOWER,
                     regression_type=a.REGRESSION_TYPE, num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS,
                     conv_bias=a.CONV_BIAS)
-    anchor_generator = AnchorGenerator(a.ANCHOR_SIZES, a.ASPECT_RATIOS, a.ANCHOR_STRIDES,
-                                       a.SCALES_PER_OCTAVE, octave=a.OCTAVE,
-                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET, legacy_plus_one=legacy)
+    anchor_generator = AnchorGenerator.from_config(cfg, anchor_node or node)
     box_coder = build_box_coder(a.REGRESSION_TYPE, a.BBOX_REG_WEIGHTS,
-                                point_scale=a.ANCHOR_SIZES[0] / a.ANCHOR_STRIDES[0])
+                                point_scale=anchors.ANCHOR_SIZES[0] / anchors.ANCHOR_STRIDES[0])
     post = DensePostProcessor(pre_nms_top_n=a.PRE_NMS_TOP_N, nms_thresh=a.NMS_TH,
                               detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, legacy_plus_one=legacy)
     # threshold on sigmoid(cls); score sqrt(sigmoid(cls) * sigmoid(centerness))
@@ -209,5 +213,5 @@ def build_atss(cfg, in_channels: int) -> DenseHead:
     loss = ATSSLoss(box_coder, gamma=a.LOSS_GAMMA, alpha=a.LOSS_ALPHA,
                     reg_loss_weight=a.REG_LOSS_WEIGHT,
                     legacy_plus_one=legacy_plus_one_from_config(cfg))
-    return DenseHead(head, anchor_generator, positive_type_assigner_from_config(cfg), loss, post,
+    return DenseHead(head, anchor_generator, build_assigner(cfg, "ATSS", "ATSS"), loss, post,
                      box_coder.decode, rule)

@@ -2,9 +2,11 @@
 
 A detector supplies five parts; :class:`DenseHead` owns every step between them:
 
-- ``head``: the conv module, ``head(features) -> (cls [B, A*C, H, W], box [B, A*4, H, W]
-  [, quality [B, A, H, W]])`` per level (lists over levels), with attributes ``num_classes`` (C)
-  and ``num_anchors`` (A);
+- ``head``: the conv module, a :class:`DenseConvHead` (the contract, checked when a
+  :class:`DenseHead` is built): ``head(features) -> (cls [B, A*C, H, W], box [B, A*K, H, W]
+  [, quality [B, A, H, W]][, extra branches])`` per level (lists over levels), with ``num_classes``
+  (C), ``num_anchors`` (A), ``output_dims`` (the per-prior width of each branch, e.g. K = 4 box
+  deltas, or GFL's ``4 * (reg_max + 1)`` bins) and ``class_dependent_tensors``;
 - ``prior_generator``: ``prior_generator(features) -> list over levels of Tensor[N_l, D]`` priors
   shared by the images (anchors ``D = 4``, points ``D = 2``) and ``as_boxes(priors_l) ->
   Tensor[N_l, 4]`` (what the assigners read);
@@ -13,7 +15,7 @@ A detector supplies five parts; :class:`DenseHead` owns every step between them:
 - ``loss``: ``loss(outputs: DenseOutputs, priors: list[Tensor[N_l, D]], targets (a padded
   :class:`~maskrcnn_benchmark.modeling.assigners.GTBatch`, or per image BoxLists),
   assignment: BatchAssignment | None) -> dict of scalar losses``;
-- ``decode(box_regression [..., 4], priors [..., D]) -> boxes [..., 4]`` and a
+- ``decode(box_regression [..., K], priors [..., D]) -> boxes [..., 4]`` and a
   :class:`ScoreRule` (the final score and the candidate rule).
 
 Training: the targets padded to one ``GTBatch`` (the GT count is read from the BoxLists' shapes on
@@ -27,8 +29,8 @@ call per batch, one device-to-host copy of the detections).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 from torch import nn
@@ -41,7 +43,7 @@ from maskrcnn_benchmark.structures.box_ops import clip_boxes
 from maskrcnn_benchmark.structures.image_list import ImageList
 from maskrcnn_benchmark.utils.comm import get_world_size, reduce_sum
 
-__all__ = ["DenseHead", "DenseOutputs", "DensePrediction", "DensePostProcessor", "ScoreRule",
+__all__ = ["DenseHead", "DenseConvHead", "check_head_contract", "DenseOutputs", "DensePrediction", "DensePostProcessor", "ScoreRule",
            "DenseCandidates", "DetectionBatch", "clip_boxes_to_images",
            "permute_and_flatten", "concat_levels", "reduce_mean_count", "init_conv_std",
            "conv_tower", "check_num_classes", "per_level_masks", "WEIGHT_EPS", "positive_boxes",
@@ -157,6 +159,69 @@ def check_num_classes(key: str, value: int) -> int:
     return int(value) - 1
 
 
+# ---- the head contract ---------------------------------------------------------------------------
+#: Branch names with a fixed meaning in :class:`DenseOutputs` (any other name is an extra branch).
+CLS_BRANCH, BOX_BRANCH, QUALITY_BRANCH = "cls_logits", "box_regression", "quality"
+
+
+@runtime_checkable
+class DenseConvHead(Protocol):
+    """What :class:`DenseHead` reads of its conv module (checked by :func:`check_head_contract`
+    when a :class:`DenseHead` is built, so a registered head that breaks it fails at build time).
+
+    Attributes:
+        num_classes: foreground classes C (the classification branch has ``A * C`` channels).
+        num_anchors: priors per feature-map location A (1 for point heads).
+        output_dims: ordered mapping ``branch name -> per-prior width`` in the order ``forward``
+            returns the branches (detectron2's ``dims_per_anchor``). The first is
+            ``"cls_logits": C``, the second ``"box_regression": K`` (what ``decode`` reads: 4
+            deltas / distances, or e.g. ``4 * (reg_max + 1)`` distribution bins); then optionally
+            ``"quality": 1`` (centerness / IoU / objectness logits) and any extra branch of the
+            head's own (carried in :attr:`DenseOutputs.extras` under its name).
+        class_dependent_tensors: names (relative to the module) of the tensors whose first
+            dimension depends on C: skipped when fine-tuning from a checkpoint with another class
+            count (``utils/model_serialization.class_dependent_keys``). The classification
+            predictor must be named ``cls_logits`` (``cls_logits.weight`` / ``.bias``), the name
+            the checkpoints and the tests use.
+
+    ``forward(features, masks=None)``: per level Tensor[B, C_in, H_l, W_l] (and optional per level
+    canvases [B, 1, H_l, W_l]) -> one list over levels per branch, each Tensor[B, A * width,
+    H_l, W_l]. The :class:`DenseHead` stores the module as ``head``; the detector stores the
+    :class:`DenseHead` as ``rpn`` (checkpoint names ``rpn.head.*``, as the original releases).
+    """
+
+    num_classes: int
+    num_anchors: int
+    class_dependent_tensors: Tuple[str, ...]
+
+    @property
+    def output_dims(self) -> Mapping[str, int]: ...
+
+    def forward(self, features: Sequence[torch.Tensor],
+                masks: Optional[Sequence[torch.Tensor]] = None) -> Sequence[List[torch.Tensor]]: ...
+
+
+def check_head_contract(head: nn.Module) -> None:
+    """Raise ``TypeError`` naming what ``head`` lacks of :class:`DenseConvHead`."""
+    name = type(head).__name__
+    missing = [a for a in ("num_classes", "num_anchors", "output_dims", "class_dependent_tensors")
+               if not hasattr(head, a)]
+    if missing:
+        raise TypeError(f"dense head {name} lacks {missing} of the DenseConvHead contract "
+                        "(maskrcnn_benchmark/modeling/dense_heads/base.py)")
+    dims = list(head.output_dims.items())
+    if len(dims) < 2 or dims[0] != (CLS_BRANCH, head.num_classes) or dims[1][0] != BOX_BRANCH:
+        raise TypeError(f"dense head {name}: output_dims must start with ('{CLS_BRANCH}', "
+                        f"num_classes={head.num_classes}), ('{BOX_BRANCH}', K); got {dims}")
+    if dict(dims).get(QUALITY_BRANCH, 1) != 1:
+        raise TypeError(f"dense head {name}: the '{QUALITY_BRANCH}' branch has width 1, got {dims}")
+    keys = set(head.state_dict().keys())
+    unknown = [t for t in head.class_dependent_tensors if t not in keys]
+    if not head.class_dependent_tensors or unknown:
+        raise TypeError(f"dense head {name}: class_dependent_tensors {tuple(head.class_dependent_tensors)} "
+                        f"must name tensors of the module (unknown: {unknown})")
+
+
 # ---- data of one step --------------------------------------------------------------------------
 @dataclass
 class DenseOutputs:
@@ -164,13 +229,26 @@ class DenseOutputs:
 
     Attributes:
         cls_logits: Tensor[B, N, C].
-        box_regression: Tensor[B, N, 4] (deltas or distances, as the decoder reads them).
+        box_regression: Tensor[B, N, K] (deltas or distances, K = 4, or distribution bins: as the
+            decoder reads them).
         quality: Tensor[B, N] logits of the third branch (centerness / IoU / objectness), or None.
+        extras: a head's other branches by name (``output_dims``), each Tensor[B, N, width].
     """
 
     cls_logits: torch.Tensor
     box_regression: torch.Tensor
     quality: Optional[torch.Tensor] = None
+    extras: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def from_branches(branches: Mapping[str, torch.Tensor]) -> "DenseOutputs":
+        """Branch name -> Tensor[B, N, width] (the order of ``output_dims``) -> DenseOutputs (the
+        quality branch squeezed to [B, N])."""
+        quality = branches.get(QUALITY_BRANCH)
+        return DenseOutputs(branches[CLS_BRANCH], branches[BOX_BRANCH],
+                            None if quality is None else quality.squeeze(-1),
+                            {k: v for k, v in branches.items()
+                             if k not in (CLS_BRANCH, BOX_BRANCH, QUALITY_BRANCH)})
 
 
 @dataclass
@@ -443,7 +521,7 @@ class DenseHead(nn.Module):
         assigner: per-image assigner, or None (the loss assigns / weighs priors itself).
         loss: the loss function (stored as ``loss_evaluator``).
         post_processor: :class:`DensePostProcessor`.
-        decode: ``decode(box_regression [..., 4], priors [..., D]) -> boxes [..., 4]``.
+        decode: ``decode(box_regression [..., K], priors [..., D]) -> boxes [..., 4]``.
         score_rule: :class:`ScoreRule`.
 
     Subclasses may override a hook (:meth:`flatten`, :meth:`priors`, :meth:`assign`,
@@ -455,6 +533,7 @@ class DenseHead(nn.Module):
                  decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  score_rule: ScoreRule):
         super().__init__()
+        check_head_contract(head)
         self.head = head
         self.prior_generator = prior_generator
         #: the GT statistics of the last training step (0-dim tensors, read by the hooks)
@@ -467,10 +546,15 @@ class DenseHead(nn.Module):
 
     # -- steps ---------------------------------------------------------------------------------
     def flatten(self, raw: Sequence[Sequence[torch.Tensor]]) -> DenseOutputs:
-        """The head's per-level outputs ``(cls, box[, quality])`` -> :class:`DenseOutputs`."""
-        a, c = self.head.num_anchors, self.head.num_classes
-        quality = concat_levels(raw[2], a, 1).squeeze(-1) if len(raw) > 2 else None
-        return DenseOutputs(concat_levels(raw[0], a, c), concat_levels(raw[1], a, 4), quality)
+        """The head's per-level outputs, one list per branch of ``head.output_dims`` ->
+        :class:`DenseOutputs`."""
+        dims = self.head.output_dims
+        if len(raw) != len(dims):
+            raise ValueError(f"{type(self.head).__name__} returned {len(raw)} branches, its "
+                             f"output_dims declare {len(dims)}: {dict(dims)}")
+        a = self.head.num_anchors
+        return DenseOutputs.from_branches({name: concat_levels(levels, a, k)
+                                           for (name, k), levels in zip(dims.items(), raw)})
 
     def priors(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """List over levels of Tensor[N_l, D] (one set per level, shared by the images)."""
@@ -552,24 +636,25 @@ class DenseHead(nn.Module):
                 None; priors outside an image's canvas are then no candidates of it.
         Returns:
             :class:`DensePrediction` (scores [B, N, C] by the :class:`ScoreRule`, boxes [B, N, 4]
-            by ``decode``, candidate_mask [B, N, C]); computed level by level. The score rule and
+            by ``decode`` of the box branch's K values per prior, candidate_mask [B, N, C]); computed level by level. The score rule and
             the decoding read the head's outputs in float32 (under autocast too), so scores,
             boxes and candidates are float32 whatever precision the convolutions ran in.
         """
         raw = self.head(features) if masks is None else self.head(features, masks)
         if priors is None:
             priors = self.priors(features)
-        a, c = self.head.num_anchors, self.head.num_classes
+        a, dims = self.head.num_anchors, self.head.output_dims
         scores, boxes, candidates = [], [], []
         for lvl, p in enumerate(priors):
-            quality = concat_levels([raw[2][lvl]], a, 1)[..., 0].float() if len(raw) > 2 else None
-            s, m = self.score_rule(concat_levels([raw[0][lvl]], a, c).float(), quality)
+            level = {name: concat_levels([branch[lvl]], a, k)
+                     for (name, k), branch in zip(dims.items(), raw)}
+            quality = level[QUALITY_BRANCH][..., 0].float() if QUALITY_BRANCH in level else None
+            s, m = self.score_rule(level[CLS_BRANCH].float(), quality)
             if masks is not None:  # [B, 1, H, W] -> [B, H*W*A, 1] in prior order
                 m = m & (concat_levels([masks[lvl].expand(-1, a, -1, -1)], a, 1) > 0)
-            reg = concat_levels([raw[1][lvl]], a, 4)
             scores.append(s)
             candidates.append(m)
-            boxes.append(self.decode(reg.float(), p[None]))
+            boxes.append(self.decode(level[BOX_BRANCH].float(), p[None]))
         return DensePrediction(torch.cat(scores, dim=1), torch.cat(boxes, dim=1),
                                torch.cat(candidates, dim=1), tuple(p.shape[0] for p in priors))
 

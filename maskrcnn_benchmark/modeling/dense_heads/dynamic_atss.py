@@ -14,7 +14,7 @@ from typing import Dict, List
 import torch
 
 from maskrcnn_benchmark.layers.losses import quality_focal_loss
-from maskrcnn_benchmark.modeling.assigners import BatchAssignment, DynamicATSSAssigner
+from maskrcnn_benchmark.modeling.assigners import BatchAssignment, build_assigner
 from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .atss import ATSSLoss, build_atss_parts
@@ -64,5 +64,5 @@ def build_dynamic_atss(cfg, in_channels: int) -> DenseHead:
     loss = DynamicATSSLoss(box_coder, gamma=a.LOSS_GAMMA, alpha=a.LOSS_ALPHA,
                            reg_loss_weight=a.REG_LOSS_WEIGHT,
                            legacy_plus_one=legacy_plus_one_from_config(cfg))
-    return DenseHead(head, anchor_generator, DynamicATSSAssigner.from_config(cfg), loss, post,
+    return DenseHead(head, anchor_generator, build_assigner(cfg, "DYNAMIC_ATSS", "ATSS"), loss, post,
                      box_coder.decode, rule)

@@ -63,6 +63,11 @@ class FCOSHead(nn.Module):
     # first dimension C: not loaded from a checkpoint with another class count (fine-tuning)
     class_dependent_tensors = ("cls_logits.weight", "cls_logits.bias")
 
+    @property
+    def output_dims(self) -> Dict[str, int]:
+        """Per-prior width of each branch of ``forward`` (the :class:`~.base.DenseConvHead` contract)."""
+        return {"cls_logits": self.num_classes, "box_regression": 4, "quality": 1}
+
     def __init__(self, in_channels: int, num_classes: int,
                  strides: Sequence[int] = (8, 16, 32, 64, 128), num_convs: int = 4,
                  prior_prob: float = 0.01, use_dcn_in_tower: bool = False,

@@ -145,7 +145,7 @@ class FreeAnchorLoss:
         return {"loss_pos": loss_pos, "loss_neg": loss_neg}
 
 
-@DENSE_HEADS.register("FREEANCHOR", config_node="RETINANET")
+@DENSE_HEADS.register("FREEANCHOR", config_node="RETINANET", reads=("FREEANCHOR",))
 def build_free_anchor(cfg, in_channels: int) -> DenseHead:
     """``"FREEANCHOR"``: head / anchors / inference from ``cfg.MODEL.RETINANET``, losses from
     ``cfg.MODEL.FREEANCHOR``."""

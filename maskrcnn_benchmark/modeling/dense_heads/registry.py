@@ -1,11 +1,14 @@
 """The dense-head registry and the ``NUM_CLASSES`` helpers built on it.
 
-A head registers its builder with the config node that holds its keys::
+A head registers its builder with the config node that holds its keys (NUM_CLASSES and the
+inference keys) and the other nodes it reads (shared prior / assignment / loss keys)::
 
-    @DENSE_HEADS.register("FREEANCHOR", config_node="RETINANET")
+    @DENSE_HEADS.register("FREEANCHOR", config_node="RETINANET", reads=("FREEANCHOR",))
     def build_free_anchor(cfg, in_channels): ...
 
-(``config_node`` defaults to the head name, i.e. ``cfg.MODEL.<NAME>``.)
+(``config_node`` defaults to the head name, i.e. ``cfg.MODEL.<NAME>``.) A builder returns a
+:class:`~.base.DenseHead`, whose construction checks the conv module against the
+:class:`~.base.DenseConvHead` contract.
 """
 from __future__ import annotations
 
@@ -21,18 +24,22 @@ __all__ = ["HeadRegistry", "DENSE_HEADS", "head_name", "build_dense_head",
 
 
 class HeadRegistry(Registry):
-    """A :class:`Registry` whose entries also declare their config node (``cfg.MODEL.<node>``)."""
+    """A :class:`Registry` whose entries also declare their config node (``cfg.MODEL.<node>``)
+    and the other ``cfg.MODEL`` nodes they read (``nodes_read``: the head's own first)."""
 
     def __init__(self, name: str):
         super().__init__(name)
         self.config_nodes: Dict[str, str] = {}
+        self.nodes_read: Dict[str, Tuple[str, ...]] = {}
 
-    def register(self, key: str, config_node: Optional[str] = None) -> Callable:
+    def register(self, key: str, config_node: Optional[str] = None,
+                 reads: Tuple[str, ...] = ()) -> Callable:
         deco = super().register(key)
 
         def register_with_node(fn):
             fn = deco(fn)
             self.config_nodes[key] = config_node or key
+            self.nodes_read[key] = tuple(dict.fromkeys((config_node or key,) + tuple(reads)))
             return fn
         return register_with_node
 

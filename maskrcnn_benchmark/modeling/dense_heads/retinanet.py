@@ -64,6 +64,11 @@ class RetinaNetHead(nn.Module):
     # first dimension A * C: not loaded from a checkpoint with another class count (fine-tuning)
     class_dependent_tensors = ("cls_logits.weight", "cls_logits.bias")
 
+    @property
+    def output_dims(self) -> Dict[str, int]:
+        """Per-prior width of each branch of ``forward`` (the :class:`~.base.DenseConvHead` contract)."""
+        return {"cls_logits": self.num_classes, "box_regression": 4}
+
     def __init__(self, in_channels: int, num_classes: int, num_anchors: int = 9, num_convs: int = 4,
                  prior_prob: float = 0.01, num_groups: int = 0):
         super().__init__()
@@ -145,9 +150,7 @@ def build_retinanet_parts(cfg, in_channels: int):
     num_anchors = len(r.ASPECT_RATIOS) * r.SCALES_PER_OCTAVE
     head = RetinaNetHead(in_channels, num_classes, num_anchors, r.NUM_CONVS, r.PRIOR_PROB,
                          num_groups=cfg.MODEL.GROUP_NORM.NUM_GROUPS if r.USE_GN else 0)
-    anchor_generator = AnchorGenerator(r.ANCHOR_SIZES, r.ASPECT_RATIOS, r.ANCHOR_STRIDES,
-                                       r.SCALES_PER_OCTAVE, octave=r.OCTAVE,
-                                       offset=cfg.MODEL.ANCHOR_GENERATOR.OFFSET, legacy_plus_one=legacy)
+    anchor_generator = AnchorGenerator.from_config(cfg, "RETINANET")
     box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
     post = DensePostProcessor(pre_nms_top_n=r.PRE_NMS_TOP_N, nms_thresh=r.NMS_TH,
                               detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, legacy_plus_one=legacy)

@@ -1,5 +1,6 @@
-"""DenseHead (the one pipeline) with a tiny fake conv module, assigner and loss; the shared head
-helpers (ScoreRule, conv_tower, check_num_classes) and the registry's config nodes."""
+"""DenseHead (the one pipeline) with a tiny fake conv module, assigner and loss; the head contract
+(DenseConvHead, per-branch output widths, extra branches); the shared head helpers (ScoreRule,
+conv_tower, check_num_classes) and the registry's config nodes."""
 import math
 
 import pytest
@@ -9,9 +10,10 @@ from torch import nn
 from maskrcnn_benchmark.layers import DFConv2d
 from maskrcnn_benchmark.modeling.assigners import BaseAssigner
 from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS, config_node, num_classes_key
-from maskrcnn_benchmark.modeling.dense_heads.base import (DenseHead, DenseOutputs, DensePostProcessor,
-                                                          ScoreRule, check_num_classes, conv_tower,
-                                                          permute_and_flatten)
+from maskrcnn_benchmark.modeling.dense_heads.base import (DenseConvHead, DenseHead, DenseOutputs,
+                                                          DensePostProcessor, ScoreRule,
+                                                          check_head_contract, check_num_classes,
+                                                          conv_tower, permute_and_flatten)
 from maskrcnn_benchmark.modeling.point_generator import PointGenerator, distances_to_boxes
 from maskrcnn_benchmark.structures.bounding_box import BoxList
 from maskrcnn_benchmark.structures.image_list import ImageList
@@ -25,6 +27,8 @@ class FakeHead(nn.Module):
     """1x1 convs: cls [B, C, H, W], distances [B, 4, H, W] (>= 0), quality [B, 1, H, W]."""
 
     num_classes, num_anchors = C, 1
+    class_dependent_tensors = ("cls.weight", "cls.bias")
+    output_dims = {"cls_logits": C, "box_regression": 4, "quality": 1}
 
     def __init__(self):
         super().__init__()
@@ -234,9 +238,15 @@ def test_check_num_classes():
 def test_heads_declare_their_config_node():
     from maskrcnn_benchmark.config import cfg as default_cfg
 
-    assert DENSE_HEADS.config_nodes == {"ATSS": "ATSS", "DYNAMIC_ATSS": "ATSS", "RETINANET": "RETINANET",
-                                        "FREEANCHOR": "RETINANET", "FCOS": "FCOS",
-                                        "AUTOASSIGN": "AUTOASSIGN"}
+    known = {"ATSS": "ATSS", "DYNAMIC_ATSS": "ATSS", "RETINANET": "RETINANET",
+             "FREEANCHOR": "RETINANET", "FCOS": "FCOS", "AUTOASSIGN": "AUTOASSIGN"}
+    assert {k: DENSE_HEADS.config_nodes[k] for k in known} == known
+    assert DENSE_HEADS.nodes_read["FREEANCHOR"] == ("RETINANET", "FREEANCHOR")
+    for name in DENSE_HEADS:  # every registered head: its nodes exist, the first holds NUM_CLASSES
+        nodes = DENSE_HEADS.nodes_read[name]
+        assert nodes[0] == DENSE_HEADS.config_nodes[name]
+        assert all(n in default_cfg.MODEL for n in nodes), (name, nodes)
+        assert "NUM_CLASSES" in default_cfg.MODEL[nodes[0]], name
     cfg = default_cfg.clone()
     cfg.MODEL.HEAD = "DYNAMIC_ATSS"
     assert config_node(cfg) == "ATSS" and num_classes_key(cfg) == "MODEL.ATSS.NUM_CLASSES"
@@ -245,3 +255,94 @@ def test_heads_declare_their_config_node():
         config_node(cfg)
     with pytest.raises(KeyError, match="already registered"):
         DENSE_HEADS.register("ATSS")(lambda cfg, c: None)
+
+
+# ---- the head contract ---------------------------------------------------------------------------
+class WideHead(FakeHead):
+    """FakeHead with a 12-wide box branch (3 values per side) and an extra 2-wide branch."""
+
+    output_dims = {"cls_logits": C, "box_regression": 12, "quality": 1, "extra": 2}
+
+    def __init__(self):
+        super().__init__()
+        self.box = nn.Conv2d(3, 12, 1)
+        self.extra = nn.Conv2d(3, 2, 1)
+
+    def forward(self, features):
+        cls, _, q = super().forward(features)
+        return cls, [self.box(x) for x in features], q, [self.extra(x) for x in features]
+
+
+def _mean_of_three(reg, priors):
+    """12 values per prior -> the mean of each side's 3 as distances (a decoder reading K = 12)."""
+    return distances_to_boxes(reg.unflatten(-1, (4, 3)).mean(-1).exp(), priors)
+
+
+def test_output_widths_and_an_extra_branch_go_through_flatten_and_predict():
+    m = DenseHead(WideHead(), PointGenerator(STRIDES), FakeAssigner(), FakeLoss(),
+                  DensePostProcessor(pre_nms_top_n=10 ** 6, nms_thresh=1.0, detections_per_img=10 ** 6),
+                  _mean_of_three, ScoreRule(0.3))
+    _, feats = _inputs()
+    raw = m.head(feats)
+    out = m.flatten(raw)
+    # the per-prior widths come from output_dims: [B, H*W*A, K] location-major, as permute_and_flatten
+    assert out.box_regression.shape == (2, 30, 12)
+    assert torch.equal(out.box_regression, torch.cat([permute_and_flatten(x, 1, 12) for x in raw[1]], 1))
+    assert list(out.extras) == ["extra"]
+    assert torch.equal(out.extras["extra"], torch.cat([permute_and_flatten(x, 1, 2) for x in raw[3]], 1))
+    assert out.quality.shape == (2, 30)
+    pred = m.predict(feats)
+    priors = torch.cat(m.priors(feats))
+    torch.testing.assert_close(pred.boxes, _mean_of_three(out.box_regression, priors[None]))
+    # the assigner's predictions use the same decoder
+    torch.testing.assert_close(m.assigner_predictions(out, m.priors(feats)).boxes, pred.boxes)
+
+
+def test_dense_outputs_from_branches():
+    b = {"cls_logits": torch.zeros(1, 3, 2), "box_regression": torch.ones(1, 3, 8),
+         "quality": torch.ones(1, 3, 1), "dfl": torch.full((1, 3, 5), 2.0)}
+    out = DenseOutputs.from_branches(b)
+    assert out.quality.shape == (1, 3) and out.box_regression.shape == (1, 3, 8)
+    assert set(out.extras) == {"dfl"} and DenseOutputs(b["cls_logits"], b["box_regression"]).extras == {}
+
+
+def test_the_head_contract_is_checked_when_a_dense_head_is_built():
+    assert isinstance(FakeHead(), DenseConvHead)
+    check_head_contract(FakeHead())
+
+    del_attr = type("NoCD", (nn.Module,), {"num_classes": C, "num_anchors": 1,
+                                            "output_dims": FakeHead.output_dims})
+    with pytest.raises(TypeError, match=r"NoCD lacks \['class_dependent_tensors'\]"):
+        DenseHead(del_attr(), PointGenerator(STRIDES), None, FakeLoss(), None, distances_to_boxes,
+                  ScoreRule())
+
+    class WrongName(FakeHead):
+        class_dependent_tensors = ("cls_logits.weight",)
+    with pytest.raises(TypeError, match="must name tensors of the module.*cls_logits.weight"):
+        check_head_contract(WrongName())
+
+    class WrongDims(FakeHead):
+        output_dims = {"box_regression": 4, "cls_logits": C}
+    with pytest.raises(TypeError, match="must start with"):
+        check_head_contract(WrongDims())
+
+    class WrongCount(FakeHead):
+        output_dims = {"cls_logits": C, "box_regression": 4}
+    m = DenseHead(WrongCount(), PointGenerator(STRIDES), None, FakeLoss(), None, distances_to_boxes,
+                  ScoreRule())
+    with pytest.raises(ValueError, match="returned 3 branches, its output_dims declare 2"):
+        m.flatten(m.head(_inputs()[1]))
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_HEADS))
+def test_every_registered_head_keeps_the_contract(name):
+    from maskrcnn_benchmark.config import cfg as default_cfg
+    from maskrcnn_benchmark.modeling.dense_heads import set_num_classes
+
+    cfg = default_cfg.clone()
+    cfg.MODEL.HEAD = name
+    set_num_classes(cfg, 3)
+    module = DENSE_HEADS[name](cfg, 32)
+    check_head_contract(module.head)
+    assert "cls_logits.weight" in module.head.class_dependent_tensors  # the checkpoints' name
+    assert list(module.head.output_dims)[:2] == ["cls_logits", "box_regression"]
