@@ -19,11 +19,13 @@ project's own code and written as tools/test_net.py writes it (``<work-dir>/<pat
   aoti              the AOTInductor package (``--runtime aoti``; minutes to compile)
 
 The exported paths run at the largest ``--batches`` entry. Every path is compared, image by image,
-with the first ``--batches`` entry (the reference): the same number of detections, and after
-pairing the detections of each (image, label) (an assignment minimising the box difference, so
-that the order of equal scores does not matter) boxes within ``--box-tol`` px and scores within
-``--score-tol``; the AP within ``--ap-tol`` (fp16: AP within ``--fp16-ap-tol``; its boxes and
-scores are reported, not checked). Prints a markdown table; exit status 1 when a check fails.
+with the first ``--batches`` entry (the reference): after pairing the detections of each (image,
+label) (an assignment minimising the box difference, so that the order of equal scores does not
+matter) boxes within ``--box-tol`` px and scores within ``--score-tol``, every detection paired
+except "cut swaps" (two candidates whose scores tie to float rounding at the
+TEST.DETECTIONS_PER_IMG cut or at the score threshold: each path keeps another one; counted in the
+table); the AP within ``--ap-tol`` (fp16: AP within ``--fp16-ap-tol``; its boxes and scores are
+reported, not checked). Prints a markdown table; exit status 1 when a check fails.
 ``--reuse`` keeps the results of a path already in the work dir (e.g. add ``aoti`` later).
 """
 from __future__ import annotations
@@ -107,47 +109,60 @@ def read_detections(bbox_json: str) -> Dict[int, Tuple[np.ndarray, np.ndarray, n
 
 class Comparison:
     """Detections of a path against the reference's: ``max_box`` (px) and ``max_score`` over the
-    paired detections, and ``count_mismatch``, the ids of the images whose counts or labels differ."""
+    paired detections; ``cut_swaps``, the unpaired detections at a cut (see
+    :func:`compare_detections`); ``unmatched``, ``(image id, label, score)`` of the other unpaired
+    detections (a real difference)."""
 
     def __init__(self):
         self.max_box = 0.0
         self.max_score = 0.0
-        self.count_mismatch: List[int] = []
+        self.cut_swaps = 0
+        self.unmatched: List[Tuple[int, int, float]] = []
 
     def ok(self, box_tol: float, score_tol: float) -> bool:
-        return not self.count_mismatch and self.max_box <= box_tol and self.max_score <= score_tol
+        return not self.unmatched and self.max_box <= box_tol and self.max_score <= score_tol
 
 
 def compare_detections(ref: Dict[int, tuple], got: Dict[int, tuple], box_tol: float = 1e-3,
-                       score_tol: float = 1e-5) -> Comparison:
+                       score_tol: float = 1e-5, threshold: Optional[float] = None) -> Comparison:
     """Compare two :func:`read_detections` results image by image.
 
-    Per image and label the two sets of detections must have the same size; they are paired by
-    an assignment (``scipy.optimize.linear_sum_assignment``) minimising
-    ``max(|box diff|) / box_tol + |score diff| / score_tol``, so that near-equal scores in
-    another order do not count as differences. A label with another number of detections, or an
-    image with another number in total, is a count mismatch.
+    Per image and label the detections are paired by an assignment
+    (``scipy.optimize.linear_sum_assignment``) minimising ``max(|box diff|) / box_tol +
+    |score diff| / score_tol``, so that near-equal scores in another order do not count as
+    differences. A detection left unpaired (its label has more detections on its side) is a
+    *cut swap* when its score is within ``score_tol`` of the lowest score the other side kept in
+    that image (two candidates tied to float rounding at the TEST.DETECTIONS_PER_IMG cut) or of
+    the score ``threshold``; any other is a real difference (``unmatched``).
     """
     from scipy.optimize import linear_sum_assignment
 
     result = Comparison()
     empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+
+    def at_cut(score: float, other_scores: np.ndarray) -> bool:
+        near_min = other_scores.size > 0 and abs(score - float(other_scores.min())) <= score_tol
+        return near_min or (threshold is not None and abs(score - threshold) <= score_tol)
+
     for image_id in sorted(set(ref) | set(got)):
         rb, rs, rl = ref.get(image_id, empty)
         gb, gs, gl = got.get(image_id, empty)
-        if len(rl) != len(gl):
-            result.count_mismatch.append(image_id)
-            continue
-        for label in np.unique(rl):
+        for label in np.union1d(rl, gl):
             i, j = np.flatnonzero(rl == label), np.flatnonzero(gl == label)
-            if len(i) != len(j):
-                result.count_mismatch.append(image_id)
-                break
-            box = np.abs(rb[i][:, None, :] - gb[j][None, :, :]).max(-1)  # [n, n]
-            score = np.abs(rs[i][:, None] - gs[j][None, :])
-            rows, cols = linear_sum_assignment(box / box_tol + score / score_tol)
-            result.max_box = max(result.max_box, float(box[rows, cols].max()))
-            result.max_score = max(result.max_score, float(score[rows, cols].max()))
+            rows, cols = np.zeros(0, np.int64), np.zeros(0, np.int64)
+            if len(i) and len(j):
+                box = np.abs(rb[i][:, None, :] - gb[j][None, :, :]).max(-1)  # [n, m]
+                score = np.abs(rs[i][:, None] - gs[j][None, :])
+                rows, cols = linear_sum_assignment(box / box_tol + score / score_tol)
+                result.max_box = max(result.max_box, float(box[rows, cols].max()))
+                result.max_score = max(result.max_score, float(score[rows, cols].max()))
+            for idx, paired, scores, other in ((i, rows, rs, gs), (j, cols, gs, rs)):
+                for k in np.setdiff1d(np.arange(len(idx)), paired):
+                    s = float(scores[idx[k]])
+                    if at_cut(s, other):
+                        result.cut_swaps += 1
+                    else:
+                        result.unmatched.append((int(image_id), int(label), s))
     return result
 
 
@@ -287,12 +302,15 @@ def report(args, cfg, paths: List[str], metrics: Dict[str, dict]) -> Tuple[List[
     ref_name = paths[0]
     ref = read_detections(os.path.join(folders[ref_name], "bbox.json"))
     ref_ap = metrics[ref_name]["AP"]
-    lines = ["| path | AP | detections | max box diff (px) | max score diff | check |",
-             "|---|---|---|---|---|---|"]
+    from maskrcnn_benchmark.modeling.dense_heads import config_node
+
+    threshold = float(cfg.MODEL[config_node(cfg)].INFERENCE_TH)
+    lines = ["| path | AP | detections | max box diff (px) | max score diff | cut swaps | check |",
+             "|---|---|---|---|---|---|---|"]
     all_ok = True
     for p in paths:
         got = read_detections(os.path.join(folders[p], "bbox.json"))
-        cmp = compare_detections(ref, got, args.box_tol, args.score_tol)
+        cmp = compare_detections(ref, got, args.box_tol, args.score_tol, threshold)
         ap = metrics[p]["AP"]
         if p in FP16_PATHS:
             ok = abs(ap - ref_ap) <= args.fp16_ap_tol
@@ -300,11 +318,13 @@ def report(args, cfg, paths: List[str], metrics: Dict[str, dict]) -> Tuple[List[
         else:
             ok = cmp.ok(args.box_tol, args.score_tol) and abs(ap - ref_ap) <= args.ap_tol
             why = "equal"
-        if cmp.count_mismatch and p not in FP16_PATHS:
-            why = f"counts differ on {len(cmp.count_mismatch)} image(s), e.g. id {cmp.count_mismatch[0]}"
+        if cmp.unmatched and p not in FP16_PATHS:
+            image_id, label, score = cmp.unmatched[0]
+            why = (f"{len(cmp.unmatched)} detection(s) without a partner, e.g. image id {image_id} "
+                   f"label {label} score {score:.4f}")
         all_ok &= ok
         n = sum(len(v[1]) for v in got.values())
-        lines.append(f"| {p} | {ap:.4f} | {n} | {cmp.max_box:.2e} | {cmp.max_score:.2e} | "
+        lines.append(f"| {p} | {ap:.4f} | {n} | {cmp.max_box:.2e} | {cmp.max_score:.2e} | {cmp.cut_swaps} | "
                      f"{'ok' if ok else 'FAIL'} ({why}) |")
     return lines, all_ok
 
