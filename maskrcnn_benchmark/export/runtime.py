@@ -219,6 +219,10 @@ class OnnxDetector(nn.Module):
 
         scores, boxes, mask = self._outputs(["scores", "boxes", "candidate_mask"], feeds)
         level_sizes = self.level_sizes(x.shape[-2:]) if callable(self.level_sizes) else self.level_sizes
+        if scores.shape[1] != sum(level_sizes):
+            raise ValueError(f"the graph gave {scores.shape[1]} candidates for a {x.shape[-2]}x"
+                             f"{x.shape[-1]} input, the config's model has {sum(level_sizes)}: "
+                             "export and evaluate with the same config")
         pred = DensePrediction(torch.from_numpy(scores).float(), torch.from_numpy(boxes).float(),
                                torch.from_numpy(mask), tuple(level_sizes))
         return self.post_processor(pred, sizes)
@@ -307,7 +311,9 @@ def build_onnx_detector(cfg, path: str, provider: str = "cpu", intra_op_threads:
     graph = DenseDetectorGraph(model, (h, w))
     shape = {o.name: o.shape for o in session.get_outputs()}["scores"]
     n, c = sum(graph.level_sizes), graph.num_classes
-    if list(shape[1:]) != [n, c]:
+    # a --dynamic-batch export may name the candidate / class axes too: only known sizes are
+    # compared here, the run checks the candidates again (OnnxDetector._run)
+    if any(isinstance(got, int) and got != want for got, want in zip(shape[1:], (n, c))):
         raise ValueError(f"{path}: scores of shape {shape}, but the config's model has {n} "
                          f"candidates and {c} classes at {h}x{w} ({num_classes_key(cfg)} = "
                          f"{get_num_classes(cfg)}): export and evaluate with the same config")
