@@ -46,7 +46,7 @@ from maskrcnn_benchmark.layers.padding_mask import masked_forward
 from maskrcnn_benchmark.modeling.anchor_generator import AnchorGenerator
 from maskrcnn_benchmark.modeling.assigners import BatchAssignment, build_assigner
 from maskrcnn_benchmark.modeling.box_coder import PointCoder
-from maskrcnn_benchmark.structures.box_ops import elementwise_iou
+from maskrcnn_benchmark.layers import elementwise_iou
 from maskrcnn_benchmark.utils.legacy_plus_one import legacy_plus_one_from_config
 
 from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, ScoreRule,
