@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from maskrcnn_benchmark.utils.miscellaneous import add_config_args, cfg_from_args  # noqa: E402
+from maskrcnn_benchmark.config import add_config_args, cfg_from_args  # noqa: E402
 
 #: The exported paths: name -> (dynamic shape, postprocess, fp16, runtime).
 EXPORTED = {

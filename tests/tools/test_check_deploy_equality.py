@@ -105,7 +105,7 @@ def gn_weights(tmp_path_factory, mixed_coco):
     is not zero after them) whose classification bias is N(0, 1): varied scores."""
     from maskrcnn_benchmark.modeling.detector import build_detection_model
     from maskrcnn_benchmark.utils.checkpoint import Checkpointer
-    from maskrcnn_benchmark.utils.miscellaneous import setup_cfg
+    from maskrcnn_benchmark.config import setup_cfg
 
     tmp = tmp_path_factory.mktemp("w")
     torch.manual_seed(0)
