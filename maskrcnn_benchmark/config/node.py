@@ -1,7 +1,7 @@
 """The root config node: a yacs ``CfgNode`` whose "auto" / True / False keys accept all three values.
 
 yacs refuses a merged value of another type than the default's (``"auto"`` is a str, ``True`` a
-bool). For the keys of :data:`~maskrcnn_benchmark.utils.cpu_speedups.CPU_SPEEDUP_KEYS`
+bool). For the keys of :data:`CPU_SPEEDUP_KEYS`
 (``MODEL.CHANNELS_LAST``, ``MODEL.WINOGRAD``) :class:`ConfigNode` takes the value out of the yaml
 or the ``KEY VALUE`` list, checks it (``parse_auto_flag``: "auto", True, False, or those strings in
 any case; anything else is a ValueError naming the key) and stores "auto", True or False; every
@@ -10,12 +10,31 @@ other key merges as yacs merges it.
 from __future__ import annotations
 
 import copy
+from typing import Union
 
 from yacs.config import CfgNode
 
-from maskrcnn_benchmark.utils.cpu_speedups import CPU_SPEEDUP_KEYS, parse_auto_flag
+__all__ = ["AUTO", "AUTO_FLAG_KEYS", "CPU_SPEEDUP_KEYS", "ConfigNode", "parse_auto_flag"]
 
-__all__ = ["ConfigNode", "AUTO_FLAG_KEYS"]
+AUTO = "auto"
+#: The CPU speed-up keys (utils/cpu_speedups.py): they take "auto" / True / False (the root node
+#: accepts all three for them).
+CPU_SPEEDUP_KEYS = ("MODEL.CHANNELS_LAST", "MODEL.WINOGRAD")
+_STRINGS = {"auto": AUTO, "true": True, "false": False}
+
+
+def parse_auto_flag(value, key: str) -> Union[bool, str]:
+    """A config value of ``key`` -> ``"auto"``, ``True`` or ``False``.
+
+    Accepts the bools and the strings "auto", "True", "False" (any case, surrounding spaces
+    ignored). Raises ValueError naming ``key`` and the value for anything else (1, "yes", None...).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _STRINGS:
+        return _STRINGS[value.strip().lower()]
+    raise ValueError(f"{key} must be 'auto', True or False; got {value!r}")
+
 
 AUTO_FLAG_KEYS = CPU_SPEEDUP_KEYS
 

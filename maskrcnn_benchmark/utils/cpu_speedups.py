@@ -19,7 +19,8 @@ inference 1.25-1.58x -> 1.62-2.02x torchvision's, the training step 1.04-1.24x -
 On a GPU "auto" is off (not measured there; cuDNN picks its own algorithms). Neither key changes
 the parameters or their names: checkpoints load into a model built with any setting.
 :func:`resolve_cpu_speedup` is the one place where the rule is decided; the model builder
-(``build_detection_model``) reads the config and calls it.
+(``build_detection_model``) reads the config and calls it. The values are parsed where the
+config reads them (:func:`maskrcnn_benchmark.config.node.parse_auto_flag`).
 """
 from __future__ import annotations
 
@@ -27,26 +28,9 @@ from typing import Tuple, Union
 
 import torch
 
-__all__ = ["AUTO", "CPU_SPEEDUP_KEYS", "parse_auto_flag", "resolve_cpu_speedup"]
+from maskrcnn_benchmark.config.node import AUTO, parse_auto_flag
 
-AUTO = "auto"
-#: The config keys that take "auto" / True / False (the yacs root node accepts all three for them).
-CPU_SPEEDUP_KEYS = ("MODEL.CHANNELS_LAST", "MODEL.WINOGRAD")
-_STRINGS = {"auto": AUTO, "true": True, "false": False}
-
-
-def parse_auto_flag(value, key: str) -> Union[bool, str]:
-    """A config value of ``key`` -> ``"auto"``, ``True`` or ``False``.
-
-    Accepts the bools and the strings "auto", "True", "False" (any case, surrounding spaces
-    ignored). Raises ValueError naming ``key`` and the value for anything else (1, "yes", None...).
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _STRINGS:
-        return _STRINGS[value.strip().lower()]
-    raise ValueError(f"{key} must be 'auto', True or False; got {value!r}")
-
+__all__ = ["resolve_cpu_speedup"]
 
 def resolve_cpu_speedup(setting, key: str, device_type: str, dtype: torch.dtype = torch.float32,
                         autocast: bool = False, compiled: bool = False,

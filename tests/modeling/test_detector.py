@@ -17,9 +17,9 @@ def _cfg(head):
     cfg.merge_from_file(SMALL)
     cfg.MODEL.HEAD = head
     cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 64
-    for node in ("ATSS", "RETINANET", "FCOS"):  # keep every head's towers short
-        if node in cfg.MODEL and "NUM_CONVS" in cfg.MODEL[node]:
-            cfg.MODEL[node].NUM_CONVS = 1
+    for node in cfg.MODEL.values():  # keep every head's towers short
+        if isinstance(node, dict) and "NUM_CONVS" in node:
+            node.NUM_CONVS = 1
     set_num_classes(cfg, 4)
     return cfg
 
@@ -230,9 +230,10 @@ def test_mixed_size_batch_gives_each_image_its_batch1_detections(head, norm):
     1e-3 px; the releases' behaviour (batch_invariant off) differs by pixels."""
     cfg = _cfg(head)
     cfg.MODEL.BACKBONE.USE_GN = cfg.MODEL.FPN.USE_GN = norm == "GN"
-    for node in ("ATSS", "RETINANET", "FCOS", "FREEANCHOR", "AUTOASSIGN"):
-        if node in cfg.MODEL and "INFERENCE_TH" in cfg.MODEL[node]:
-            cfg.MODEL[node].INFERENCE_TH = 0.0  # detections from the untrained heads
+    for node in cfg.MODEL.values():  # every head's node, GFL and any head added later included
+        if isinstance(node, dict) and "INFERENCE_TH" in node:
+            node.INFERENCE_TH = 0.0  # detections from the untrained heads,
+            node.NMS_TH = 0.9  # which predict alike boxes (GFL's uniform DFL distributions)
     torch.manual_seed(0)
     model = build_detection_model(cfg).eval()
     _perturb_norms(model)
@@ -345,15 +346,23 @@ def test_uint8_batch_equals_the_old_normalised_float_batch(to_bgr255, channels_l
 
 
 def test_input_dtype_rule():
-    """uint8: normalised by the model; floating: used as it is; anything else: a clear error."""
-    model = build_detection_model(_cfg("ATSS")).eval()
+    """uint8: normalised by the model; floating: used as it is (only made channels-last where the
+    model is); anything else: a clear error."""
+    cfg = _cfg("ATSS")
+    cfg.MODEL.CHANNELS_LAST = False
+    model = build_detection_model(cfg).eval()
     x = torch.randn(1, 3, 64, 64)
     assert model.preprocess(x).tensors is x
+    cfg.MODEL.CHANNELS_LAST = True
+    cl = build_detection_model(cfg).eval().preprocess(x).tensors
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, x)
     u = torch.full((1, 3, 64, 64), 100, dtype=torch.uint8)
     torch.testing.assert_close(model.preprocess(u).tensors[0, :, 0, 0],
                                100.0 - torch.tensor(default_cfg.INPUT.PIXEL_MEAN), rtol=0, atol=0)
     with pytest.raises(ValueError, match="uint8 .* or floating"):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.int64))
+
+
 # ---- MODEL.CHANNELS_LAST / MODEL.WINOGRAD "auto" in the builder (utils/cpu_speedups.py) -----------
 def _speedups_of(model):
     from maskrcnn_benchmark.layers import WinogradConv2d

@@ -3,7 +3,8 @@ forced values, bad values; the config node that accepts "auto" and bools for bot
 import pytest
 import torch
 
-from maskrcnn_benchmark.utils.cpu_speedups import CPU_SPEEDUP_KEYS, parse_auto_flag, resolve_cpu_speedup
+from maskrcnn_benchmark.config.node import CPU_SPEEDUP_KEYS, parse_auto_flag
+from maskrcnn_benchmark.utils.cpu_speedups import resolve_cpu_speedup
 
 KEYS = list(CPU_SPEEDUP_KEYS)
 
