@@ -208,6 +208,7 @@ def export_onnx(module: nn.Module, path: str, batch: int = 1, dynamic_batch: boo
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _unshare_initializers_of_file(path)
     _check_no_project_ops(path)
     _write_metadata(path, {"num_classes": graph.num_classes, "postprocess": postprocess,
                            "size_divisibility": graph.size_divisibility,
@@ -261,19 +262,23 @@ def _unshare_initializers(model) -> None:
 
     The exporters share equal tensors (e.g. all-zero biases) between layers, directly or through
     ``Identity`` nodes; the FP16 converter then leaves a tensor float32 when one of its readers
-    is kept float32, and the float16 readers fail to load. Identity nodes of an initializer
-    become initializers themselves.
+    is kept float32, and the float16 readers fail to load. Identity nodes of an initializer (or
+    of such an Identity) become initializers themselves.
     """
     onnx = require("onnx")
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits]:
-        copy = onnx.TensorProto()
-        copy.CopyFrom(inits[node.input[0]])
-        copy.name = node.output[0]
-        graph.initializer.append(copy)
-        inits[copy.name] = copy
-        graph.node.remove(node)
+    while True:  # chains too: an Identity of an Identity of an initializer
+        identities = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits]
+        if not identities:
+            break
+        for node in identities:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+            inits[copy.name] = copy
+            graph.node.remove(node)
     seen = set()
     for node in graph.node:
         for j, name in enumerate(node.input):
@@ -286,6 +291,22 @@ def _unshare_initializers(model) -> None:
                 graph.initializer.append(copy)
                 node.input[j] = copy.name
             seen.add(name)
+
+
+def _unshare_initializers_of_file(path: str) -> None:
+    """:func:`_unshare_initializers` of the ONNX file ``path``, rewritten atomically where it had
+    shared initializers. onnxruntime's graph optimizations (any level above "disable all") can
+    drop the ``Identity`` node through which the TorchScript exporter shares an equal constant
+    (e.g. the all-ones GroupNorm weights of an untrained model) while a reader still names its
+    output: the session then refuses the graph ("... is not a graph input, initializer, or
+    output of a previous node")."""
+    onnx = require("onnx")
+    model = onnx.load(path)
+    inits = {i.name for i in model.graph.initializer}
+    if not any(n.op_type == "Identity" and n.input[0] in inits for n in model.graph.node):
+        return
+    _unshare_initializers(model)
+    _save_atomic(model, path)
 
 
 def _restore_float_outputs(model, names) -> None:

@@ -106,22 +106,36 @@ def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, num_groups: int,
         x: Tensor[B, C, H, W]; mask: Tensor[B, 1, H, W] of 0 / 1 (a :meth:`PaddingMask.at`).
         num_groups, weight [C], bias [C], eps: as ``F.group_norm``.
     Returns:
-        Tensor[B, C, H, W] in x's dtype: inside the mask, ``F.group_norm`` of the image cropped to
-        its mask; 0 outside. Statistics in float32 (biased variance, as ``F.group_norm``).
+        Tensor[B, C, H, W] in x's dtype and memory format (a channels-last x stays channels-last):
+        inside the mask, ``F.group_norm`` of the image cropped to its mask; 0 outside. Statistics
+        in float32 (biased variance of the centred values, as ``F.group_norm``).
+
+    The sums run per channel over H, W first ([B, C]) and then per group, and every full-size
+    tensor is a broadcast of x, so no layout copy is made. Out-of-place ops only (the ONNX tracer
+    drops in-place ones on broadcast results).
     """
     b, c, h, w = x.shape
-    xf = x.float().reshape(b, num_groups, c // num_groups, h * w)
-    m = mask.float().reshape(b, 1, 1, h * w)
-    count = (m.sum(dim=3, keepdim=True) * (c // num_groups)).clamp_min(1.0)          # [B, 1, 1, 1]
-    mean = (xf * m).sum(dim=(2, 3), keepdim=True) / count
-    centred = (xf - mean) * m
-    var = centred.square().sum(dim=(2, 3), keepdim=True) / count
-    y = (centred * torch.rsqrt(var + eps)).reshape(b, c, h, w)
+    per_group = c // num_groups
+    xf = x.float()
+    m = mask.float()
+    count = (m.sum(dim=(2, 3)) * per_group).clamp_min(1.0)                            # [B, 1]
+
+    group = torch.arange(c, device=x.device) // per_group
+    same_group = (group[:, None] == group[None, :]).float()                           # [C, C]
+
+    def group_sum(t: torch.Tensor) -> torch.Tensor:                                   # [B, C] -> [B, C]
+        return t @ same_group  # each channel: the sum over its group
+
+    mean = group_sum((xf * m).sum(dim=(2, 3))) / count                                # [B, C]
+    centred = (xf - mean[:, :, None, None]) * m                                       # 0 outside
+    var = group_sum(centred.square().sum(dim=(2, 3))) / count                         # [B, C]
+    scale = torch.rsqrt(var + eps)
     if weight is not None:
-        y = y * weight.float().reshape(1, c, 1, 1)
+        scale = scale * weight.float().reshape(1, c)
+    y = centred * scale[:, :, None, None]
     if bias is not None:
-        y = y + bias.float().reshape(1, c, 1, 1)
-    return (y * mask.float()).to(x.dtype)
+        y = (y + bias.float().reshape(1, c, 1, 1)) * m
+    return y.to(x.dtype)
 
 
 def reads_neighbours(module: nn.Module) -> bool:

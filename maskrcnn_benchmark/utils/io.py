@@ -1,4 +1,5 @@
-"""Atomic file writing: the one home for "write to a temp file, fsync, os.replace".
+"""Atomic file writing: the one home for "write to a temp file, fsync, os.replace"; and the fast
+json reader (:func:`read_json`).
 
 A reader never sees a half-written file: either the old content (or no file) or the
 complete new content. Used for dataset json files, evaluation results and checkpoints.
@@ -18,12 +19,14 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "read_json",
     "atomic_torch_save",
     "fsync_dir",
     "remove_stale_temp_files",
 ]
 
 _TEMP_SUFFIX = ".tmp"
+_DIGITS_TO_1 = bytes(0x31 if 0x30 <= i <= 0x39 else 0x30 for i in range(256))  # bytes.translate table
 
 
 def os_error_with_path(exc: BaseException, path: PathLike) -> Optional[OSError]:
@@ -130,6 +133,40 @@ def atomic_write_json(path: PathLike, obj: Any, fast: bool = False, **dump_kwarg
             atomic_write_bytes(path, orjson.dumps(obj))
             return
     atomic_write_text(path, json.dumps(obj, **dump_kwargs))
+
+
+def _has_long_digit_run(data: bytes, length: int = 19) -> bool:
+    """Whether ``data`` holds ``length`` consecutive ASCII digits (a possible integer beyond 64
+    bits); one C pass (``bytes.translate`` + ``find``), several times faster than a regex."""
+    return data.translate(_DIGITS_TO_1).find(b"1" * length) >= 0
+
+
+def read_json(path: PathLike) -> Any:
+    """The json value of the file ``path``, parsed with ``orjson`` when it is installed (optional
+    extra "eval"; about 2x faster than ``json`` on a COCO-size annotation file) and with
+    ``json.load`` otherwise.
+
+    orjson refuses what ``json`` accepts (NaN / Infinity literals) and words its errors
+    differently, so on any orjson error the file is parsed again with ``json``; and it reads an
+    integer beyond 64 bits as a float, so a file with a run of 19 or more digits anywhere (a
+    possible such integer) is parsed with ``json`` from the start. The value and the error
+    (``json.JSONDecodeError`` with line and column, ``UnicodeDecodeError``) are always ``json``'s."""
+    try:
+        import orjson
+    except ImportError:
+        orjson = None
+    if orjson is not None:
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            if not _has_long_digit_run(data):  # orjson reads an int beyond 64 bits as a float
+                return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        finally:
+            del data
+    with open(path, "r", encoding="utf-8") as f:
+        return json.load(f)
 
 
 def atomic_torch_save(obj: Any, path: PathLike, save_fn: Callable[[Any, IO], None] = None) -> None:

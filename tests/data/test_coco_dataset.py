@@ -442,3 +442,70 @@ def test_training_dataset_keeps_no_json_objects(tmp_path):
     with pytest.raises(ValueError, match="malformed json"):
         COCODataset(str(tmp_path / "bad.json"), root)
     assert gc.isenabled()
+
+
+def _valid_coco():
+    return {"images": [{"id": i, "file_name": f"im{i}.png", "height": 30, "width": 40} for i in (7, 8, 9)],
+            "annotations": [{"id": k, "image_id": 7 + k % 2, "category_id": (90, 1, 5)[k % 3],
+                             "bbox": [1.5, 2, 10, 5], "iscrowd": int(k == 3)} for k in range(1, 8)],
+            "categories": [dict(c) for c in CATS]}
+
+
+def _mutations():
+    """(name, mutate(data)): entries the per-entry checks store in another form or refuse, or that
+    the vectorised check leaves to them (a str image id, an id beyond 64 bits)."""
+    def setter(section, n, key, value):
+        def mutate(d):
+            d[section][n][key] = value
+        return mutate
+
+    def deleter(section, n, key):
+        def mutate(d):
+            del d[section][n][key]
+        return mutate
+
+    return [
+        ("float height", setter("images", 1, "height", 30.0)),
+        ("bool width", setter("images", 0, "width", True)),
+        ("zero width", setter("images", 0, "width", 0)),
+        ("str image id", setter("images", 2, "id", "9")),
+        ("duplicate image id", setter("images", 2, "id", 8)),
+        ("duplicate category id", setter("categories", 2, "id", 1)),
+        ("no file_name", deleter("images", 1, "file_name")),
+        ("bool iscrowd", setter("annotations", 0, "iscrowd", False)),
+        ("float iscrowd", setter("annotations", 0, "iscrowd", 1.0)),
+        ("iscrowd 2", setter("annotations", 0, "iscrowd", 2)),
+        ("no iscrowd", deleter("annotations", 4, "iscrowd")),
+        ("duplicate annotation id", setter("annotations", 4, "id", 1)),
+        ("undeclared category", setter("annotations", 2, "category_id", 2)),
+        ("undeclared image", setter("annotations", 2, "image_id", 10)),
+        ("bbox of 3", setter("annotations", 6, "bbox", [1, 2, 3])),
+        ("bbox not a list", setter("annotations", 6, "bbox", "1234")),
+        ("64-bit overflow id", setter("annotations", 6, "id", 2 ** 70)),
+        ("no category name", deleter("categories", 0, "name")),
+    ]
+
+
+def test_fast_entry_check_agrees_with_the_per_entry_checks():
+    """The vectorised check gives columns for a valid file (labels the ranks of the category ids),
+    and then the per-entry checks change nothing; for every entry they would store differently or
+    refuse, it gives None (the per-entry checks run)."""
+    import copy
+
+    from maskrcnn_benchmark.data.datasets.coco import _canonical_columns, _check_entries
+
+    data = _valid_coco()
+    columns = _canonical_columns(data)
+    assert columns is not None
+    assert columns.ann_labels.tolist() == [1, 2, 3, 1, 2, 3, 1]  # ids 1, 5, 90, ...: ranks among 1 < 5 < 90
+    assert columns.bbox.shape == (7, 4) and columns.crowd.tolist() == [0, 0, 1, 0, 0, 0, 0]
+    checked = copy.deepcopy(data)
+    _check_entries(checked, "ann.json")
+    assert checked == data and json.dumps(checked) == json.dumps(data)  # same values and types
+    empty = _valid_coco()
+    empty["annotations"] = []
+    assert _canonical_columns(empty) is not None
+    for name, mutate in _mutations():
+        bad = _valid_coco()
+        mutate(bad)
+        assert _canonical_columns(bad) is None, name  # left to the per-entry checks

@@ -30,14 +30,18 @@ def test_no_mask_when_every_image_fills_the_tensor():
     assert PaddingMask.for_batch([(70, 100), (96, 110)], (96, 160), 32) is not None
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("affine", [True, False])
-def test_masked_group_norm_is_group_norm_of_the_cropped_canvas(affine):
+def test_masked_group_norm_is_group_norm_of_the_cropped_canvas(affine, channels_last):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 6, 7, generator=g) * 3 + 1
     weight = torch.randn(8, generator=g) if affine else None
     bias = torch.randn(8, generator=g) if affine else None
     masks = PaddingMask(torch.tensor([[4, 5], [6, 7]]))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = masked_group_norm(x, masks.at(1, x), 4, weight, bias, eps=1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for i, (h, w) in enumerate(((4, 5), (6, 7))):
         ref = F.group_norm(x[i:i + 1, :, :h, :w].double(), 4,
                            None if weight is None else weight.double(),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maskrcnn_benchmark.utils.io import (atomic_open, atomic_torch_save, atomic_write_bytes,
-                                         atomic_write_json, atomic_write_text)
+                                         atomic_write_json, atomic_write_text, read_json)
 
 
 def _leftovers(folder):
@@ -138,3 +138,33 @@ def test_atomic_write_json_fast_writes_the_same_values(tmp_path, monkeypatch, ha
     assert fast == slow == obj
     assert "\n  " in (tmp_path / "slow.json").read_text()  # dump kwargs still reach json
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": [1, 2.5, -3e-7, 123456789012], "b": "caf\u00e9", "c": null, "d": true}',
+    '{"big": 123456789012345678901234567890}',  # beyond 64 bits: orjson refuses, json reads it
+    '{"x": NaN, "y": [Infinity, -Infinity]}',  # json's literals, refused by orjson
+    '[{"dup": 1, "dup": 2}]',
+])
+def test_read_json_gives_json_loads_value(tmp_path, text):
+    """With or without orjson, read_json returns json.loads' value, also where orjson refuses."""
+    path = tmp_path / "a.json"
+    path.write_text(text, encoding="utf-8")
+    got, want = read_json(path), json.loads(text)
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+
+
+@pytest.mark.parametrize("data, error", [
+    (b'{"a": [1, 2,\n "b"}', json.JSONDecodeError),
+    (b'{"a": "\xff\xfe"}', UnicodeDecodeError),
+])
+def test_read_json_errors_are_jsons(tmp_path, data, error):
+    path = tmp_path / "bad.json"
+    path.write_bytes(data)
+    with pytest.raises(error) as got:
+        read_json(path)
+    if error is json.JSONDecodeError:
+        with pytest.raises(json.JSONDecodeError) as want:
+            json.loads(data.decode())
+        assert (got.value.msg, got.value.lineno, got.value.colno) == (want.value.msg, want.value.lineno,
+                                                                      want.value.colno)
