@@ -20,7 +20,6 @@ from maskrcnn_benchmark.config.registration import (REGISTERING_MODULE, ConfigNo
 from maskrcnn_benchmark.modeling.dense_heads import DENSE_HEADS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GFL_SYNTHETIC = os.path.join(ROOT, "configs", "gfl", "gfl_R_18_FPN_synthetic.yaml")
 
 
 def _root():
@@ -182,16 +181,57 @@ def test_unknown_leaf_keys_keep_the_yacs_error(tmp_path):
         setup_cfg(str(path), base_cfg=_root())
 
 
-# ---- the dense heads ---------------------------------------------------------------------------------
-def test_gfl_node_is_registered_by_its_module_into_the_default_config():
-    from maskrcnn_benchmark.modeling.dense_heads.gfl import GFL_DEFAULTS
+# ---- the dense heads (every node a head module registers; none is named here) -------------------------
+HEAD_NODES = sorted(CONFIG_NODES.nodes)  # registered by importing maskrcnn_benchmark.modeling.dense_heads
 
-    node = CONFIG_NODES.nodes["MODEL.GFL"]
-    assert node.owner == "maskrcnn_benchmark.modeling.dense_heads.gfl" and node.defaults == GFL_DEFAULTS
-    assert DENSE_HEADS.config_nodes["GFL"] == "GFL"
-    assert default_cfg.MODEL.GFL == GFL_DEFAULTS and default_cfg.clone().MODEL.GFL == GFL_DEFAULTS
-    # importing the module again (a reload) registers the same defaults: nothing happens
-    assert CONFIG_NODES.register("MODEL.GFL", GFL_DEFAULTS.clone(), owner="again") is default_cfg.MODEL.GFL
+
+def _node_yaml(tmp_path, key):
+    """A yaml setting every key of the registered node ``key`` ("MODEL.X"), the numbers changed
+    (+1, x1.5), and the node's expected values."""
+    import yaml
+
+    def changed(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        return value + 1 if isinstance(value, int) else value * 1.5
+
+    def as_data(node):
+        return {k: as_data(v) if isinstance(v, dict) else
+                (list(v) if isinstance(v, tuple) else changed(v)) for k, v in node.items()}
+
+    parent, leaf = key.split(".")
+    values = as_data(CONFIG_NODES.nodes[key].defaults)
+    path = tmp_path / f"{leaf.lower()}.yaml"
+    path.write_text(yaml.safe_dump({parent: {leaf: values}}))
+    return str(path), values
+
+
+def test_the_head_modules_register_nodes():
+    """At least one dense head declares its node in its module (so the tests below check a real one)."""
+    assert HEAD_NODES, "no dense head registers its own config node"
+
+
+@pytest.mark.parametrize("key", HEAD_NODES)
+def test_head_node_is_registered_by_its_module_into_the_default_config(key):
+    node = CONFIG_NODES.nodes[key]
+    heads = [h for h, n in DENSE_HEADS.config_nodes.items() if f"MODEL.{n}" == key]
+    assert heads and all(DENSE_HEADS[h].__module__ == node.owner for h in heads), (key, node.owner, heads)
+    assert sys.modules[node.owner].__file__.endswith(os.path.join("modeling", "dense_heads",
+                                                                  node.owner.rsplit(".", 1)[1] + ".py"))
+    leaf = key.split(".")[1]
+    assert leaf not in _default_model_keys(), f"{key} is registered and also defined in defaults.py"
+    assert default_cfg.clone().MODEL[leaf] == node.defaults and "NUM_CLASSES" in node.defaults
+    # importing the module again (a reload) registers equal defaults: nothing happens
+    assert CONFIG_NODES.register(key, node.defaults.clone(), owner="again") is default_cfg.MODEL[leaf]
+
+
+def _default_model_keys():
+    """The keys ``defaults.py`` itself assigns to ``_C.MODEL`` (read from its source)."""
+    import re
+
+    from maskrcnn_benchmark.config import defaults
+
+    return set(re.findall(r"^_C\.MODEL\.([A-Z0-9_]+) = ", open(defaults.__file__).read(), flags=re.M))
 
 
 def test_every_registered_node_belongs_to_a_registered_head():
@@ -218,10 +258,12 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_train_net_imports_register_gfl_before_setup_cfg(tmp_path):
-    """A fresh process with only tools/train_net.py's imports reads a yaml with MODEL.GFL keys."""
-    path = tmp_path / "gfl.yaml"
-    path.write_text("MODEL:\n  HEAD: GFL\n  GFL:\n    REG_MAX: 8\n    ASSIGNER: DYNAMIC_ATSS\n    QFL_BETA: 1.5\n")
+@pytest.mark.parametrize("key", HEAD_NODES)
+def test_train_net_imports_register_the_head_nodes_before_setup_cfg(tmp_path, key):
+    """A fresh process with only tools/train_net.py's imports reads a yaml that sets every key of a
+    head's node (MODEL.GFL ...) through its cfg_from_args, and a ``KEY VALUE`` override of it."""
+    path, expected = _node_yaml(tmp_path, key)
+    expected["NUM_CLASSES"] = 5
     out = _run(f"""
         import importlib.util, json, sys
         spec = importlib.util.spec_from_file_location("train_net", "tools/train_net.py")
@@ -230,25 +272,26 @@ def test_train_net_imports_register_gfl_before_setup_cfg(tmp_path):
         parser = tool.argparse.ArgumentParser()
         tool.add_config_args(parser)
         parser.add_argument("opts", nargs="*")
-        args = parser.parse_args(["--config-file", {str(path)!r}, "MODEL.GFL.NUM_CLASSES", "5"])
+        args = parser.parse_args(["--config-file", {path!r}, "{key}.NUM_CLASSES", "5"])
         cfg = tool.cfg_from_args(parser, args)
-        print(json.dumps({{k: cfg.MODEL.GFL[k] for k in ("REG_MAX", "ASSIGNER", "QFL_BETA", "NUM_CLASSES", "NMS_TH")}}))
+        print(json.dumps(cfg.{key}))
     """)
     assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got == {"REG_MAX": 8, "ASSIGNER": "DYNAMIC_ATSS", "QFL_BETA": 1.5, "NUM_CLASSES": 5, "NMS_TH": 0.6}
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
 
 
-def test_config_alone_refuses_the_gfl_yaml_saying_what_to_import():
-    """A fresh process that imports only the config package: the GFL config's node is unregistered."""
+@pytest.mark.parametrize("key", HEAD_NODES)
+def test_config_alone_refuses_a_head_node_saying_what_to_import(tmp_path, key):
+    """A fresh process that imports only the config package: the head's node is not registered."""
+    path, _ = _node_yaml(tmp_path, key)
     out = _run(f"""
         from maskrcnn_benchmark.config import setup_cfg
-        setup_cfg({GFL_SYNTHETIC!r})
+        setup_cfg({path!r})
     """)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith(f"maskrcnn_benchmark.config.registration.UnregisteredNodeError: config file "
-                           f"{GFL_SYNTHETIC}: MODEL.GFL is not a node of the default config"), last
+                           f"{path}: {key} is not a node of the default config"), last
     assert f"import {REGISTERING_MODULE}" in last
 
 
@@ -291,7 +334,7 @@ def test_the_config_readers_are_found():
 @pytest.mark.parametrize("rel, line, imports", CONFIG_READERS, ids=[f"{r}:{n}" for r, n, _ in CONFIG_READERS])
 def test_every_entry_point_registers_the_nodes_before_it_reads_a_config(rel, line, imports):
     """In a fresh process, the imports an entry point runs before its setup_cfg / cfg_from_args call
-    register every node that importing all dense heads registers (MODEL.GFL among them)."""
+    register every node that importing all dense heads registers."""
     out = _run(f"""
         import json, sys
         sys.path[:0] = [{ROOT!r}, {os.path.dirname(os.path.join(ROOT, rel))!r}]
@@ -303,6 +346,6 @@ def test_every_entry_point_registers_the_nodes_before_it_reads_a_config(rel, lin
     """)
     assert out.returncode == 0, out.stderr
     seen, everything = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "MODEL.GFL" in everything
+    assert everything == HEAD_NODES
     assert seen == everything, (f"{rel}:{line} reads a config before {sorted(set(everything) - set(seen))} "
                                 f"are registered: import {REGISTERING_MODULE} before it")
