@@ -69,6 +69,7 @@ def analyze(cfg, height: int, width: int, depth: int = 3, load_weights: bool = F
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
+    import maskrcnn_benchmark.modeling.dense_heads  # noqa: F401  (registers MODEL.GFL etc.: before the config)
     from maskrcnn_benchmark.utils.logger import setup_logger
     from maskrcnn_benchmark.config import cfg_from_args
 

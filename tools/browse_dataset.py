@@ -65,6 +65,7 @@ def browse(cfg, is_train: bool, output_dir: str, num: int) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
+    import maskrcnn_benchmark.modeling.dense_heads  # noqa: F401  (registers MODEL.GFL etc.: before the config)
     from maskrcnn_benchmark.utils.logger import setup_logger
     from maskrcnn_benchmark.config import cfg_from_args
 

@@ -330,6 +330,7 @@ def report(args, cfg, paths: List[str], metrics: Dict[str, dict]) -> Tuple[List[
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    import maskrcnn_benchmark.modeling.dense_heads  # noqa: F401  (registers MODEL.GFL etc.: before the config)
     from maskrcnn_benchmark.utils.logger import setup_logger
 
     parser = build_parser()

@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None):
+    import maskrcnn_benchmark.modeling.dense_heads  # noqa: F401  (registers MODEL.GFL etc.: before the config)
     from maskrcnn_benchmark.export.onnx_export import export_detector, preprocessing_description
     from maskrcnn_benchmark.utils.logger import setup_logger
 

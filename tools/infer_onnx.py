@@ -104,6 +104,7 @@ def run_benchmark(cfg, args) -> List[dict]:
 
 
 def main(argv: Optional[List[str]] = None):
+    import maskrcnn_benchmark.modeling.dense_heads  # noqa: F401  (registers MODEL.GFL etc.: before the config)
     from maskrcnn_benchmark.export.runtime import evaluate_onnx
     from maskrcnn_benchmark.utils.logger import setup_logger
     from maskrcnn_benchmark.utils.miscellaneous import mkdir

@@ -23,9 +23,11 @@ _C.MODEL = CN()
 _C.MODEL.DEVICE = "cuda"
 # Meta architecture; only "GeneralizedRCNN" (backbone + dense head) exists.
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-# Dense head, chosen from the head registry: "ATSS", "DYNAMIC_ATSS", "RETINANET", "FCOS",
-# "AUTOASSIGN", "FREEANCHOR". Empty: derived from the legacy *_ON flags below (ATSS_ON -> "ATSS",
-# FCOS_ON -> "FCOS", RETINANET_ON -> "RETINANET") so the original yaml files work unchanged. A
+# Dense head, chosen from the head registry (modeling/dense_heads DENSE_HEADS): "ATSS",
+# "DYNAMIC_ATSS", "RETINANET", "FCOS", "AUTOASSIGN", "FREEANCHOR", or a head that registers its own
+# config node with its module (config/registration.py; e.g. "GFL", cfg.MODEL.GFL). Empty: derived
+# from the legacy *_ON flags below (ATSS_ON -> "ATSS", FCOS_ON -> "FCOS", RETINANET_ON ->
+# "RETINANET") so the original yaml files work unchanged. A
 # config file read by the tools (setup_cfg) with ATSS_ON and an empty HEAD gets "DYNAMIC_ATSS" when
 # its file or folder name says dynamic_atss (the Dynamic ATSS release's files, whose ATSS_ON meant
 # Dynamic ATSS) and "ATSS" otherwise; the choice is logged and saved in OUTPUT_DIR/config.yml.
@@ -422,38 +424,6 @@ _C.MODEL.ATSS.LOSS_GAMMA = 2.0
 _C.MODEL.ATSS.REG_LOSS_WEIGHT = 2.0
 # Kept for yaml compatibility only: the ATSS / Dynamic ATSS heads keep TEST.DETECTIONS_PER_IMG.
 _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
-
-# ---------------------------------------------------------------------------------------------
-# GFL (Generalized Focal Loss; head, losses and inference here, anchors and assignment from the
-# nodes named below: their keys are not copied). Defaults: mmdetection's gfl_r50_fpn_1x_coco.
-# ---------------------------------------------------------------------------------------------
-_C.MODEL.GFL = CN()
-# Foreground classes + 1 (0: from the training data).
-_C.MODEL.GFL.NUM_CLASSES = 81
-# Assigner (modeling/assigners ASSIGNERS): "ATSS" (the POSITIVE_TYPE family of ASSIGNER_NODE) or
-# "DYNAMIC_ATSS" (Dynamic ATSS on the integral-decoded predictions).
-_C.MODEL.GFL.ASSIGNER = "ATSS"
-# cfg.MODEL node holding the assigner's keys (TOPK, POSITIVE_TYPE, ...) and the anchors' keys
-# (ANCHOR_SIZES, ASPECT_RATIOS, ANCHOR_STRIDES, SCALES_PER_OCTAVE, OCTAVE; one anchor per location).
-_C.MODEL.GFL.ASSIGNER_NODE = "ATSS"
-_C.MODEL.GFL.ANCHOR_NODE = "ATSS"
-# Convs per tower, GroupNorm groups from MODEL.GROUP_NORM; bias in the tower convs (mmdetection: none).
-_C.MODEL.GFL.NUM_CONVS = 4
-_C.MODEL.GFL.CONV_BIAS = False
-_C.MODEL.GFL.USE_DCN_IN_TOWER = False
-# Prior probability of the cls bias init.
-_C.MODEL.GFL.PRIOR_PROB = 0.01
-# Largest distance bin in strides (REG_MAX + 1 bins per side).
-_C.MODEL.GFL.REG_MAX = 16
-# Quality focal loss exponent and the loss weights (QFL, GIoU, DFL).
-_C.MODEL.GFL.QFL_BETA = 2.0
-_C.MODEL.GFL.QFL_WEIGHT = 1.0
-_C.MODEL.GFL.GIOU_WEIGHT = 2.0
-_C.MODEL.GFL.DFL_WEIGHT = 0.25
-# Score threshold on sigmoid(cls) (the score), candidates per level before NMS, NMS IoU.
-_C.MODEL.GFL.INFERENCE_TH = 0.05
-_C.MODEL.GFL.PRE_NMS_TOP_N = 1000
-_C.MODEL.GFL.NMS_TH = 0.6
 
 # ---------------------------------------------------------------------------------------------
 # Solver

@@ -1,6 +1,7 @@
-"""Setting up the config: the default config (:mod:`.defaults`), a yaml file and ``KEY VALUE``
-overrides merged into a frozen copy (:func:`setup_cfg`), the tools' shared ``--config-file``
-arguments (:func:`add_config_args`, :func:`cfg_from_args`), and comparing two configs.
+"""Setting up the config: the default config (:mod:`.defaults`, and the nodes that modules register:
+:mod:`.registration`), a yaml file and ``KEY VALUE`` overrides merged into a frozen copy
+(:func:`setup_cfg`), the tools' shared ``--config-file`` arguments (:func:`add_config_args`,
+:func:`cfg_from_args`), and comparing two configs.
 
 Every mistake in the file or the overrides is a ``ValueError`` (:class:`ConfigError` where the
 check is this module's own) or ``KeyError`` naming the file, line or key; the original releases'
@@ -30,10 +31,16 @@ def check_config_keys(cfg, opts) -> None:
         raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd number of items: {opts}")
     for key in opts[0::2]:
         node = cfg
-        for part in str(key).split("."):
+        parts = str(key).split(".")
+        for i, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
+                if i < len(parts) - 1 and isinstance(node, dict):  # a node: maybe a module's, not imported
+                    from .registration import CONFIG_NODES
+
+                    raise CONFIG_NODES.unregistered_node_error([".".join(parts[:i + 1])],
+                                                               f"the command line ({key})")
                 raise KeyError(f"Non-existent config key: {key} (from the command line; "
-                               f"see maskrcnn_benchmark/config/defaults.py)")
+                               f"see maskrcnn_benchmark/config/defaults.py and the registered nodes)")
             node = node[part]
 
 
@@ -80,7 +87,11 @@ def _merge_config_file(cfg, config_file: str, allow_python: bool) -> None:
         raise ValueError(f"config file {config_file} must be a .yaml or .yml file (got {ext or 'no extension'!r})")
     try:
         if ext in YAML_EXTENSIONS:
-            _check_yaml_mapping(config_file)
+            data = _check_yaml_mapping(config_file)
+            if data:
+                from .registration import CONFIG_NODES
+
+                CONFIG_NODES.check_known_nodes(cfg, data, f"config file {config_file}")
         cfg.merge_from_file(config_file)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -89,9 +100,9 @@ def _merge_config_file(cfg, config_file: str, allow_python: bool) -> None:
         raise ValueError(f"config file {config_file}: invalid YAML{where}: {problem}") from None
 
 
-def _check_yaml_mapping(config_file: str) -> None:
-    """``ConfigError`` naming ``config_file`` when its top level is not a mapping (a list, a string,
-    a number); an empty file is accepted (it changes nothing)."""
+def _check_yaml_mapping(config_file: str):
+    """The yaml mapping of ``config_file`` (None for an empty file, which changes nothing);
+    ``ConfigError`` naming the file when its top level is not a mapping (a list, a string, a number)."""
     import yaml
 
     with open(config_file, encoding="utf-8") as f:
@@ -99,6 +110,7 @@ def _check_yaml_mapping(config_file: str) -> None:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {config_file}: the top level must be a mapping of config keys "
                              f"(e.g. 'MODEL:' / 'SOLVER:' sections), got a {type(data).__name__}")
+    return data
 
 
 def check_finite_config(cfg, source: str = "the config") -> None:
@@ -124,7 +136,10 @@ def setup_cfg(config_file: str = "", opts=None, base_cfg=None, allow_python: boo
 
     ``allow_python``: accept a ``.py`` config file (yacs executes it; ``--allow-python-config``).
     Raises ValueError for another extension, a yaml syntax error (naming the file and line), a yaml
-    whose top level is not a mapping (naming the file) or a NaN / infinite number (naming the key)."""
+    whose top level is not a mapping (naming the file), a node the default config lacks
+    (:class:`~.registration.UnregisteredNodeError`: e.g. ``MODEL.GFL`` when the module that registers
+    it, ``maskrcnn_benchmark.modeling.dense_heads``, was not imported; naming the file and the key) or a
+    NaN / infinite number (naming the key)."""
     if base_cfg is None:
         from .defaults import _C as base_cfg
     cfg = base_cfg.clone()

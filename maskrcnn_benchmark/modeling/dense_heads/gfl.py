@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskrcnn_benchmark.config import CfgNode
 from maskrcnn_benchmark.layers import Scale
 from maskrcnn_benchmark.layers.losses import giou_loss, quality_focal_loss
 from maskrcnn_benchmark.layers.padding_mask import masked_forward
@@ -54,8 +55,8 @@ from .base import (WEIGHT_EPS, DenseHead, DenseOutputs, DensePostProcessor, Scor
                    reduce_mean_count, where_weighted)
 from .registry import DENSE_HEADS
 
-__all__ = ["GFLHead", "GFLLoss", "DistributionCoder", "integral", "distribution_focal_loss",
-           "build_gfl"]
+__all__ = ["GFL_DEFAULTS", "GFLHead", "GFLLoss", "DistributionCoder", "integral",
+           "distribution_focal_loss", "build_gfl"]
 
 
 class GFLHead(nn.Module):
@@ -198,7 +199,41 @@ class GFLLoss:
                 "loss_dfl": where_weighted(w_sum, self.dfl_weight * loss_dfl / norm)}
 
 
-@DENSE_HEADS.register("GFL", config_node="GFL", reads=("ATSS",))
+# ---------------------------------------------------------------------------------------------
+# cfg.MODEL.GFL, registered into the default config with the head below (this module's import).
+# GFL (Generalized Focal Loss; head, losses and inference here, anchors and assignment from the
+# nodes named below: their keys are not copied). Defaults: mmdetection's gfl_r50_fpn_1x_coco.
+# ---------------------------------------------------------------------------------------------
+GFL_DEFAULTS = CfgNode()
+# Foreground classes + 1 (0: from the training data).
+GFL_DEFAULTS.NUM_CLASSES = 81
+# Assigner (modeling/assigners ASSIGNERS): "ATSS" (the POSITIVE_TYPE family of ASSIGNER_NODE) or
+# "DYNAMIC_ATSS" (Dynamic ATSS on the integral-decoded predictions).
+GFL_DEFAULTS.ASSIGNER = "ATSS"
+# cfg.MODEL node holding the assigner's keys (TOPK, POSITIVE_TYPE, ...) and the anchors' keys
+# (ANCHOR_SIZES, ASPECT_RATIOS, ANCHOR_STRIDES, SCALES_PER_OCTAVE, OCTAVE; one anchor per location).
+GFL_DEFAULTS.ASSIGNER_NODE = "ATSS"
+GFL_DEFAULTS.ANCHOR_NODE = "ATSS"
+# Convs per tower, GroupNorm groups from MODEL.GROUP_NORM; bias in the tower convs (mmdetection: none).
+GFL_DEFAULTS.NUM_CONVS = 4
+GFL_DEFAULTS.CONV_BIAS = False
+GFL_DEFAULTS.USE_DCN_IN_TOWER = False
+# Prior probability of the cls bias init.
+GFL_DEFAULTS.PRIOR_PROB = 0.01
+# Largest distance bin in strides (REG_MAX + 1 bins per side).
+GFL_DEFAULTS.REG_MAX = 16
+# Quality focal loss exponent and the loss weights (QFL, GIoU, DFL).
+GFL_DEFAULTS.QFL_BETA = 2.0
+GFL_DEFAULTS.QFL_WEIGHT = 1.0
+GFL_DEFAULTS.GIOU_WEIGHT = 2.0
+GFL_DEFAULTS.DFL_WEIGHT = 0.25
+# Score threshold on sigmoid(cls) (the score), candidates per level before NMS, NMS IoU.
+GFL_DEFAULTS.INFERENCE_TH = 0.05
+GFL_DEFAULTS.PRE_NMS_TOP_N = 1000
+GFL_DEFAULTS.NMS_TH = 0.6
+
+
+@DENSE_HEADS.register("GFL", config_node="GFL", reads=("ATSS",), defaults=GFL_DEFAULTS)
 def build_gfl(cfg, in_channels: int) -> DenseHead:
     """``"GFL"`` from ``cfg.MODEL.GFL``, the anchors of ``MODEL.<GFL.ANCHOR_NODE>`` and the
     assigner ``GFL.ASSIGNER`` of ``MODEL.<GFL.ASSIGNER_NODE>`` (both ``MODEL.ATSS`` by default)."""

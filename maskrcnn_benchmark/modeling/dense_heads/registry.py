@@ -6,15 +6,27 @@ inference keys) and the other nodes it reads (shared prior / assignment / loss k
     @DENSE_HEADS.register("FREEANCHOR", config_node="RETINANET", reads=("FREEANCHOR",))
     def build_free_anchor(cfg, in_channels): ...
 
-(``config_node`` defaults to the head name, i.e. ``cfg.MODEL.<NAME>``.) A builder returns a
+(``config_node`` defaults to the head name, i.e. ``cfg.MODEL.<NAME>``.) A new head declares its
+node's defaults in its own module and passes them as ``defaults=``: they become ``cfg.MODEL.<NODE>``
+of the default config when the module is imported (:func:`~maskrcnn_benchmark.config.registration.
+register_config_node`), so ``config/defaults.py`` needs no entry::
+
+    GFL_DEFAULTS = CfgNode()
+    GFL_DEFAULTS.NUM_CLASSES = 81  # (each key commented, as in defaults.py)
+    ...
+    @DENSE_HEADS.register("GFL", config_node="GFL", reads=("ATSS",), defaults=GFL_DEFAULTS)
+    def build_gfl(cfg, in_channels): ...
+
+(The six original heads' nodes stay in ``defaults.py``.) A builder returns a
 :class:`~.base.DenseHead`, whose construction checks the conv module against the
 :class:`~.base.DenseConvHead` contract.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from maskrcnn_benchmark.config.legacy import selected_head
+from maskrcnn_benchmark.config.registration import register_config_node
 from maskrcnn_benchmark.utils.registry import Registry
 
 __all__ = ["HeadRegistry", "DENSE_HEADS", "head_name", "build_dense_head",
@@ -33,13 +45,27 @@ class HeadRegistry(Registry):
         self.nodes_read: Dict[str, Tuple[str, ...]] = {}
 
     def register(self, key: str, config_node: Optional[str] = None,
-                 reads: Tuple[str, ...] = ()) -> Callable:
+                 reads: Tuple[str, ...] = (), defaults=None) -> Callable:
+        """Decorator registering a builder ``fn(cfg, in_channels) -> DenseHead`` as ``key``.
+
+        Args:
+            config_node: the ``cfg.MODEL`` node of the head's keys (default ``key``).
+            reads: the other ``cfg.MODEL`` nodes the builder reads.
+            defaults: the node's default keys (a ``CfgNode`` / mapping) declared by the head's
+                module: registered as ``cfg.MODEL.<config_node>`` of the default config
+                (:func:`~maskrcnn_benchmark.config.registration.register_config_node`, with the
+                builder's module as the owner) before the builder; None: the node is a key of
+                ``config/defaults.py``.
+        """
+        node = config_node or key
         deco = super().register(key)
 
         def register_with_node(fn):
+            if defaults is not None:
+                register_config_node(f"MODEL.{node}", defaults, owner=fn.__module__)
             fn = deco(fn)
-            self.config_nodes[key] = config_node or key
-            self.nodes_read[key] = tuple(dict.fromkeys((config_node or key,) + tuple(reads)))
+            self.config_nodes[key] = node
+            self.nodes_read[key] = tuple(dict.fromkeys((node,) + tuple(reads)))
             return fn
         return register_with_node
 
