@@ -18,7 +18,8 @@ __all__ = ["normalize_pixels", "PixelNormalizer"]
 
 
 def normalize_pixels(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, to_bgr255: bool,
-                     channel_dim: int = -3, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     channel_dim: int = -3, dtype: torch.dtype = torch.float32,
+                     std_is_one: bool = False) -> torch.Tensor:
     """Normalise BGR 0..255 images.
 
     Args:
@@ -30,17 +31,21 @@ def normalize_pixels(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, to_
             (torchvision weights): convert to RGB scaled to 0..1 (``flip / 255``), then
             ``(x - mean) / std``.
         dtype: the output's floating dtype when ``x`` is not floating (float input keeps its own).
+        std_is_one: the caller knows every ``std`` is 1 (host-side): the division, exact then,
+            is skipped for a uint8 ``x`` with ``to_bgr255``.
 
     Returns a new floating tensor of ``x``'s shape (never ``x`` itself).
     """
     if x.shape[channel_dim] != 3:
         raise ValueError(f"normalize_pixels: expected 3 channels at dim {channel_dim}, got shape "
                          f"{tuple(x.shape)}")
-    if not x.is_floating_point():
-        x = x.to(dtype)
     if not to_bgr255:
+        x = x.to(dtype) if not x.is_floating_point() else x
         x = x.flip(channel_dim) / 255.0  # BGR -> RGB in 0..1
         return x.sub_(mean).div_(std)
+    if not x.is_floating_point():  # the subtraction converts each value to dtype: one pass, same values
+        x = torch.sub(x, mean.to(dtype))
+        return x if std_is_one else x.div_(std)
     return (x - mean).div_(std)
 
 
@@ -63,6 +68,7 @@ class PixelNormalizer(nn.Module):
         if any(float(s) == 0 for s in std):
             raise ValueError(f"PixelNormalizer: std must be non-zero, got {list(std)}")
         self.to_bgr255 = bool(to_bgr255)
+        self.std_is_one = all(float(s) == 1.0 for s in std)  # the caffe / MSRA default: no division
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]).reshape(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([float(s) for s in std]).reshape(3, 1, 1), persistent=False)
 
@@ -81,8 +87,9 @@ class PixelNormalizer(nn.Module):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"PixelNormalizer: expected a uint8 Tensor[B, 3, H, W], got "
                              f"{images.dtype} of shape {tuple(images.shape)}")
-        x = images.to(self.mean.dtype, memory_format=memory_format)
-        x = normalize_pixels(x, self.mean, self.std, self.to_bgr255, channel_dim=1)
+        x = images.contiguous(memory_format=memory_format)  # a uint8 copy at most (1 byte per value)
+        x = normalize_pixels(x, self.mean, self.std, self.to_bgr255, channel_dim=1, dtype=self.mean.dtype,
+                             std_is_one=self.std_is_one)
         if memory_format is not torch.contiguous_format:
             x = x.contiguous(memory_format=memory_format)
         height, width = x.shape[-2:]
