@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Numeric check of the mmdetection weight path: build mmdetection's model (its own packaged config)
 with random weights, save it as an mmdetection checkpoint, load that through MODEL.WEIGHT into this
-project's ``configs/*/*_mmdet.yaml`` model, run both on the same normalised input and print the
-largest differences of the FPN features, the head outputs, the priors, the decoded boxes and the
+project's model (``MODELS``: the ``configs/*/*_mmdet.yaml`` variants, or for GFL
+``configs/gfl/gfl_R_50_FPN_1x.yaml``, written with mmdetection's conventions), run both on the same
+normalised input and print the largest differences of the FPN features, each head branch (widths
+per prior from the head's ``output_dims``: GFL's box branch is 4 x (reg_max + 1) distribution
+logits), the priors, the decoded boxes (GFL: mmdetection's ``Integral`` + ``distance2bbox``) and the
 scores.
 
 Needs mmdetection (not a dependency of this project; never run in CI), e.g. in a scratch venv:
@@ -28,6 +31,8 @@ MODELS = {  # name: (mmdetection config under mmdet/.mim/configs, this project's
     "atss": ("atss/atss_r50_fpn_1x_coco.py", "configs/atss/atss_R_50_FPN_1x_mmdet.yaml", "cls*quality (ours: sqrt)"),
     "autoassign": ("autoassign/autoassign_r50-caffe_fpn_1x_coco.py",
                    "configs/autoassign/autoassign_R_50_FPN_1x_mmdet.yaml", "cls*quality"),
+    # gfl_R_50_FPN_1x.yaml already has mmdetection's conventions (no *_mmdet.yaml variant needed)
+    "gfl": ("gfl/gfl_r50_fpn_1x_coco.py", "configs/gfl/gfl_R_50_FPN_1x.yaml", "cls: joint class-IoU"),
 }
 
 
@@ -51,11 +56,11 @@ def _mmcv_lite_shim():
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:
     """Random but well-scaled weights: kaiming-normal convs, BN statistics near identity, GN / BN
-    affine near 1 / 0, Scale near 1, AutoAssign's centre prior sigma positive."""
+    affine near 1 / 0, Scale near 1, AutoAssign's centre prior sigma positive; GFL's Integral bins kept."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if not t.is_floating_point():
+            if not t.is_floating_point() or name.endswith("integral.project"):  # GFL's bins: a constant
                 continue
             if t.ndim == 4:
                 fan_in = t.shape[1] * t.shape[2] * t.shape[3]
@@ -80,10 +85,26 @@ def _flat(maps, channels):
     return torch.cat(out, dim=1)
 
 
+def _mm_boxes(bbox_head, priors, reg_maps):
+    """mmdetection's own decoding of one image's box branch (per level Tensor[A*K, H, W]) from its
+    priors -> Tensor[N, 4], not clipped to the image (this project's predict does not clip either):
+    GFLHead ``distance2bbox(anchor_center, Integral(logits) * stride)`` (its ``predict_by_feat``),
+    the others ``bbox_coder.decode(prior, deltas)``."""
+    boxes = []
+    for lvl, (p, r) in enumerate(zip(priors, reg_maps)):
+        r = r.permute(1, 2, 0)
+        if hasattr(bbox_head, "integral"):  # GFLHead: distribution logits [H, W, 4 * (reg_max + 1)]
+            stride = bbox_head.prior_generator.strides[lvl][0]
+            boxes.append(bbox_head.bbox_coder.decode(bbox_head.anchor_center(p), bbox_head.integral(r) * stride))
+        else:
+            boxes.append(bbox_head.bbox_coder.decode(p, r.reshape(-1, 4)))
+    return torch.cat(boxes)
+
+
 def _report(what, ours, theirs):
     diff = (ours.double() - theirs.double()).abs().max().item()
     scale = theirs.double().abs().max().item()
-    print(f"  {what:<28} max |diff| {diff:.3e}   (max |value| {scale:.3e}, relative {diff / max(scale, 1e-30):.1e})")
+    print(f"  {what:<40} max |diff| {diff:.3e}   (max |value| {scale:.3e}, relative {diff / max(scale, 1e-30):.1e})")
     return diff / max(scale, 1e-30)
 
 
@@ -120,12 +141,15 @@ def compare(name: str, height: int, width: int, seed: int) -> float:
         mm_out = mm.bbox_head(mm_feats)
         head = ours.rpn
         raw = head.head(list(our_feats))
+        # per-prior width of each branch from the head (cls C, box 4 or 4 x (reg_max + 1), quality 1),
+        # in the order both heads return them
+        dims = list(head.head.output_dims.items())
+        if len(raw) != len(mm_out) or len(dims) != len(mm_out):
+            raise SystemExit(f"{name}: this head returns {len(raw)} branches ({dict(dims)}), mmdetection's "
+                             f"{len(mm_out)}")
+        for (branch, k), ours_b, mm_b in zip(dims, raw, mm_out):
+            worst = max(worst, _report(f"{branch} ({k} per prior)", _flat(ours_b, k), _flat(mm_b, k)))
         c = head.head.num_classes
-        a = head.head.num_anchors
-        worst = max(worst, _report("cls logits", _flat(raw[0], c), _flat(mm_out[0], c)))
-        worst = max(worst, _report("box regression", _flat(raw[1], 4), _flat(mm_out[1], 4)))
-        if len(mm_out) > 2:
-            worst = max(worst, _report("centerness / objectness", _flat(raw[2], 1), _flat(mm_out[2], 1)))
         sizes = [f.shape[-2:] for f in mm_feats]
         mm_priors = mm.bbox_head.prior_generator.grid_priors(sizes, device=x.device)
         our_priors = head.priors(list(our_feats))
@@ -133,15 +157,14 @@ def compare(name: str, height: int, width: int, seed: int) -> float:
         mm_p = torch.cat([p[:, :our_p.shape[1]] for p in mm_priors])
         worst = max(worst, _report("priors", our_p, mm_p))
         pred = head.predict(list(our_feats))
-        mm_boxes = torch.cat([mm.bbox_head.bbox_coder.decode(p, r.permute(1, 2, 0).reshape(-1, 4))
-                              for p, r in zip(mm_priors, [m[0] for m in mm_out[1]])])
-        worst = max(worst, _report("decoded boxes", pred.boxes[0], mm_boxes))
+        mm_boxes = _mm_boxes(mm.bbox_head, mm_priors, [m[0] for m in mm_out[1]])
+        decoding = " (Integral + distance2bbox)" if hasattr(mm.bbox_head, "integral") else ""
+        worst = max(worst, _report("decoded boxes" + decoding, pred.boxes[0], mm_boxes))
         mm_scores = _flat(mm_out[0], c).sigmoid()
         if len(mm_out) > 2:
             mm_scores = mm_scores * _flat(mm_out[2], 1).sigmoid()
         ours_scores = pred.scores ** 2 if name == "atss" else pred.scores
         worst = max(worst, _report(f"scores ({score_rule})", ours_scores, mm_scores))
-        del a
     return worst
 
 

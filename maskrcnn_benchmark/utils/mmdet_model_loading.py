@@ -16,10 +16,13 @@ mmdetection                                                 here (suffixes of th
 ``bbox_head.{cls,reg}_convs.{i}.conv`` / ``.gn``            ``head.{cls,bbox}_tower.{k i}`` / ``{k i + 1}``
                                                             (k = 3 with GroupNorm, 2 without)
 ``bbox_head.<prefix>_cls`` (retina, atss, conv, gfl, ...)   ``head.cls_logits``
-``bbox_head.<prefix>_reg``                                  ``head.bbox_pred``
+``bbox_head.<prefix>_reg``                                  ``head.bbox_pred`` (GFL: ``4 * (reg_max + 1)``
+                                                            channels, side-major as here)
 ``bbox_head.<prefix>_centerness``                           ``head.centerness`` (AutoAssign: objectness)
 ``bbox_head.scales.{l}.scale`` (a 0-d tensor)               ``head.scales.{l}.scale`` (shape [1])
 ``bbox_head.center_prior.{mean,sigma}``                     ``center_prior.{mean,sigma}``
+``bbox_head.integral.project`` (GFLHead's ``Integral``)     dropped: checked to be ``0, 1, ..., reg_max``,
+                                                            the bins the GFL head here integrates over
 ==========================================================  ==============================================
 
 Classes: mmdetection's sigmoid heads have one channel per foreground class, label ``c`` in
@@ -48,6 +51,8 @@ _TOWER = re.compile(r"^(cls|reg)_convs\.(\d+)\.(conv|gn)\.(weight|bias)$")
 _HEAD_LAYER = re.compile(r"^[a-z0-9]+_(cls|reg|centerness)\.(weight|bias)$")
 _SCALE = re.compile(r"^scales\.(\d+)\.scale$")
 _NECK = re.compile(r"^(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$")
+# GFLHead's ``Integral`` buffer: the bin values ``linspace(0, reg_max, reg_max + 1)``, a constant
+_INTEGRAL = "integral.project"
 
 
 def is_mmdet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -80,12 +85,25 @@ def _convert_neck(neck: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.T
     return out
 
 
+def _check_integral_bins(project: torch.Tensor) -> None:
+    """GFLHead's ``bbox_head.integral.project`` must be ``0, 1, ..., reg_max``: the GFL head here
+    integrates over those bins (``gfl.integral``), so a checkpoint with other values is refused."""
+    expected = torch.arange(project.numel(), dtype=torch.float32)
+    if project.ndim != 1 or project.numel() < 2 or not torch.allclose(project.float(), expected, atol=1e-5):
+        raise ValueError(f"mmdetection checkpoint: bbox_head.{_INTEGRAL} (shape {tuple(project.shape)}) must be "
+                         f"the GFL bins 0, 1, ..., reg_max, got {project.flatten()[:8].tolist()}; "
+                         "the GFL head here integrates over exactly those")
+
+
 def _convert_head(head: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
     per_conv = 3 if any(".gn." in k for k in head) else 2  # conv [, GroupNorm], ReLU
     out = OrderedDict()
     for key, value in head.items():
         if key.startswith("center_prior."):
             out[key] = value
+            continue
+        if key == _INTEGRAL:
+            _check_integral_bins(value)
             continue
         m = _TOWER.match(key)
         if m is not None:

@@ -4,7 +4,7 @@ missing or unexpected key, and puts each tensor in its place.
 
 The mmdetection state dicts are written out here from mmdetection 3.3's model definitions
 (``ResNet`` / ``Bottleneck``, ``FPN`` with ``ConvModule`` ``.conv`` / ``.gn``, ``RetinaHead`` /
-``FreeAnchorRetinaHead``, ``ATSSHead``, ``AutoAssignHead``), not from this project's modules.
+``FreeAnchorRetinaHead``, ``ATSSHead``, ``AutoAssignHead``, ``GFLHead``), not from this project's modules.
 """
 import sys
 import types
@@ -105,10 +105,25 @@ def mmdet_autoassign_head():
             "bbox_head.center_prior.mean": (NUM_FG, 2), "bbox_head.center_prior.sigma": (NUM_FG, 2)}
 
 
+REG_MAX = 16  # mmdetection GFLHead's default (gfl_r50_fpn_1x_coco)
+
+
+def mmdet_gfl_head():
+    """GFLHead (AnchorHead, 1 anchor): 4 x ConvModule(conv without bias, GN) per tower, gfl_cls
+    (num_classes), gfl_reg (4 x (reg_max + 1): per side reg_max + 1 bins, side-major), one Scale
+    per level, and the ``Integral`` buffer ``integral.project`` = linspace(0, reg_max, reg_max + 1)."""
+    bins = 4 * (REG_MAX + 1)
+    return {**_towers(False, True), "bbox_head.gfl_cls.weight": (NUM_FG, 256, 3, 3), "bbox_head.gfl_cls.bias": (NUM_FG,),
+            "bbox_head.gfl_reg.weight": (bins, 256, 3, 3), "bbox_head.gfl_reg.bias": (bins,), **_scales(),
+            "bbox_head.integral.project": (REG_MAX + 1,)}
+
+
 CASES = {
     "free_anchor": ("configs/free_anchor/free_anchor_R_50_FPN_1x_mmdet.yaml", "RETINANET", True, mmdet_free_anchor_head),
     "atss": ("configs/atss/atss_R_50_FPN_1x_mmdet.yaml", "ATSS", False, mmdet_atss_head),
     "autoassign": ("configs/autoassign/autoassign_R_50_FPN_1x_mmdet.yaml", "AUTOASSIGN", True, mmdet_autoassign_head),
+    # GFL's own config has mmdetection's conventions (gfl_r50_fpn_1x_coco: FPN extra convs on the output)
+    "gfl": ("configs/gfl/gfl_R_50_FPN_1x.yaml", "GFL", False, mmdet_gfl_head),
 }
 
 
@@ -120,6 +135,8 @@ def _mmdet_state_dict(name):
     for k, shape in shapes.items():
         if k.endswith("num_batches_tracked"):
             sd[k] = torch.tensor(1000, dtype=torch.int64)
+        elif k.endswith("integral.project"):  # a constant buffer of mmdetection's Integral
+            sd[k] = torch.linspace(0, shape[0] - 1, shape[0])
         elif k.endswith("running_var"):
             sd[k] = torch.rand(shape, generator=g) + 0.5
         else:
@@ -144,8 +161,9 @@ def test_mmdet_checkpoint_loads_completely(tmp_path, name):
     model = _model(name)
     report = load_state_dict_flexible(model, converted)
     assert report.missing == [] and report.unused == []
-    # every mmdetection tensor but the BN counters is used exactly once
-    assert len(set(report.matched.values())) == len(mm) - sum(k.endswith("num_batches_tracked") for k in mm)
+    # every mmdetection tensor but the BN counters (and GFL's constant Integral bins) is used exactly once
+    dropped = sum(k.endswith(("num_batches_tracked", "integral.project")) for k in mm)
+    assert len(set(report.matched.values())) == len(mm) - dropped
     sd = model.state_dict()
     head = "rpn.head."
     torch.testing.assert_close(sd["backbone.body.stem.conv1.weight"], mm["backbone.conv1.weight"])
@@ -155,17 +173,54 @@ def test_mmdet_checkpoint_loads_completely(tmp_path, name):
     torch.testing.assert_close(sd["backbone.fpn.fpn_layer4.bias"], mm["neck.fpn_convs.2.conv.bias"])
     torch.testing.assert_close(sd["backbone.fpn.top_blocks.p6.weight"], mm["neck.fpn_convs.3.conv.weight"])
     torch.testing.assert_close(sd["backbone.fpn.top_blocks.p7.weight"], mm["neck.fpn_convs.4.conv.weight"])
-    cls = {"free_anchor": "retina_cls", "atss": "atss_cls", "autoassign": "conv_cls"}[name]
-    torch.testing.assert_close(sd[head + "cls_logits.weight"], mm[f"bbox_head.{cls}.weight"])  # same channels
+    prefix = {"free_anchor": "retina", "atss": "atss", "autoassign": "conv", "gfl": "gfl"}[name]
+    torch.testing.assert_close(sd[head + "cls_logits.weight"], mm[f"bbox_head.{prefix}_cls.weight"])  # same channels
+    torch.testing.assert_close(sd[head + "bbox_pred.bias"], mm[f"bbox_head.{prefix}_reg.bias"])  # GFL: 68 bins
     per = 2 if name == "free_anchor" else 3
     torch.testing.assert_close(sd[head + f"bbox_tower.{3 * per}.weight"], mm["bbox_head.reg_convs.3.conv.weight"])
     if name != "free_anchor":
         torch.testing.assert_close(sd[head + "cls_tower.7.weight"], mm["bbox_head.cls_convs.2.gn.weight"])
         torch.testing.assert_close(sd[head + "scales.4.scale"], mm["bbox_head.scales.4.scale"].reshape(1))
-        ctr = "atss_centerness" if name == "atss" else "conv_centerness"
-        torch.testing.assert_close(sd[head + "centerness.weight"], mm[f"bbox_head.{ctr}.weight"])
+    if name in ("atss", "autoassign"):
+        torch.testing.assert_close(sd[head + "centerness.weight"], mm[f"bbox_head.{prefix}_centerness.weight"])
     if name == "autoassign":
         torch.testing.assert_close(sd["rpn.center_prior.sigma"], mm["bbox_head.center_prior.sigma"])
+
+
+def test_mmdet_gfl_checkpoint_decodes_as_mmdetection(tmp_path):
+    """mmdetection's GFLHead reads ``gfl_reg`` side-major (``reshape(-1, reg_max + 1)``, then
+    ``Integral``: softmax . linspace(0, reg_max)), multiplies by the stride and decodes
+    ``distance2bbox(anchor centre, d)`` with anchor centres at ``x * s`` (``center_offset`` 0); its
+    score is ``sigmoid(gfl_cls)``. The loaded model predicts exactly that (re-derived here from the
+    raw branches)."""
+    path = tmp_path / "gfl_mmdet.pth"
+    torch.save({"state_dict": _mmdet_state_dict("gfl")}, str(path))
+    model = _model("gfl").eval()
+    load_state_dict_flexible(model, load_pretrained_weights(str(path)))
+    strides, sizes = (8, 16, 32, 64, 128), ((4, 5), (2, 3), (1, 2), (1, 1), (1, 1))
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(1, 256, h, w, generator=g) for h, w in sizes]
+    with torch.no_grad():
+        pred = model.rpn.predict(feats)
+        cls, dists = model.rpn.head(feats)
+    boxes = []
+    for (h, w), s, d in zip(sizes, strides, dists):
+        logits = d[0].permute(1, 2, 0).reshape(-1, REG_MAX + 1)  # mmdetection's Integral
+        dist = (logits.softmax(-1) @ torch.linspace(0, REG_MAX, REG_MAX + 1)).reshape(-1, 4) * s
+        ys, xs = torch.meshgrid(torch.arange(h) * s, torch.arange(w) * s, indexing="ij")
+        cx, cy = xs.reshape(-1).float(), ys.reshape(-1).float()
+        boxes.append(torch.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], dim=-1))
+    assert dists[0].shape[1] == 4 * (REG_MAX + 1)
+    torch.testing.assert_close(pred.boxes[0], torch.cat(boxes), rtol=1e-5, atol=1e-3)
+    scores = torch.cat([c[0].permute(1, 2, 0).reshape(-1, NUM_FG) for c in cls]).sigmoid()
+    torch.testing.assert_close(pred.scores[0], scores)
+
+
+def test_mmdet_gfl_integral_bins_other_than_0_to_reg_max_are_refused():
+    sd = _mmdet_state_dict("gfl")
+    sd["bbox_head.integral.project"] = torch.linspace(0, 1, REG_MAX + 1)  # bins this head does not use
+    with pytest.raises(ValueError, match=r"bbox_head\.integral\.project \(shape \(17,\)\).*0, 1, \.\.\., reg_max"):
+        convert_mmdet_weights(sd)
 
 
 def test_mmdet_detection_and_unknown_names():
