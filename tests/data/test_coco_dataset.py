@@ -509,3 +509,16 @@ def test_fast_entry_check_agrees_with_the_per_entry_checks():
         bad = _valid_coco()
         mutate(bad)
         assert _canonical_columns(bad) is None, name  # left to the per-entry checks
+
+
+def test_packed_strings_subset_gathers_the_same_strings():
+    """PackedStrings.subset (a byte gather) equals the strings picked one by one: any order,
+    repeats, empty and non-ASCII strings, an empty selection."""
+    from maskrcnn_benchmark.data.datasets.base import PackedStrings
+
+    names = ["a.jpg", "", "caf\u00e9/\u732b.png", "dir/0001.jpg", "x"]
+    packed = PackedStrings(names)
+    for rows in ([4, 0, 2, 2, 1], [], [3], list(range(5))[::-1]):
+        sub = packed.subset(np.array(rows, dtype=np.int64))
+        assert sub.tolist() == [names[r] for r in rows]
+        assert len(sub) == len(rows) and sub.buffer.dtype == np.uint8

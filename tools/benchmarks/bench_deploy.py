@@ -9,7 +9,10 @@ Workload (fixed): the config's inference model (default: the demo config
 configs/dynamic_atss/dynamic_atss_R_18_FPN_synthetic.yaml; the weights of --weight, else random:
 speed only), as test_net prepares it (FrozenBN folded, channels-last), on seeded N(0, 50^2) images,
 the median time of ``--iters`` calls after ``--warmup``, end to end (backbone, head,
-post-processing):
+post-processing). The rows of one runtime are timed round by round (one call of each per round),
+so a change in the machine's speed reaches them alike; the runtimes run one after the other, each
+after its own warm-up (onnxruntime's threads spin on after a call and slow another runtime's next
+call):
 
 - ``eager, uniform``: a batch of ``--batch`` images of H x W (every image fills the tensor: no
   mask is built, TEST.BATCH_INVARIANT True and False run the same code), and the same with
@@ -28,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 from typing import List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -70,7 +75,6 @@ def main(argv=None) -> List[dict]:
     import torch
 
     from maskrcnn_benchmark.engine.inference import build_test_model
-    from maskrcnn_benchmark.export.runtime import benchmark
     from maskrcnn_benchmark.modeling.dense_heads import get_num_classes, set_num_classes
     from maskrcnn_benchmark.config import setup_cfg
 
@@ -85,18 +89,18 @@ def main(argv=None) -> List[dict]:
     if div > 0 and (args.height % div or args.width % div):
         p.error(f"--height / --width must be multiples of DATALOADER.SIZE_DIVISIBILITY ({div})")
     uniform, mixed = _batches(args.batch, args.height, args.width)
-    rows = []
+    cases = []  # (name, fn(batch), batch): timed round by round, interleaved (see the docstring)
 
-    def run(name, fn, batch):
-        with torch.inference_mode():
-            rows.append(dict(backend=name, **benchmark(lambda: fn(batch), args.batch, args.warmup,
-                                                       args.iters)))
+    def eager(invariant: bool):
+        def run(batch):
+            model.batch_invariant = (False, invariant)
+            return model(batch)
+        return run
 
     for invariant in (True, False):
-        model.batch_invariant = (False, invariant)
         tag = "masks on" if invariant else "masks off (releases)"
-        run(f"eager, uniform, {tag}", model, uniform)
-        run(f"eager, mixed, {tag}", model, mixed)
+        cases += [(f"eager, uniform, {tag}", eager(invariant), uniform),
+                  (f"eager, mixed, {tag}", eager(invariant), mixed)]
     model.batch_invariant = (False, True)
     os.makedirs(args.output_dir, exist_ok=True)
     stem = os.path.join(args.output_dir, f"{os.path.basename(args.config_file)[:-5]}")
@@ -109,8 +113,7 @@ def main(argv=None) -> List[dict]:
             export_detector(cfg, path, dynamic_batch=True, dynamic_shape=True, height=args.height,
                             width=args.width, postprocess="nms", model=model, verify=False)
         detector = OnnxDetector(create_session(path))
-        run("onnxruntime fp32, uniform", detector, uniform)
-        run("onnxruntime fp32, mixed", detector, mixed)
+        cases += [("onnxruntime fp32, uniform", detector, uniform), ("onnxruntime fp32, mixed", detector, mixed)]
     if not args.skip_aoti:
         from maskrcnn_benchmark.export.aoti import AotiDetector, export_aoti, load_aoti
 
@@ -118,8 +121,26 @@ def main(argv=None) -> List[dict]:
         if not os.path.isfile(path):
             export_aoti(model, path)
         detector = AotiDetector(load_aoti(path), model)
-        run("aotinductor fp32, uniform", detector, uniform)
-        run("aotinductor fp32, mixed", detector, mixed)
+        cases += [("aotinductor fp32, uniform", detector, uniform), ("aotinductor fp32, mixed", detector, mixed)]
+    times = {name: [] for name, _, _ in cases}
+    runtimes = []  # the rows of one runtime together: onnxruntime's threads spin on after a call
+    for case in cases:  # and would slow the next runtime's call down
+        if not runtimes or runtimes[-1][0][0].split(",")[0] != case[0].split(",")[0]:
+            runtimes.append([])
+        runtimes[-1].append(case)
+    with torch.inference_mode():
+        for group in runtimes:
+            for name, fn, batch in group:
+                for _ in range(args.warmup):
+                    fn(batch)
+            for _ in range(max(1, args.iters)):
+                for name, fn, batch in group:
+                    start = time.perf_counter()
+                    fn(batch)
+                    times[name].append(time.perf_counter() - start)
+    model.batch_invariant = (False, True)
+    rows = [dict(backend=name, ms_per_batch=1000 * statistics.median(times[name]),
+                 img_per_s=args.batch / statistics.median(times[name])) for name, _, _ in cases]
     print(f"\n{args.config_file}, {args.height} x {args.width}, batch {args.batch}, "
           f"{torch.get_num_threads()} threads\n")
     print("| backend | ms / batch | img/s |\n|---|---|---|")

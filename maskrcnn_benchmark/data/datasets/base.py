@@ -58,7 +58,16 @@ class PackedStrings:
         return [self[i] for i in range(len(self))]
 
     def subset(self, rows: np.ndarray) -> "PackedStrings":
-        return PackedStrings([self[int(r)] for r in rows])
+        """The strings at ``rows`` (int[K], any order, repeats allowed), gathered as bytes (no decoding)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        out = PackedStrings([])
+        out.offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=out.offsets[1:])
+        gather = np.repeat(starts - out.offsets[:-1], lengths) + np.arange(out.offsets[-1], dtype=np.int64)
+        out.buffer = self.buffer[gather]
+        return out
 
 
 class ImageRecords:

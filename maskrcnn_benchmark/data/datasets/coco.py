@@ -109,7 +109,7 @@ def _read_and_check(ann_file: str) -> Tuple[Dict[str, Any], Optional["_Columns"]
 
 def _int_array(values: List[Any]) -> Optional[np.ndarray]:
     """``values`` as int64 when every one is a Python int (not a bool), else None."""
-    if not all(type(v) is int for v in values):
+    if not set(map(type, values)) <= {int}:  # C-level loops; bool is another type
         return None
     try:
         return np.array(values, dtype=np.int64)
@@ -154,7 +154,7 @@ def _canonical_columns(data: Dict[str, Any]) -> Optional[_Columns]:
         return None
     if any(v is None for v in (cat_ids, img_ids, sizes, ann_ids, ann_img, ann_cat, crowd)):
         return None
-    if not all(type(b) is list and len(b) == 4 for b in boxes):
+    if not (set(map(type, boxes)) <= {list} and set(map(len, boxes)) <= {4}):
         return None
     sorted_cats = np.unique(cat_ids)
     if not ((sizes > 0).all() and len(np.unique(img_ids)) == len(img_ids) and len(sorted_cats) == len(cat_ids)
