@@ -499,6 +499,7 @@ def test_fast_entry_check_agrees_with_the_per_entry_checks():
     assert columns is not None
     assert columns.ann_labels.tolist() == [1, 2, 3, 1, 2, 3, 1]  # ids 1, 5, 90, ...: ranks among 1 < 5 < 90
     assert columns.bbox.shape == (7, 4) and columns.crowd.tolist() == [0, 0, 1, 0, 0, 0, 0]
+    assert columns.ann_rows.tolist() == [1, 0, 1, 0, 1, 0, 1]  # images 8, 7, 8, ... are rows 1, 0, 1, ...
     checked = copy.deepcopy(data)
     _check_entries(checked, "ann.json")
     assert checked == data and json.dumps(checked) == json.dumps(data)  # same values and types

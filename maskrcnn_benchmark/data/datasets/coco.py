@@ -125,6 +125,7 @@ class _Columns(NamedTuple):
     ann_labels: np.ndarray  # int64[A] contiguous label 1..K (rank of the category id)
     crowd: np.ndarray       # int64[A] 0 / 1
     bbox: np.ndarray        # float64[A, 4] x, y, width, height
+    ann_rows: Optional[np.ndarray] = None  # int64[A] row in ``img_ids`` of each annotation's image
 
 
 def _canonical_columns(data: Dict[str, Any]) -> Optional[_Columns]:
@@ -156,16 +157,32 @@ def _canonical_columns(data: Dict[str, Any]) -> Optional[_Columns]:
         return None
     if not (set(map(type, boxes)) <= {list} and set(map(len, boxes)) <= {4}):
         return None
-    sorted_cats = np.unique(cat_ids)
-    if not ((sizes > 0).all() and len(np.unique(img_ids)) == len(img_ids) and len(sorted_cats) == len(cat_ids)
-            and len(np.unique(ann_ids)) == len(ann_ids) and ((crowd == 0) | (crowd == 1)).all()
-            and np.isin(ann_cat, cat_ids).all() and np.isin(ann_img, img_ids).all()):
+    if not ((sizes > 0).all() and ((crowd == 0) | (crowd == 1)).all() and _all_unique(np.sort(ann_ids))):
+        return None
+    sorted_cats = np.sort(cat_ids)
+    labels = _positions(sorted_cats, ann_cat)                     # rank of the category id
+    by_id = np.argsort(img_ids, kind="stable")
+    rows = _positions(img_ids[by_id], ann_img)                    # into the sorted image ids
+    if not (_all_unique(sorted_cats) and _all_unique(img_ids[by_id])) or labels is None or rows is None:
         return None
     try:  # what _prepare_targets' float64 conversion accepts (numbers, numeric strings, None -> NaN)
         bbox = np.array(boxes, dtype=np.float64).reshape(-1, 4)
     except (TypeError, ValueError):
         return None
-    return _Columns(img_ids, sizes.reshape(-1, 2), ann_img, np.searchsorted(sorted_cats, ann_cat) + 1, crowd, bbox)
+    return _Columns(img_ids, sizes.reshape(-1, 2), ann_img, labels + 1, crowd, bbox, by_id[rows])
+
+
+def _all_unique(sorted_values: np.ndarray) -> bool:
+    """Whether a sorted array has no repeated value."""
+    return not bool((sorted_values[1:] == sorted_values[:-1]).any())
+
+
+def _positions(sorted_values: np.ndarray, values: np.ndarray) -> Optional[np.ndarray]:
+    """int64 index of each of ``values`` in ``sorted_values``, or None if one is not there."""
+    pos = np.searchsorted(sorted_values, values)
+    found = pos < len(sorted_values)
+    found[found] = sorted_values[pos[found]] == values[found]
+    return pos if found.all() else None
 
 
 def _check_entries(data: Dict[str, Any], ann_file: str) -> None:
@@ -300,8 +317,11 @@ class COCODataset(DetectionDataset):
         img_ids, sizes = columns.img_ids, columns.sizes
         not_crowd = columns.crowd == 0
         ann_img, xywh, labels = columns.ann_img[not_crowd], columns.bbox[not_crowd], columns.ann_labels[not_crowd]
-        by_id = np.argsort(img_ids, kind="stable")
-        rows = by_id[np.searchsorted(img_ids, ann_img, sorter=by_id)]  # image row of each annotation
+        if columns.ann_rows is not None:
+            rows = columns.ann_rows[not_crowd]
+        else:
+            by_id = np.argsort(img_ids, kind="stable")
+            rows = by_id[np.searchsorted(img_ids, ann_img, sorter=by_id)]  # image row of each annotation
         wh = sizes[rows][:, ::-1].astype(np.float64)
 
         # width/height <= 0 or any non-finite value (NaN fails every comparison, inf is caught by isfinite)
