@@ -84,6 +84,13 @@ WORKER = textwrap.dedent(r'''
     optimizer.step()
     torch.save({"state": net.state_dict(), "bn_type": type(net[1]).__name__,
                 "warnings": [str(w.message) for w in caught]}, os.path.join(work, f"rank{rank}.pth"))
+    del ddp, loss  # the DDP reducer before its process group
+    torch.distributed.destroy_process_group()
+    # The results are saved: leave without the C++ teardown, which in about 1 of 5 runs under
+    # pytest aborted after this point ("terminate called without an active exception", no Python
+    # frame; torch 2.13 gloo + DDP, not reproduced outside pytest; cause not found).
+    sys.stdout.flush()
+    os._exit(0)
 ''')
 
 
